@@ -1,0 +1,67 @@
+"""RWKV-4 WKV op (SpikeGPT's time-mix core): ``wkv4``.
+
+Implementations: ``naive.wkv4_naive`` (token by token, the reference and the decoding step),
+``torch_loop.wkv4_torch_loop`` (CPU training path: hand-written backward, vectorised over
+all but the state recursion), ``torch_chunk.wkv4_torch_chunk`` (autograd through the final
+state too), and a Triton kernel on CUDA when ``fused_recurrent.py`` provides one.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..dispatch import check_same_device, check_tensor, use_triton
+from .naive import EMPTY_PP, wkv4_init_state, wkv4_naive
+from .torch_chunk import wkv4_torch_chunk
+from .torch_loop import wkv4_torch_loop
+
+__all__ = ["wkv4", "wkv4_naive", "wkv4_torch_loop", "wkv4_torch_chunk", "wkv4_init_state", "EMPTY_PP"]
+
+State = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _triton_impl():
+    try:
+        from .fused_recurrent import wkv4_fused_recurrent
+    except ImportError:
+        return None
+    return wkv4_fused_recurrent
+
+
+def wkv4(
+    w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: State | None = None
+) -> tuple[torch.Tensor, State]:
+    """RWKV-4 WKV recurrence over a sequence (formula in ``naive.py``).
+
+    Args:
+        w: ``[D]`` per-channel decay rate, > 0 (SpikeGPT: ``exp(time_decay)``), any float dtype.
+        u: ``[D]`` per-channel bonus for the current token (``time_first``).
+        k, v: ``[B, L, D]`` keys and values, fp32/fp16/bf16 (fp64 for gradcheck), same dtype.
+        state: ``(aa, bb, pp)``, each ``[B, D]`` float32, from ``wkv4_init_state`` or a previous
+            call (continuing a sequence exactly); None for the empty state.
+    Returns:
+        ``(y, state)``: ``y [B, L, D]`` in ``v.dtype``; the state after the last token (fp32).
+        The returned state is not differentiable on the fast paths.
+    Raises:
+        TypeError: non-float inputs or ``k``/``v`` of different dtypes.
+        ValueError: shape mismatch, empty sequence, tensors on different devices.
+    """
+    for name, t in (("w", w), ("u", u), ("k", k), ("v", v)):
+        check_tensor(name, t)
+    if k.dtype != v.dtype:
+        raise TypeError(f"k and v must share a dtype, got {k.dtype} and {v.dtype}")
+    if k.dim() != 3 or k.shape != v.shape:
+        raise ValueError(f"k and v must both be [B, L, D], got {tuple(k.shape)} and {tuple(v.shape)}")
+    B, L, D = k.shape
+    if L == 0:
+        raise ValueError("k and v have an empty sequence axis (L = 0)")
+    if w.shape != (D,) or u.shape != (D,):
+        raise ValueError(f"w and u must be [D] = [{D}], got {tuple(w.shape)} and {tuple(u.shape)}")
+    if state is not None:
+        if len(state) != 3 or any(s.shape != (B, D) for s in state):
+            raise ValueError(f"state must be (aa, bb, pp), each [B, D] = [{B}, {D}]")
+    check_same_device(w=w, u=u, k=k, v=v, aa=None if state is None else state[0])
+    if use_triton(k):
+        impl = _triton_impl()
+        if impl is not None:
+            return impl(w, u, k, v, state)
+    return wkv4_torch_loop(w, u, k, v, state)

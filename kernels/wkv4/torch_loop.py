@@ -1,0 +1,98 @@
+"""Fast torch WKV for CPU: one short loop over time forward and backward, the rest vectorised.
+
+Values equal ``naive.wkv4_naive``. Only the state recursion runs token by token (forward:
+``(aa, bb, pp)``; backward: its adjoint); every per-token output and gradient is computed
+afterwards over the whole ``[B, L, D]`` tensor at once. With ``A_t = e^{pp_t} aa_t`` and
+``B_t = e^{pp_t} bb_t`` the (unnormalised) state entering token ``t``::
+
+    y_t       = (A_t + e^{u+k_t} v_t) / den_t,  den_t = B_t + e^{u+k_t} = e^{q_t} d_t
+    gA_t      = gy_t / den_t + e^{-w} gA_{t+1}          gB_t = -gy_t y_t / den_t + e^{-w} gB_{t+1}
+    gk_t      = gy_t e^{u+k_t} (v_t - y_t) / den_t + e^{k_t} (v_t gA_{t+1} + gB_{t+1})
+    gv_t      = gy_t e^{u+k_t} / den_t + e^{k_t} gA_{t+1}
+    gu        = sum_t gy_t e^{u+k_t} (v_t - y_t) / den_t
+    gw        = -sum_t e^{-w} (A_t gA_{t+1} + B_t gB_{t+1})
+
+The adjoints are kept as ``gA_t = e^{o_t} ga_t`` with a running maximum ``o_t`` (the same
+trick as the RWKV-4 CUDA backward), so every exponent evaluated is <= 0. Gradients flow into
+the initial state; the returned final state is not differentiable (use ``torch_chunk`` to
+backpropagate through it).
+"""
+from __future__ import annotations
+
+import torch
+
+from .naive import EMPTY_PP, wkv4_init_state
+
+
+class WKV4TorchFunction(torch.autograd.Function):
+    """``(w [D], u [D], k [B,L,D], v [B,L,D], aa, bb, pp [B,D]) -> (y [B,L,D], aa, bb, pp)``."""
+
+    @staticmethod
+    def forward(ctx, w, u, k, v, aa, bb, pp):
+        acc = torch.float64 if v.dtype == torch.float64 else torch.float32
+        wf, uf = w.to(acc), u.to(acc)
+        kt, vt = k.to(acc).transpose(0, 1), v.to(acc).transpose(0, 1)  # [L, B, D] views
+        L = kt.shape[0]
+        a, b, p = aa.to(acc), bb.to(acc), pp.to(acc)
+        A = torch.empty((L,) + a.shape, dtype=acc, device=k.device)
+        Bs, P = torch.empty_like(A), torch.empty_like(A)
+        for t in range(L):
+            A[t], Bs[t], P[t] = a, b, p
+            pw = p - wf
+            np_ = torch.maximum(pw, kt[t])
+            e1, e2 = torch.exp(pw - np_), torch.exp(kt[t] - np_)
+            a = e1 * a + e2 * vt[t]
+            b = e1 * b + e2
+            p = np_
+        uk = uf + kt
+        q = torch.maximum(P, uk)
+        e1, e2 = torch.exp(P - q), torch.exp(uk - q)
+        d = e1 * Bs + e2
+        y = (e1 * A + e2 * vt) / d
+        ctx.save_for_backward(wf, kt, vt, A, Bs, P, q, d, y, e2)
+        ctx.dtypes = (w.dtype, u.dtype, k.dtype, v.dtype, aa.dtype, bb.dtype, pp.dtype)
+        ctx.mark_non_differentiable(a, b, p)
+        return y.transpose(0, 1).to(v.dtype), a, b, p
+
+    @staticmethod
+    def backward(ctx, gy, _ga, _gb, _gp):
+        wf, kt, vt, A, Bs, P, q, d, y, e2 = ctx.saved_tensors
+        L = kt.shape[0]
+        gy = gy.to(y.dtype).transpose(0, 1)
+        c = gy / d  # gy_t / den_t scaled by e^{q_t}
+        cy = c * y
+        nq = -q
+        # adjoint recursion: O1[t], GA1[t], GB1[t] hold (o, ga, gb) of step t+1
+        O1, GA1, GB1 = torch.empty_like(y), torch.empty_like(y), torch.empty_like(y)
+        o = torch.full_like(y[0], EMPTY_PP)
+        ga, gb = torch.zeros_like(y[0]), torch.zeros_like(y[0])
+        for t in range(L - 1, -1, -1):
+            O1[t], GA1[t], GB1[t] = o, ga, gb
+            ow = o - wf
+            no = torch.maximum(ow, nq[t])
+            f1, f2 = torch.exp(ow - no), torch.exp(nq[t] - no)
+            ga = f1 * ga + f2 * c[t]
+            gb = f1 * gb - f2 * cy[t]
+            o = no
+        direct = c * e2  # gy e^{u+k} / den
+        E = torch.exp(kt + O1)
+        g_v = direct + E * GA1
+        gk_direct = direct * (vt - y)
+        g_k = gk_direct + E * (vt * GA1 + GB1)
+        g_u = gk_direct.sum((0, 1))
+        g_w = -(torch.exp(P + O1 - wf) * (A * GA1 + Bs * GB1)).sum((0, 1))
+        # initial state: A_0 = e^{pp0} aa0
+        s0 = torch.exp(P[0] + o)
+        g_aa, g_bb = s0 * ga, s0 * gb
+        g_pp = s0 * (A[0] * ga + Bs[0] * gb)
+        dw, du, dk, dv, daa, dbb, dpp = ctx.dtypes
+        return (g_w.to(dw), g_u.to(du), g_k.transpose(0, 1).to(dk), g_v.transpose(0, 1).to(dv),
+                g_aa.to(daa), g_bb.to(dbb), g_pp.to(dpp))
+
+
+def wkv4_torch_loop(w, u, k, v, state=None):
+    """Fast CPU WKV: same arguments and results as ``naive.wkv4_naive``; final state not differentiable."""
+    if state is None:
+        state = wkv4_init_state(k.shape[0], k.shape[2], k.device)
+    y, aa, bb, pp = WKV4TorchFunction.apply(w, u, k, v, *state)
+    return y, (aa, bb, pp)
