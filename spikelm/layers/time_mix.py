@@ -1,0 +1,77 @@
+"""RWKV-4 time-mix (SpikeGPT's token mixer): token shift, WKV, receptance gate."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..kernels.wkv4 import wkv4, wkv4_init_state
+from .token_shift import mix, token_shift
+
+PAD_KEY = -1e30
+"""Key given to padded positions: ``e^k`` underflows to exactly 0 and the first real token's
+decay of ``e^{-1e30 - ...}`` wipes whatever the pad wrote, so pads leave no trace (exact)."""
+
+
+class RWKV4TimeMix(nn.Module):
+    """RWKV-4 time-mix of SpikeGPT (ridgerchu/SpikeGPT ``src/model.py``, ``RWKV_TimeMix``).
+
+    ``xk, xv, xr = mix(x, shift(x), mu_k|mu_v|mu_r)``; ``k, v, r = W_k xk, W_v xv, W_r xr``;
+    ``out = W_o(sigmoid(r) * wkv(w = exp(time_decay), u = time_first, k, v))``.
+
+    Args:
+        hidden_size: ``D``. layer_id, num_layers: position in the stack (for the RWKV init).
+    State: ``(shift [B, D], aa, bb, pp [B, D] fp32)``.
+    """
+
+    def __init__(self, hidden_size: int, layer_id: int, num_layers: int):
+        super().__init__()
+        D = hidden_size
+        self.layer_id, self.num_layers = layer_id, num_layers
+        self.time_decay = nn.Parameter(torch.empty(D))
+        self.time_first = nn.Parameter(torch.empty(D))
+        self.time_mix_k = nn.Parameter(torch.empty(D))
+        self.time_mix_v = nn.Parameter(torch.empty(D))
+        self.time_mix_r = nn.Parameter(torch.empty(D))
+        self.key = nn.Linear(D, D, bias=False)
+        self.value = nn.Linear(D, D, bias=False)
+        self.receptance = nn.Linear(D, D, bias=False)
+        self.output = nn.Linear(D, D, bias=False)
+
+    def rwkv_init_values(self) -> dict[str, torch.Tensor]:
+        """RWKV-4's initial decay, bonus and mix vectors (SpikeGPT ``RWKV_TimeMix.__init__``), by parameter name."""
+        D = self.time_decay.numel()
+        ratio_0_to_1 = self.layer_id / max(self.num_layers - 1, 1)
+        ratio_1_to_0 = 1.0 - self.layer_id / self.num_layers
+        h = torch.arange(D, dtype=torch.float32)
+        zigzag = ((h.long() + 1) % 3 - 1).float() * 0.5
+        ramp = h / D
+        return {
+            "time_decay": -5 + 8 * (h / max(D - 1, 1)) ** (0.7 + 1.3 * ratio_0_to_1),
+            "time_first": torch.full_like(h, math.log(0.3)) + zigzag,
+            "time_mix_k": ramp ** ratio_1_to_0,
+            "time_mix_v": ramp ** ratio_1_to_0 + 0.3 * ratio_0_to_1,
+            "time_mix_r": ramp ** (0.5 * ratio_1_to_0),
+        }
+
+    def init_state(self, batch: int, device, dtype) -> tuple[torch.Tensor, ...]:
+        """Empty state: ``(shift zeros [B, D] in dtype, aa, bb, pp [B, D] fp32)``."""
+        return (torch.zeros(batch, self.time_decay.numel(), device=device, dtype=dtype),
+                *wkv4_init_state(batch, self.time_decay.numel(), device))
+
+    def forward(self, x: torch.Tensor, state: tuple | None = None, mask: torch.Tensor | None = None):
+        """``x [B, L, D]``, optional state, ``mask [B, L]`` (1 = token, 0 = pad) ->
+        ``(out [B, L, D], new_state)``."""
+        if mask is not None:
+            x = x * mask[..., None].to(x.dtype)
+        xx = token_shift(x, None if state is None else state[0])
+        k = self.key(mix(x, xx, self.time_mix_k))
+        v = self.value(mix(x, xx, self.time_mix_v))
+        r = self.receptance(mix(x, xx, self.time_mix_r))
+        if mask is not None:
+            k = k.masked_fill(~mask[..., None].bool(), PAD_KEY)
+        y, wkv_state = wkv4(torch.exp(self.time_decay), self.time_first, k, v,
+                            None if state is None else tuple(state[1:]))
+        out = self.output(torch.sigmoid(r) * y.to(r.dtype))
+        return out, (x[:, -1], *wkv_state)

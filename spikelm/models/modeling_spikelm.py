@@ -1,0 +1,210 @@
+"""Hugging Face model classes of spikelm: ``SpikeLMModel`` and ``SpikeLMForCausalLM``.
+
+One set of weights, two execution modes that give the same numbers:
+
+* parallel: a whole ``[B, L]`` sequence per call (training, prefill);
+* recurrent: one (or a few) tokens per call with the state of the previous call passed as
+  ``past_key_values`` (a :class:`SpikeLMCache`): O(1) memory and work per generated token.
+
+Padding: positions where ``attention_mask == 0`` leave no trace in any state (token shifts
+and LIF inputs are zeroed, WKV keys are set to ``PAD_KEY``), so a left-padded batch yields
+exactly what each prompt yields alone.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from ..kernels.lif import heaviside
+from ..layers import RWKV4ChannelMix, RWKV4TimeMix, SpikeGPTBlock
+from .configuration_spikelm import SpikeLMConfig
+
+
+class SpikeLMCache:
+    """Recurrent state of every layer, used as ``past_key_values`` during generation.
+
+    Attributes:
+        layers: one tuple per layer ``(att_shift, aa, bb, pp, ffn_shift, v_att, v_ffn)``, each
+            ``[B, D]`` (shifts in the activation dtype, the rest float32).
+        seen_tokens: number of tokens (pads included) consumed so far.
+    Unlike a KV cache its size does not grow with the sequence.
+    """
+
+    is_compileable = False
+
+    def __init__(self, layers: list[tuple[torch.Tensor, ...]], seen_tokens: int):
+        self.layers = layers
+        self.seen_tokens = seen_tokens
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        """Tokens consumed so far (pads included)."""
+        return self.seen_tokens
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Select batch rows (beam search): every state tensor is indexed by ``beam_idx``."""
+        self.layers = [tuple(t.index_select(0, beam_idx.to(t.device)) for t in layer) for layer in self.layers]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+
+class SpikeLMPreTrainedModel(PreTrainedModel):
+    """Weight init, config class and capability flags shared by the spikelm HF classes."""
+
+    config_class = SpikeLMConfig
+    config: SpikeLMConfig
+    base_model_prefix = "model"
+    _no_split_modules = ["SpikeGPTBlock"]
+    supports_gradient_checkpointing = True
+    _is_stateful = True
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        # The recurrent state is our own cache (a DynamicCache of attention layers does not fit).
+        return False
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, (RWKV4TimeMix, RWKV4ChannelMix)):
+            for name, value in module.rwkv_init_values().items():
+                param = getattr(module, name)
+                init.copy_(param, value.to(device=param.device, dtype=param.dtype))
+        elif isinstance(module, nn.Linear):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif hasattr(module, "w") and isinstance(getattr(module, "w"), nn.Parameter):  # PLIF
+            init.constant_(module.w, -math.log(self.config.lif_tau - 1.0))
+
+
+class SpikeLMModel(SpikeLMPreTrainedModel):
+    """Embedding, spiking blocks and the final LayerNorm; returns hidden states ``[B, L, D]``."""
+
+    def __init__(self, config: SpikeLMConfig):
+        super().__init__(config)
+        self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.blocks = nn.ModuleList(SpikeGPTBlock(config, i) for i in range(config.num_hidden_layers))
+        self.ln_out = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embeddings = value
+
+    def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
+                past_key_values: SpikeLMCache | None = None, inputs_embeds: torch.Tensor | None = None,
+                use_cache: bool | None = None, output_hidden_states: bool | None = None, **kwargs
+                ) -> BaseModelOutputWithPast:
+        """Args: ``input_ids [B, L]`` (or ``inputs_embeds [B, L, D]``), ``attention_mask [B, L']``
+        (its last L columns are used; 0 marks padding), ``past_key_values`` from a previous call.
+        Returns ``BaseModelOutputWithPast(last_hidden_state [B, L, D], past_key_values)``.
+        Raises ValueError when neither or both of ``input_ids`` and ``inputs_embeds`` are given."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        x = self.embeddings(input_ids) if inputs_embeds is None else inputs_embeds
+        if self.config.spike_embedding:
+            x = heaviside(x, self.config.surrogate, self.config.surrogate_alpha)
+        L = x.shape[1]
+        mask = None
+        if attention_mask is not None:
+            mask = attention_mask[:, -L:]
+            if bool(mask.all()):
+                mask = None
+        use_cache = use_cache if use_cache is not None else self.config.use_cache
+        states = past_key_values.layers if past_key_values is not None else [None] * len(self.blocks)
+        new_states, all_hidden = [], []
+        for block, state in zip(self.blocks, states):
+            if output_hidden_states:
+                all_hidden.append(x)
+            if self.gradient_checkpointing and self.training:
+                x, new_state = torch.utils.checkpoint.checkpoint(block, x, state, mask, use_reentrant=False)
+            else:
+                x, new_state = block(x, state, mask)
+            new_states.append(new_state)
+        x = self.ln_out(x)
+        if output_hidden_states:
+            all_hidden.append(x)
+        cache = None
+        if use_cache:
+            seen = (past_key_values.seen_tokens if past_key_values is not None else 0) + L
+            cache = SpikeLMCache(new_states, seen)
+        return BaseModelOutputWithPast(last_hidden_state=x, past_key_values=cache,
+                                       hidden_states=tuple(all_hidden) if output_hidden_states else None)
+
+    def spike_rates(self) -> dict[str, float]:
+        """Spike rate (mean of the spikes) of every LIF site in the last forward pass, by name
+        ``"layers.{i}.{att|ffn}"``; empty for ``neuron="none"``."""
+        return {f"layers.{i}.{site}": float(r) for i, b in enumerate(self.blocks) for site, r in b.spike_rates.items()}
+
+
+class SpikeLMForCausalLM(SpikeLMPreTrainedModel, GenerationMixin):
+    """Spiking language model with an LM head (SpikeGPT architecture); works with ``generate``,
+    ``pipeline("text-generation")``, ``save_pretrained`` / ``from_pretrained``."""
+
+    _tied_weights_keys = {"head.weight": "model.embeddings.weight"}
+
+    def __init__(self, config: SpikeLMConfig):
+        super().__init__(config)
+        self.model = SpikeLMModel(config)
+        self.head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.head
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+        self.head = new_embeddings
+
+    def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
+                past_key_values: SpikeLMCache | None = None, inputs_embeds: torch.Tensor | None = None,
+                labels: torch.LongTensor | None = None, use_cache: bool | None = None,
+                output_hidden_states: bool | None = None, logits_to_keep: int | torch.Tensor = 0, **kwargs
+                ) -> CausalLMOutputWithPast:
+        """Like any HF causal LM: ``labels [B, L]`` are shifted inside (``labels = input_ids`` is
+        right; -100 is ignored). Returns logits ``[B, L, V]`` (float32 when labels are given), the
+        mean cross-entropy ``loss`` in nats per token, and the new state in ``past_key_values``."""
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=past_key_values,
+                         inputs_embeds=inputs_embeds, use_cache=use_cache, output_hidden_states=output_hidden_states)
+        h = out.last_hidden_state
+        if isinstance(logits_to_keep, int) and logits_to_keep > 0:
+            h = h[:, -logits_to_keep:]
+        elif isinstance(logits_to_keep, torch.Tensor):
+            h = h[:, logits_to_keep]
+        logits = self.head(h)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values,
+                                      hidden_states=out.hidden_states)
+
+    def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, past_key_values: SpikeLMCache | None = None,
+                                      attention_mask: torch.Tensor | None = None, inputs_embeds=None,
+                                      use_cache: bool | None = None, **kwargs) -> dict:
+        """Feed only the tokens the state has not seen yet (the whole prompt first, then one token)."""
+        if past_key_values is not None:
+            input_ids = input_ids[:, past_key_values.seen_tokens:]
+            inputs_embeds = None
+        model_inputs = {"past_key_values": past_key_values, "attention_mask": attention_mask,
+                        "use_cache": True if use_cache is None else use_cache}
+        if inputs_embeds is not None:
+            model_inputs["inputs_embeds"] = inputs_embeds
+        else:
+            model_inputs["input_ids"] = input_ids
+        return model_inputs
+
+    def _reorder_cache(self, past_key_values: SpikeLMCache, beam_idx: torch.LongTensor) -> SpikeLMCache:
+        past_key_values.reorder_cache(beam_idx)
+        return past_key_values

@@ -1,0 +1,78 @@
+"""Multi-step LIF and PLIF neurons (SpikingJelly semantics), as torch modules."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..kernels.lif import check_surrogate, lif_multistep
+
+
+class LIF(nn.Module):
+    """Leaky integrate-and-fire neuron run over a time axis (SpikingJelly ``LIFNode``, step_mode 'm').
+
+    Formulas (charge, fire, reset) are in ``spikelm/kernels/lif/naive.py``.
+
+    Args:
+        tau: membrane time constant in steps (> 0); SpikeGPT uses 2.
+        v_th: threshold ``v_th`` (> 0).
+        v_reset: reset potential (hard reset), or None for a soft reset (subtract ``v_th``).
+        decay_input: divide the input by ``tau`` too.
+        detach_reset: no gradient through the reset.
+        surrogate: ``"atan"`` (default alpha 2) or ``"sigmoid"`` (default alpha 4).
+        alpha: surrogate sharpness; None for the surrogate's default.
+    Raises:
+        ValueError: ``tau <= 0``, ``v_th <= 0``, ``v_reset >= v_th``, unknown surrogate.
+    """
+
+    def __init__(self, tau: float = 2.0, v_th: float = 1.0, v_reset: float | None = 0.0, decay_input: bool = True,
+                 detach_reset: bool = False, surrogate: str = "atan", alpha: float | None = None):
+        super().__init__()
+        if not tau > 0:
+            raise ValueError(f"LIF tau must be > 0, got {tau}")
+        if not v_th > 0:
+            raise ValueError(f"LIF v_th must be > 0, got {v_th}")
+        if v_reset is not None and v_reset >= v_th:
+            raise ValueError(f"LIF v_reset ({v_reset}) must be below v_th ({v_th})")
+        alpha = alpha if alpha is not None else {"atan": 2.0, "sigmoid": 4.0}.get(surrogate, 1.0)
+        check_surrogate(surrogate, alpha)
+        self.v_th, self.v_reset, self.decay_input, self.detach_reset = v_th, v_reset, decay_input, detach_reset
+        self.surrogate, self.alpha = surrogate, alpha
+        self._tau = tau
+
+    @property
+    def tau(self) -> float | torch.Tensor:
+        """Membrane time constant (a float; a 0-dim tensor for PLIF)."""
+        return self._tau
+
+    def v_rest(self) -> float:
+        """The resting potential a neuron starts from (``v_reset``, or 0 for a soft reset)."""
+        return 0.0 if self.v_reset is None else float(self.v_reset)
+
+    def forward(self, x: torch.Tensor, v: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x [T, ...]`` (time first) and ``v`` (``x.shape[1:]``, or None = at rest) ->
+        ``(spikes [T, ...] in x.dtype, v_T [...] float32)``."""
+        return lif_multistep(x, v, self.tau, self.v_th, self.v_reset, self.decay_input, self.detach_reset,
+                             self.surrogate, self.alpha)
+
+    def extra_repr(self) -> str:
+        return (f"tau={float(self.tau):.3g}, v_th={self.v_th}, v_reset={self.v_reset}, decay_input={self.decay_input}, "
+                f"detach_reset={self.detach_reset}, surrogate={self.surrogate}(alpha={self.alpha})")
+
+
+class PLIF(LIF):
+    """Parametric LIF (Fang et al. 2021, ICCV): LIF with a learnable ``tau = 1 / sigmoid(w)``.
+
+    ``w`` is initialised so that ``tau = init_tau`` (which must be > 1: sigmoid < 1).
+    """
+
+    def __init__(self, init_tau: float = 2.0, **kwargs):
+        if not init_tau > 1:
+            raise ValueError(f"PLIF init_tau must be > 1 (tau = 1/sigmoid(w)), got {init_tau}")
+        super().__init__(tau=init_tau, **kwargs)
+        self.w = nn.Parameter(torch.tensor(-math.log(init_tau - 1.0)))
+
+    @property
+    def tau(self) -> torch.Tensor:
+        return 1.0 / torch.sigmoid(self.w)
