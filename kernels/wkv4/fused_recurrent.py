@@ -1,0 +1,313 @@
+"""Triton RWKV-4 WKV: fused recurrent forward and backward, numerically stable, any length.
+
+Formula (Peng et al. 2023, RWKV-4; SpikeGPT ``src/model.py``; statement in ``naive.py``),
+per batch row ``b`` and channel ``d``, with decay ``w > 0`` and bonus ``u``::
+
+    wkv_t = (sum_{i<t} e^{-(t-1-i) w + k_i} v_i + e^{u + k_t} v_t)
+            / (sum_{i<t} e^{-(t-1-i) w + k_i}     + e^{u + k_t})
+
+The state entering token ``t`` is ``(aa_t, bb_t, pp_t)`` with unnormalised sums
+``A_t = e^{pp_t} aa_t``, ``B_t = e^{pp_t} bb_t``; ``pp`` is the running maximum exponent, so
+every ``exp`` evaluated has an argument <= 0 (no overflow for any ``L``). The forward is the
+loop of ``naive.py``; the backward is the adjoint recursion of ``torch_loop.py`` (its
+docstring derives it), run in reverse time with its own running maximum ``o``::
+
+    q_t = max(pp_t, u + k_t),  d_t = e^{pp_t - q_t} bb_t + e^{u + k_t - q_t},  c_t = gy_t / d_t
+    gv_t = c_t e^{u+k_t-q_t} + e^{k_t + o_{t+1}} ga_{t+1}
+    gk_t = c_t e^{u+k_t-q_t} (v_t - y_t) + e^{k_t + o_{t+1}} (v_t ga_{t+1} + gb_{t+1})
+    gu   = sum_t c_t e^{u+k_t-q_t} (v_t - y_t)
+    gw   = -sum_t e^{pp_t + o_{t+1} - w} (aa_t ga_{t+1} + bb_t gb_{t+1})
+    (o, ga, gb)_t = running-max combination of e^{-w} e^{o_{t+1}} (ga, gb)_{t+1} and e^{-q_t} (c_t, -c_t y_t)
+
+and the gradient of the initial state ``(aa_0, bb_0, pp_0)`` from ``(o, ga, gb)_0``.
+
+Layout: ``k, v, y [B, L, D]`` contiguous; program ``(b, j)`` owns channels
+``[j*BLOCK, (j+1)*BLOCK)`` of row ``b`` and walks the sequence with pointers moving ``D``
+elements per step (no per-step launch, no compile-time maximum length, 64-bit offsets).
+State and all accumulation are float32. The forward saves the state entering every token
+(``aa, bb, pp`` as three fp32 ``[B, L, D]`` tensors, memory linear in ``L``) only when a
+gradient is needed. ``gw``/``gu`` are reduced deterministically: per ``(b, d)`` partial sums
+written to a ``[B, D]`` buffer, then summed over ``B`` by torch (no atomics).
+
+Kernels are compiled with ``triton.jit`` for CUDA tensors and run by Triton's interpreter
+for CPU tensors (tests), whatever ``TRITON_INTERPRET`` was when triton was imported; they
+use Triton builtins only (no jitted helpers such as ``tl.zeros``).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .naive import wkv4_init_state
+from .torch_loop import WKV4TorchFunction
+
+__all__ = ["wkv4_fused_recurrent"]
+
+_CUDA_CONFIGS = [(32, 1), (64, 1), (64, 2), (128, 2), (128, 4), (256, 4)]
+
+State = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _empty(shape, dtype, device):
+    """Every uninitialised allocation of this module goes through here (tests fill it with NaN)."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+# ----------------------------------------------------------------------------------------------
+# kernels (plain functions; compiled or interpreted by ``_kernel``)
+# ----------------------------------------------------------------------------------------------
+
+def _wkv4_fwd_kernel(w_ptr, u_ptr, k_ptr, v_ptr, aa_ptr, bb_ptr, pp_ptr, y_ptr,
+                     sa_ptr, sb_ptr, sp_ptr, oa_ptr, ob_ptr, op_ptr, L, D, LD,
+                     BLOCK: tl.constexpr, SAVE: tl.constexpr):
+    b = tl.program_id(0)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < D
+    w = tl.load(w_ptr + offs, mask=m, other=0.0).to(tl.float32)
+    u = tl.load(u_ptr + offs, mask=m, other=0.0).to(tl.float32)
+    soffs = b * D + offs
+    aa = tl.load(aa_ptr + soffs, mask=m, other=0.0).to(tl.float32)
+    bb = tl.load(bb_ptr + soffs, mask=m, other=0.0).to(tl.float32)
+    pp = tl.load(pp_ptr + soffs, mask=m, other=0.0).to(tl.float32)
+    base = b.to(tl.int64) * LD + offs
+    kp = k_ptr + base
+    vp = v_ptr + base
+    yp = y_ptr + base
+    sap = sa_ptr + base
+    sbp = sb_ptr + base
+    spp = sp_ptr + base
+    for _ in range(L):
+        kt = tl.load(kp, mask=m, other=0.0).to(tl.float32)
+        vt = tl.load(vp, mask=m, other=0.0).to(tl.float32)
+        if SAVE:
+            tl.store(sap, aa, mask=m)
+            tl.store(sbp, bb, mask=m)
+            tl.store(spp, pp, mask=m)
+            sap += D
+            sbp += D
+            spp += D
+        ww = u + kt
+        p = tl.maximum(pp, ww)
+        e1 = tl.exp(pp - p)
+        e2 = tl.exp(ww - p)
+        y = (e1 * aa + e2 * vt) / (e1 * bb + e2)
+        tl.store(yp, y.to(y_ptr.dtype.element_ty), mask=m)
+        ww = pp - w
+        p = tl.maximum(ww, kt)
+        e1 = tl.exp(ww - p)
+        e2 = tl.exp(kt - p)
+        aa = e1 * aa + e2 * vt
+        bb = e1 * bb + e2
+        pp = p
+        kp += D
+        vp += D
+        yp += D
+    tl.store(oa_ptr + soffs, aa, mask=m)
+    tl.store(ob_ptr + soffs, bb, mask=m)
+    tl.store(op_ptr + soffs, pp, mask=m)
+
+
+def _wkv4_bwd_kernel(w_ptr, u_ptr, k_ptr, v_ptr, gy_ptr, sa_ptr, sb_ptr, sp_ptr,
+                     gk_ptr, gv_ptr, gw_ptr, gu_ptr, gaa_ptr, gbb_ptr, gpp_ptr, L, D, LD, LAST,
+                     BLOCK: tl.constexpr):
+    b = tl.program_id(0)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < D
+    w = tl.load(w_ptr + offs, mask=m, other=0.0).to(tl.float32)
+    u = tl.load(u_ptr + offs, mask=m, other=0.0).to(tl.float32)
+    soffs = b * D + offs
+    base = b.to(tl.int64) * LD + offs
+    # state entering token 0 = the initial state (saved by the forward at t = 0)
+    aa0 = tl.load(sa_ptr + base, mask=m, other=0.0)
+    bb0 = tl.load(sb_ptr + base, mask=m, other=0.0)
+    pp0 = tl.load(sp_ptr + base, mask=m, other=0.0)
+    base = base + LAST
+    kp = k_ptr + base
+    vp = v_ptr + base
+    gyp = gy_ptr + base
+    sap = sa_ptr + base
+    sbp = sb_ptr + base
+    spp = sp_ptr + base
+    gkp = gk_ptr + base
+    gvp = gv_ptr + base
+    o = tl.full([BLOCK], -1e38, tl.float32)  # EMPTY_PP (a literal: jitted code reads no globals)
+    ga = tl.full([BLOCK], 0.0, tl.float32)
+    gb = tl.full([BLOCK], 0.0, tl.float32)
+    gw = tl.full([BLOCK], 0.0, tl.float32)
+    gu = tl.full([BLOCK], 0.0, tl.float32)
+    for _ in range(L):
+        kt = tl.load(kp, mask=m, other=0.0).to(tl.float32)
+        vt = tl.load(vp, mask=m, other=0.0).to(tl.float32)
+        gyt = tl.load(gyp, mask=m, other=0.0).to(tl.float32)
+        a_t = tl.load(sap, mask=m, other=0.0)
+        b_t = tl.load(sbp, mask=m, other=0.0)
+        p_t = tl.load(spp, mask=m, other=0.0)
+        uk = u + kt
+        q = tl.maximum(p_t, uk)
+        e1 = tl.exp(p_t - q)
+        e2 = tl.exp(uk - q)
+        d = e1 * b_t + e2
+        y = (e1 * a_t + e2 * vt) / d
+        c = gyt / d
+        direct = c * e2
+        ek = tl.exp(kt + o)
+        gkd = direct * (vt - y)
+        tl.store(gvp, (direct + ek * ga).to(gv_ptr.dtype.element_ty), mask=m)
+        tl.store(gkp, (gkd + ek * (vt * ga + gb)).to(gk_ptr.dtype.element_ty), mask=m)
+        gu += gkd
+        gw += tl.exp(p_t + o - w) * (a_t * ga + b_t * gb)
+        # adjoint of the state entering token t
+        ow = o - w
+        no = tl.maximum(ow, -q)
+        f1 = tl.exp(ow - no)
+        f2 = tl.exp(-q - no)
+        ga = f1 * ga + f2 * c
+        gb = f1 * gb - f2 * c * y
+        o = no
+        kp -= D
+        vp -= D
+        gyp -= D
+        sap -= D
+        sbp -= D
+        spp -= D
+        gkp -= D
+        gvp -= D
+    s0 = tl.exp(pp0 + o)
+    tl.store(gaa_ptr + soffs, s0 * ga, mask=m)
+    tl.store(gbb_ptr + soffs, s0 * gb, mask=m)
+    tl.store(gpp_ptr + soffs, s0 * (aa0 * ga + bb0 * gb), mask=m)
+    tl.store(gw_ptr + soffs, -gw, mask=m)
+    tl.store(gu_ptr + soffs, gu, mask=m)
+
+
+# ----------------------------------------------------------------------------------------------
+# compilation / launch
+# ----------------------------------------------------------------------------------------------
+
+_CACHE: dict = {}
+
+
+def _kernel(fn, device: torch.device, autotune: bool):
+    """The launchable form of ``fn``: interpreted on CPU, ``triton.jit`` (optionally autotuned) on CUDA."""
+    key = (fn.__name__, device.type, autotune)
+    if key not in _CACHE:
+        if device.type == "cpu":
+            from triton.runtime.interpreter import InterpretedFunction
+
+            _CACHE[key] = InterpretedFunction(fn)
+        elif autotune:
+            configs = [triton.Config({"BLOCK": b}, num_warps=nw) for b, nw in _CUDA_CONFIGS]
+            _CACHE[key] = triton.autotune(configs=configs, key=["D", "L"])(triton.jit(fn))
+        else:
+            _CACHE[key] = triton.jit(fn)
+    return _CACHE[key]
+
+
+def _launch(fn, B: int, D: int, device: torch.device, block_size: int | None, args, consts):
+    if device.type == "cuda" and block_size is None:
+        k = _kernel(fn, device, autotune=True)
+        k[lambda meta: (B, triton.cdiv(D, meta["BLOCK"]))](*args, **consts)
+        return
+    if block_size is None:  # interpreter: one wide program per batch row
+        block_size = min(max(triton.next_power_of_2(D), 16), 4096)
+    k = _kernel(fn, device, autotune=False)
+    k[(B, triton.cdiv(D, block_size))](*args, BLOCK=block_size, **consts)
+
+
+class WKV4FusedFunction(torch.autograd.Function):
+    """``(w, u [D], k, v [B, L, D], aa, bb, pp [B, D]) -> (y [B, L, D] in v.dtype, aa, bb, pp fp32)``."""
+
+    @staticmethod
+    def forward(ctx, w, u, k, v, aa, bb, pp, block_size):
+        B, L, D = k.shape
+        dev = k.device
+        need_grad = any(ctx.needs_input_grad[:7])
+        y = _empty((B, L, D), v.dtype, dev)
+        oa, ob, op = (_empty((B, D), torch.float32, dev) for _ in range(3))
+        if need_grad:
+            sa, sb, sp = (_empty((B, L, D), torch.float32, dev) for _ in range(3))
+        else:
+            sa = sb = sp = oa  # never touched (SAVE=False)
+        _launch(_wkv4_fwd_kernel, B, D, dev, block_size,
+                (w, u, k, v, aa, bb, pp, y, sa, sb, sp, oa, ob, op, L, D, L * D), dict(SAVE=need_grad))
+        if need_grad:
+            ctx.save_for_backward(w, u, k, v, sa, sb, sp)
+        ctx.dtypes = (w.dtype, u.dtype, aa.dtype, bb.dtype, pp.dtype)
+        ctx.block_size = block_size
+        ctx.mark_non_differentiable(oa, ob, op)
+        return y, oa, ob, op
+
+    @staticmethod
+    def backward(ctx, gy, _ga, _gb, _gp):
+        w, u, k, v, sa, sb, sp = ctx.saved_tensors
+        B, L, D = k.shape
+        dev = k.device
+        gy = gy.contiguous()
+        gk = _empty((B, L, D), k.dtype, dev)
+        gv = _empty((B, L, D), v.dtype, dev)
+        gw, gu, gaa, gbb, gpp = (_empty((B, D), torch.float32, dev) for _ in range(5))
+        _launch(_wkv4_bwd_kernel, B, D, dev, ctx.block_size,
+                (w, u, k, v, gy, sa, sb, sp, gk, gv, gw, gu, gaa, gbb, gpp, L, D, L * D, (L - 1) * D), {})
+        dw, du, daa, dbb, dpp = ctx.dtypes
+        return (gw.sum(0).to(dw), gu.sum(0).to(du), gk, gv, gaa.to(daa), gbb.to(dbb), gpp.to(dpp), None)
+
+
+def wkv4_fused_recurrent(
+    w: torch.Tensor,
+    u: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    state: State | None = None,
+    *,
+    block_size: int | None = None,
+) -> tuple[torch.Tensor, State]:
+    """RWKV-4 WKV on Triton (formula: module docstring; RWKV-4 / SpikeGPT).
+
+    Args:
+        w: ``[D]`` decay rate > 0 (SpikeGPT ``exp(time_decay)``), any float dtype.
+        u: ``[D]`` bonus for the current token (``time_first``), any float dtype.
+        k, v: ``[B, L, D]`` keys and values of one dtype: float32/float16/bfloat16 on CUDA
+            (compiled kernel) or CPU (Triton interpreter, for tests). float64 is routed to
+            the torch path ``torch_loop.WKV4TorchFunction`` (gradcheck). Non-contiguous
+            inputs are copied to contiguous ones.
+        state: ``(aa, bb, pp)``, each ``[B, D]`` (read as float32), from ``wkv4_init_state``
+            or a previous call; None for the empty state.
+        block_size: channels per program (power of two >= 16); None autotunes on CUDA and
+            picks one program per batch row on CPU. A tuning/testing knob.
+    Returns:
+        ``(y [B, L, D] in v.dtype, (aa, bb, pp) each [B, D] float32)``. ``y`` is differentiable
+        in ``w, u, k, v`` and the initial state; the returned state is not differentiable.
+    Raises:
+        TypeError: non-float inputs, ``k``/``v`` of different dtypes.
+        ValueError: shape mismatch, ``L == 0``, tensors on different devices, bad ``block_size``.
+    """
+    for name, t in (("w", w), ("u", u), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor")
+    if k.dtype != v.dtype:
+        raise TypeError(f"k and v must share a dtype, got {k.dtype} and {v.dtype}")
+    if k.dim() != 3 or k.shape != v.shape:
+        raise ValueError(f"k and v must both be [B, L, D], got {tuple(k.shape)} and {tuple(v.shape)}")
+    B, L, D = k.shape
+    if L == 0:
+        raise ValueError("k and v have an empty sequence axis (L = 0)")
+    if w.shape != (D,) or u.shape != (D,):
+        raise ValueError(f"w and u must be [D] = [{D}], got {tuple(w.shape)} and {tuple(u.shape)}")
+    if state is None:
+        state = wkv4_init_state(B, D, k.device)
+    if len(state) != 3 or any(not isinstance(s, torch.Tensor) or s.shape != (B, D) for s in state):
+        raise ValueError(f"state must be (aa, bb, pp), each [B, D] = [{B}, {D}]")
+    if any(not s.is_floating_point() for s in state):
+        raise TypeError("state tensors must be floating point")
+    if len({t.device for t in (w, u, k, v, *state)}) > 1:
+        raise ValueError("w, u, k, v and the state must be on one device")
+    if block_size is not None and (block_size < 16 or block_size & (block_size - 1)):
+        raise ValueError(f"block_size must be a power of two >= 16, got {block_size}")
+    if v.dtype == torch.float64:
+        y, aa, bb, pp = WKV4TorchFunction.apply(w, u, k, v, *state)
+        return y, (aa, bb, pp)
+    w, u, k, v = (t.contiguous() for t in (w, u, k, v))
+    aa, bb, pp = (s.contiguous() for s in state)
+    y, aa, bb, pp = WKV4FusedFunction.apply(w, u, k, v, aa, bb, pp, block_size)
+    return y, (aa, bb, pp)
