@@ -1,1 +1,1 @@
-
+"""Evaluation: perplexity / bits per byte."""

@@ -1,0 +1,68 @@
+"""Text generation from a saved spikelm model through the Hugging Face pipeline."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def check_model_dir(model_dir: str | Path) -> dict:
+    """Return the ``config.json`` of a spikelm HF directory.
+
+    Raises:
+        FileNotFoundError: the directory or its config.json does not exist.
+        ValueError: the directory holds another kind of model (names the ``model_type`` found).
+    """
+    d = Path(model_dir)
+    if not d.is_dir():
+        raise FileNotFoundError(f"model directory {d} does not exist")
+    cfg_path = d / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{d} is not a Hugging Face model directory (no config.json); "
+                                "pass the 'final' folder of a run, e.g. runs/shakespeare/final")
+    cfg = json.loads(cfg_path.read_text())
+    if cfg.get("model_type") != "spikelm":
+        raise ValueError(f"{d} holds a {cfg.get('model_type')!r} model, not a spikelm checkpoint "
+                         "(model_type 'spikelm' expected)")
+    return cfg
+
+
+def load_pipeline(model_dir: str | Path, device: str | None = None):
+    """``pipeline("text-generation")`` over a saved spikelm directory (model + tokenizer)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
+    import spikelm  # noqa: F401  (registers the Auto classes)
+
+    check_model_dir(model_dir)
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return pipeline("text-generation", model=model.to(device), tokenizer=tok, device=torch.device(device))
+
+
+def generate_text(model_dir: str | Path, prompt: str, max_new_tokens: int = 200, temperature: float = 0.8,
+                  top_k: int = 50, top_p: float = 1.0, greedy: bool = False, seed: int = 0) -> str:
+    """Prompt + continuation generated with the recurrent state as cache.
+
+    Raises:
+        ValueError: empty prompt, a prompt longer than the model's context (``context_length``),
+            non-positive ``max_new_tokens`` or ``temperature``; plus :func:`check_model_dir`'s errors.
+    """
+    from transformers import set_seed
+
+    cfg = check_model_dir(model_dir)
+    if not prompt:
+        raise ValueError("the prompt is empty; give at least one character")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if not greedy and not temperature > 0:
+        raise ValueError(f"temperature must be > 0 (use --greedy for greedy decoding), got {temperature}")
+    pipe = load_pipeline(model_dir)
+    n = len(pipe.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    ctx = cfg.get("context_length")
+    if ctx and n > ctx:
+        raise ValueError(f"the prompt is {n} tokens but the model's context is {ctx} tokens; shorten the prompt")
+    set_seed(seed)
+    kw = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p)
+    out = pipe(prompt, max_new_tokens=max_new_tokens, return_full_text=True, **kw)
+    return out[0]["generated_text"]

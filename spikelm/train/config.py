@@ -1,0 +1,146 @@
+"""Typed configuration of a training run, loaded from a YAML recipe plus CLI overrides.
+
+A recipe has four sections, each a dataclass below: ``model``, ``data``, ``optim`` and
+``train``. ``spikelm train RECIPE --train.max_steps 100`` overrides one key; unknown keys and
+wrong types are rejected by jsonargparse with the accepted names and types.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ModelConfig:
+    """Which network to build.
+
+    Attributes:
+        flavour: a name from ``spikelm.models.FLAVOURS`` (``debug``, ``shakespeare``,
+            ``spikegpt-45m``, ``spikegpt-216m``).
+        overrides: any ``SpikeLMConfig`` field, e.g. ``{neuron: plif, hidden_size: 128}``.
+            ``vocab_size``, ``context_length`` and the special token ids come from the data.
+    """
+
+    flavour: str = "shakespeare"
+    overrides: dict = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    """Corpus, tokenizer and blocks.
+
+    Attributes:
+        train_files: local text (.txt), jsonl/json or parquet files, or a hub dataset name.
+        val_files: validation files; None splits off the last ``val_fraction`` of the train bytes.
+        val_fraction: share of the bytes held out when ``val_files`` is None, in (0, 1).
+        text_field: the text column of json/parquet data.
+        tokenizer: a tokenizer directory (or hub id) to load; None trains a byte-level BPE
+            of ``vocab_size`` on the train split and saves it with the model.
+        vocab_size: size of the trained BPE vocabulary (ignored when ``tokenizer`` is set).
+        block_size: tokens per training sequence (the model's context length).
+    """
+
+    train_files: list[str] = field(default_factory=lambda: ["builtin:tinyshakespeare"])
+    val_files: list[str] | None = None
+    val_fraction: float = 0.1
+    text_field: str = "text"
+    tokenizer: str | None = None
+    vocab_size: int = 512
+    block_size: int = 128
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup and cosine decay to ``min_lr_ratio * lr``.
+
+    Attributes:
+        lr: peak learning rate. warmup_steps: linear warmup length in optimizer steps.
+        min_lr_ratio: final learning rate as a fraction of ``lr``.
+        weight_decay, betas, eps: AdamW's. grad_clip: global gradient-norm clip (0 = off).
+    """
+
+    lr: float = 3e-3
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.99)
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    """The run: where it writes, how long, how it is parallelised and checkpointed.
+
+    Attributes:
+        run_dir: output folder (checkpoints/, tb/, metrics.jsonl, tokenizer/, final/ HF export).
+        max_steps: optimizer steps.
+        micro_batch_size: sequences per rank per micro-step.
+        grad_accum: micro-steps per optimizer step. The global batch is
+            ``micro_batch_size * grad_accum * world_size`` sequences.
+        zero_stage: DeepSpeed ZeRO stage, 0-3.
+        precision: ``auto`` (bf16 on CUDA, fp32 on CPU), ``fp32``, ``bf16`` or ``fp16``.
+        eval_every, checkpoint_every, log_every: in optimizer steps (0 = only at the end).
+        keep_checkpoints: how many step checkpoints to keep (older ones are deleted).
+        eval_max_batches: cap on validation batches per evaluation (None = the whole split).
+        seed: seeds the init and the data order.
+        sample_prompt, sample_tokens: the text sample printed after training.
+        threads: torch CPU threads per process (None = torch's default).
+        deepspeed: extra DeepSpeed config entries merged over the generated ones.
+    """
+
+    run_dir: str = "runs/shakespeare"
+    max_steps: int = 1000
+    micro_batch_size: int = 16
+    grad_accum: int = 1
+    zero_stage: int = 0
+    precision: str = "auto"
+    eval_every: int = 250
+    checkpoint_every: int = 250
+    log_every: int = 10
+    keep_checkpoints: int = 2
+    eval_max_batches: int | None = None
+    seed: int = 1337
+    sample_prompt: str = "ROMEO:"
+    sample_tokens: int = 200
+    threads: int | None = None
+    deepspeed: dict = field(default_factory=dict)
+
+
+@dataclass
+class Recipe:
+    """A whole run: ``model``, ``data``, ``optim``, ``train`` sections."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def validate_recipe(r: Recipe) -> None:
+    """Check values jsonargparse's types cannot; raise ``ValueError`` naming the key and what is accepted."""
+    from ..models import FLAVOURS
+
+    checks = [
+        (r.model.flavour in FLAVOURS, f"model.flavour {r.model.flavour!r} is unknown; known: {', '.join(FLAVOURS)}"),
+        (0 < r.data.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {r.data.val_fraction}"),
+        (r.data.vocab_size >= 257, f"data.vocab_size must be >= 257 (256 bytes + end-of-text), got {r.data.vocab_size}"),
+        (r.data.block_size >= 2, f"data.block_size must be >= 2, got {r.data.block_size}"),
+        (r.data.train_files, "data.train_files is empty; give at least one file or dataset name"),
+        (r.optim.lr > 0, f"optim.lr must be > 0, got {r.optim.lr}"),
+        (0 <= r.optim.min_lr_ratio <= 1, f"optim.min_lr_ratio must be in [0, 1], got {r.optim.min_lr_ratio}"),
+        (r.optim.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {r.optim.warmup_steps}"),
+        (r.optim.grad_clip >= 0, f"optim.grad_clip must be >= 0, got {r.optim.grad_clip}"),
+        (r.train.max_steps >= 1, f"train.max_steps must be >= 1, got {r.train.max_steps}"),
+        (r.train.micro_batch_size >= 1, f"train.micro_batch_size must be >= 1, got {r.train.micro_batch_size}"),
+        (r.train.grad_accum >= 1, f"train.grad_accum must be >= 1, got {r.train.grad_accum}"),
+        (r.train.zero_stage in (0, 1, 2, 3), f"train.zero_stage must be 0, 1, 2 or 3, got {r.train.zero_stage}"),
+        (r.train.precision in PRECISIONS, f"train.precision {r.train.precision!r} is unknown; accepted: {', '.join(PRECISIONS)}"),
+        (r.train.keep_checkpoints >= 1, f"train.keep_checkpoints must be >= 1, got {r.train.keep_checkpoints}"),
+        (min(r.train.eval_every, r.train.checkpoint_every, r.train.log_every) >= 0, "train.eval_every, checkpoint_every and log_every must be >= 0"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ValueError(msg)

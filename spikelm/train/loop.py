@@ -1,0 +1,311 @@
+"""The training loop: data -> model -> DeepSpeed engine -> steps, evaluation, checkpoints, export.
+
+One code path for one CPU process and for many GPUs on many nodes: the model is plain
+single-device torch, DeepSpeed applies ZeRO and data parallelism around it, and the data
+order is a function of the step alone (``schedule.BatchOrder``).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from .config import Recipe
+from .distributed import all_reduce_sum, barrier, init_distributed
+from .rundir import atomic_dir, prepare_run_dir
+from .schedule import BatchOrder, lr_factor
+
+from ..recipes import DATA_DIR as BUILTIN_DATA
+
+
+def resolve_files(files: list[str] | None) -> list[str] | None:
+    """Map ``builtin:NAME`` to the corpus shipped in ``spikelm/recipes/data/NAME/``; other
+    entries (paths, hub names) pass through."""
+    if files is None:
+        return None
+    out = []
+    for f in files:
+        if f.startswith("builtin:"):
+            name = f.split(":", 1)[1]
+            folder = BUILTIN_DATA / name
+            if not folder.is_dir():
+                known = sorted(p.name for p in BUILTIN_DATA.iterdir() if p.is_dir()) if BUILTIN_DATA.is_dir() else []
+                raise FileNotFoundError(f"unknown builtin corpus {name!r}; shipped: {', '.join(known) or 'none'}")
+            out.extend(str(p) for p in sorted(folder.iterdir()) if p.suffix in (".txt", ".jsonl", ".json", ".parquet"))
+        else:
+            out.append(f)
+    return out
+
+
+def _precision(recipe: Recipe, device: torch.device) -> str:
+    p = recipe.train.precision
+    if p == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return p
+
+
+def deepspeed_config(recipe: Recipe, world_size: int, precision: str) -> dict:
+    """The DeepSpeed config a recipe implies (ZeRO stage, batch sizes, clipping, precision),
+    with ``train.deepspeed`` merged over it."""
+    t = recipe.train
+    cfg = {
+        "train_micro_batch_size_per_gpu": t.micro_batch_size,
+        "gradient_accumulation_steps": t.grad_accum,
+        "train_batch_size": t.micro_batch_size * t.grad_accum * world_size,
+        "gradient_clipping": recipe.optim.grad_clip,
+        "zero_optimization": {"stage": t.zero_stage},
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16", "initial_scale_power": 16},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if t.zero_stage == 3:
+        cfg["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
+    for k, v in t.deepspeed.items():
+        if isinstance(v, dict) and isinstance(cfg.get(k), dict):
+            cfg[k] = {**cfg[k], **v}
+        else:
+            cfg[k] = v
+    return cfg
+
+
+def _log(rank: int, msg: str) -> None:
+    if rank == 0:
+        print(msg, flush=True)
+
+
+def build_tokenizer(recipe: Recipe, run_dir: Path, resume: bool, rank: int, train_text):
+    """Load the recipe's tokenizer, or train a byte-level BPE on the train split (never the
+    validation text) on rank 0 and share it through ``run_dir/tokenizer``."""
+    from ..data import load_tokenizer, train_bpe_tokenizer_from_iterator
+
+    saved = run_dir / "tokenizer"
+    if resume and saved.is_dir():
+        return load_tokenizer(str(saved))
+    if recipe.data.tokenizer is not None:
+        tok = load_tokenizer(recipe.data.tokenizer)
+        if tok.model_max_length is None or tok.model_max_length > 10**8:
+            tok.model_max_length = recipe.data.block_size
+    else:
+        if rank == 0:
+            tok = train_bpe_tokenizer_from_iterator(train_text["text"], recipe.data.vocab_size,
+                                                    recipe.data.block_size, length=len(train_text))
+            with atomic_dir(saved) as tmp:
+                tok.save_pretrained(tmp)
+        barrier()
+        tok = load_tokenizer(str(saved))
+        return tok
+    if rank == 0:
+        with atomic_dir(saved) as tmp:
+            tok.save_pretrained(tmp)
+    return tok
+
+
+def _model_config(recipe: Recipe, tok):
+    from ..models import flavour_config
+
+    fixed = dict(vocab_size=len(tok), context_length=recipe.data.block_size, eos_token_id=tok.eos_token_id,
+                 bos_token_id=tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id,
+                 pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+    clash = sorted(set(fixed) & set(recipe.model.overrides))
+    if clash:
+        raise ValueError(f"model.overrides may not set {clash}: they come from the tokenizer and data.block_size")
+    return flavour_config(recipe.model.flavour, **{**recipe.model.overrides, **fixed})
+
+
+@torch.no_grad()
+def evaluate(model, blocks, rank: int, world_size: int, batch_size: int, device, max_batches: int | None,
+             bytes_per_token: float) -> dict:
+    """Mean validation loss (nats/token) over the split (or its first ``max_batches`` batches),
+    sharded over ranks, with bits per byte ``loss / ln 2 / bytes_per_token`` and perplexity."""
+    model.eval()
+    n = len(blocks)
+    starts = list(range(0, n, batch_size))
+    if max_batches is not None:
+        starts = starts[:max_batches]
+    total, count = 0.0, 0
+    for s in starts[rank::world_size]:
+        x = torch.stack([blocks[i] for i in range(s, min(s + batch_size, n))]).to(device)
+        logits = model(input_ids=x[:, :-1], use_cache=False).logits.float()
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1),
+                                                 reduction="sum")
+        total += loss.item()
+        count += x[:, 1:].numel()
+    total, count = all_reduce_sum([total, float(count)], device)
+    model.train()
+    loss = total / max(count, 1)
+    return {"loss": loss, "bpb": loss / math.log(2) / bytes_per_token, "perplexity": math.exp(min(loss, 50)),
+            "tokens": int(count)}
+
+
+def export_hf(engine, model, tok, out_dir: Path, zero_stage: int, rank: int, extra: dict) -> None:
+    """Write a Hugging Face directory (safetensors, config, tokenizer, training summary) atomically."""
+    if zero_stage == 3:
+        state = engine._zero3_consolidated_16bit_state_dict()
+    else:
+        state = None
+    if rank != 0:
+        return
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp, state_dict=state)
+        tok.save_pretrained(tmp)
+        (tmp / "training_summary.json").write_text(json.dumps(extra, indent=2) + "\n")
+
+
+def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict:
+    """Run a recipe end to end; returns the final summary (validation loss/BPB, tokens/s, paths).
+
+    Raises:
+        RunDirError: the run directory holds a run (no --resume/--overwrite) or has nothing to resume.
+        ValueError / FileNotFoundError: bad data, tokenizer or recipe values (message says which).
+    """
+    import deepspeed
+    from tqdm.auto import tqdm
+
+    from ..data import PackedBlocks, corpus_stats, load_text_splits, pack_blocks
+    from ..models import SpikeLMForCausalLM
+
+    t_start = time.time()
+    r, t = recipe, recipe.train
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    rank, world, device = init_distributed()
+    run_dir = Path(t.run_dir)
+    if rank == 0:
+        prepare_run_dir(run_dir, resume, overwrite)
+    barrier()
+    train_files = resolve_files(r.data.train_files)
+    val_files = resolve_files(r.data.val_files)
+    train_text, val_text = load_text_splits(train_files, val_files, r.data.val_fraction, r.data.text_field)
+    tok = build_tokenizer(r, run_dir, resume, rank, train_text)
+    train_blocks = PackedBlocks(pack_blocks(train_text, tok, r.data.block_size))
+    val_blocks = PackedBlocks(pack_blocks(val_text, tok, r.data.block_size))
+    val_stats = corpus_stats(val_text, tok)
+    _log(rank, f"data: {len(train_blocks)} train / {len(val_blocks)} validation blocks of {r.data.block_size} tokens; "
+               f"vocab {len(tok)}; validation {val_stats['bytes_per_token']:.3f} bytes/token")
+
+    torch.manual_seed(t.seed)
+    config = _model_config(r, tok)
+    model = SpikeLMForCausalLM(config)
+    n_params = sum(p.numel() for p in model.parameters())
+    _log(rank, f"model: {r.model.flavour} ({config.num_hidden_layers} layers, D={config.hidden_size}, "
+               f"neuron={config.neuron}), {n_params / 1e6:.2f}M parameters")
+    precision = _precision(r, device)
+    o = r.optim
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, o.warmup_steps, t.max_steps, o.min_lr_ratio))
+    ds_cfg = deepspeed_config(r, world, precision)
+    engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer,
+                                                           lr_scheduler=scheduler, config=ds_cfg)
+    ckpt_dir = run_dir / "checkpoints"
+    start_step = 0
+    if resume:
+        _, client = engine.load_checkpoint(str(ckpt_dir))
+        if client is None:
+            raise ValueError(f"could not load the checkpoint in {ckpt_dir}")
+        start_step = client["step"]
+        torch.set_rng_state(client["rng_cpu"])
+        _log(rank, f"resumed from {ckpt_dir} at step {start_step}")
+
+    order = BatchOrder(len(train_blocks), t.micro_batch_size * t.grad_accum * world, t.seed)
+    writer = None
+    if rank == 0:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(run_dir / "tb"))
+        (run_dir / "recipe.json").write_text(json.dumps(asdict(r), indent=2) + "\n")
+    metrics_f = open(run_dir / "metrics.jsonl", "a") if rank == 0 else None
+
+    def log_metrics(rec: dict) -> None:
+        if metrics_f is not None:
+            metrics_f.write(json.dumps(rec) + "\n")
+            metrics_f.flush()
+
+    def save_checkpoint(step: int) -> None:
+        engine.save_checkpoint(str(ckpt_dir), tag=f"step{step}",
+                               client_state={"step": step, "rng_cpu": torch.get_rng_state()})
+        if rank == 0:
+            tags = sorted((p for p in ckpt_dir.glob("step*") if p.is_dir()), key=lambda p: int(p.name[4:]))
+            for old in tags[:-t.keep_checkpoints]:
+                import shutil
+
+                shutil.rmtree(old, ignore_errors=True)
+        barrier()
+
+    tokens_per_step = order.global_batch * r.data.block_size
+    bar = tqdm(total=t.max_steps, initial=start_step, disable=rank != 0, desc="train", unit="step",
+               dynamic_ncols=True)
+    engine.train()
+    last_eval = None
+    t_loop, tokens_seen = time.time(), 0
+    for step in range(start_step, t.max_steps):
+        micro = order.rank_micro_batches(step, rank, world, t.micro_batch_size)
+        loss_sum = 0.0
+        for mb in micro:
+            x = torch.stack([train_blocks[i] for i in mb]).to(device)
+            targets = x[:, 1:].contiguous()
+            out = engine(input_ids=x[:, :-1], labels=targets, shift_labels=targets, use_cache=False)
+            engine.backward(out.loss)
+            engine.step()
+            loss_sum += out.loss.item()
+        loss = all_reduce_sum([loss_sum / len(micro)], device)[0] / world
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"training loss is {loss} at step {step + 1}; lower optim.lr or check the data")
+        tokens_seen += tokens_per_step
+        done = step + 1
+        elapsed = time.time() - t_loop
+        tok_s = tokens_seen / max(elapsed, 1e-9)
+        rec = {"step": done, "loss": loss, "lr": scheduler.get_last_lr()[0], "tokens_per_s": tok_s,
+               "epoch": order.epoch_of(done)}
+        rates = engine.module.model.spike_rates()
+        if writer is not None and (t.log_every and done % t.log_every == 0 or done == t.max_steps):
+            writer.add_scalar("train/loss", loss, done)
+            writer.add_scalar("train/lr", rec["lr"], done)
+            writer.add_scalar("train/tokens_per_s", tok_s, done)
+            for name, v in rates.items():
+                writer.add_scalar(f"spike_rate/{name}", v, done)
+        rec["spike_rate"] = sum(rates.values()) / len(rates) if rates else None
+        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_s:,.0f}", **({"val_bpb": f"{last_eval['bpb']:.3f}"} if last_eval else {}))
+        bar.update(1)
+        if (t.eval_every and done % t.eval_every == 0) or done == t.max_steps:
+            last_eval = evaluate(engine.module, val_blocks, rank, world, t.micro_batch_size, device,
+                                 t.eval_max_batches, val_stats["bytes_per_token"])
+            rec.update({f"val_{k}": v for k, v in last_eval.items()})
+            if writer is not None:
+                writer.add_scalar("val/loss", last_eval["loss"], done)
+                writer.add_scalar("val/bpb", last_eval["bpb"], done)
+            bar.write(f"step {done}: train loss {loss:.4f}, val loss {last_eval['loss']:.4f}, "
+                      f"val bpb {last_eval['bpb']:.4f}") if rank == 0 else None
+        log_metrics(rec)
+        if (t.checkpoint_every and done % t.checkpoint_every == 0) or done == t.max_steps:
+            save_checkpoint(done)
+    bar.close()
+    train_time = time.time() - t_loop
+    summary = {
+        "steps": t.max_steps, "tokens_per_step": tokens_per_step,
+        "tokens_per_s": tokens_seen / max(train_time, 1e-9) if tokens_seen else None,
+        "train_seconds": train_time, "val": last_eval, "parameters": n_params,
+        "world_size": world, "precision": precision, "zero_stage": t.zero_stage,
+    }
+    if last_eval is None and start_step >= t.max_steps:
+        summary["val"] = evaluate(engine.module, val_blocks, rank, world, t.micro_batch_size, device,
+                                  t.eval_max_batches, val_stats["bytes_per_token"])
+    export_hf(engine, engine.module, tok, run_dir / "final", t.zero_stage, rank, summary)
+    barrier()
+    if writer is not None:
+        writer.close()
+    if metrics_f is not None:
+        metrics_f.close()
+    summary["wall_seconds"] = time.time() - t_start
+    summary["final_dir"] = str(run_dir / "final")
+    return summary

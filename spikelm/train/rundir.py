@@ -1,0 +1,65 @@
+"""The run directory: refuse to clobber a run, write outputs atomically."""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+RUN_MARKERS = ("checkpoints", "final", "metrics.jsonl", "tokenizer")
+
+
+class RunDirError(ValueError):
+    """A run directory cannot be used as asked (it holds a run, or no run to resume)."""
+
+
+def prepare_run_dir(run_dir: str | os.PathLike, resume: bool, overwrite: bool) -> Path:
+    """Check ``run_dir`` against the resume/overwrite flags and create it.
+
+    Raises:
+        RunDirError: ``run_dir`` holds a run and neither flag is set; ``resume`` without a
+            checkpoint to resume from; both flags at once.
+    """
+    path = Path(run_dir)
+    if resume and overwrite:
+        raise RunDirError("pass --resume or --overwrite, not both")
+    holds_run = path.is_dir() and any((path / m).exists() for m in RUN_MARKERS)
+    if resume:
+        if not (path / "checkpoints" / "latest").is_file():
+            raise RunDirError(f"--resume: no checkpoint in {path}/checkpoints (nothing to resume); "
+                              "start without --resume")
+        return path
+    if holds_run and not overwrite:
+        raise RunDirError(f"{path} already holds a run; pass --resume to continue it, --overwrite to replace it, "
+                          "or choose another --train.run_dir")
+    if holds_run and overwrite:
+        for m in RUN_MARKERS + ("tb",):
+            p = path / m
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | os.PathLike):
+    """Yield a temporary directory next to ``final``; on success it replaces ``final`` in one
+    rename, on error it is deleted, so ``final`` is never half-written."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        final.rename(old)
+    tmp.rename(final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
