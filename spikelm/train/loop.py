@@ -17,7 +17,7 @@ import torch
 
 from .config import Recipe
 from .distributed import all_reduce_sum, barrier, init_distributed
-from .rundir import atomic_dir, prepare_run_dir
+from .rundir import atomic_dir, check_run_dir, prepare_run_dir
 from .schedule import BatchOrder, lr_factor
 
 from ..recipes import DATA_DIR as BUILTIN_DATA
@@ -80,8 +80,15 @@ def _log(rank: int, msg: str) -> None:
 
 
 def build_tokenizer(recipe: Recipe, run_dir: Path, resume: bool, rank: int, train_text):
-    """Load the recipe's tokenizer, or train a byte-level BPE on the train split (never the
-    validation text) on rank 0 and share it through ``run_dir/tokenizer``."""
+    """The run's tokenizer, in memory (nothing is written here).
+
+    On resume: the one saved in ``run_dir/tokenizer``. Else the recipe's ``data.tokenizer``,
+    or a byte-level BPE trained on the train split only (never the validation text) on
+    rank 0 and broadcast to the other ranks.
+    """
+    import torch.distributed as dist
+    from transformers import PreTrainedTokenizerFast
+
     from ..data import load_tokenizer, train_bpe_tokenizer_from_iterator
 
     saved = run_dir / "tokenizer"
@@ -91,19 +98,21 @@ def build_tokenizer(recipe: Recipe, run_dir: Path, resume: bool, rank: int, trai
         tok = load_tokenizer(recipe.data.tokenizer)
         if tok.model_max_length is None or tok.model_max_length > 10**8:
             tok.model_max_length = recipe.data.block_size
-    else:
-        if rank == 0:
-            tok = train_bpe_tokenizer_from_iterator(train_text["text"], recipe.data.vocab_size,
-                                                    recipe.data.block_size, length=len(train_text))
-            with atomic_dir(saved) as tmp:
-                tok.save_pretrained(tmp)
-        barrier()
-        tok = load_tokenizer(str(saved))
         return tok
+    payload = [None]
     if rank == 0:
-        with atomic_dir(saved) as tmp:
-            tok.save_pretrained(tmp)
-    return tok
+        tok = train_bpe_tokenizer_from_iterator(train_text["text"], recipe.data.vocab_size,
+                                                recipe.data.block_size, length=len(train_text))
+        payload = [(tok.backend_tokenizer.to_str(), tok.eos_token, tok.model_max_length)]
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast_object_list(payload, src=0)
+    if rank == 0:
+        return tok
+    from tokenizers import Tokenizer
+
+    spec, eos, max_len = payload[0]
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(spec), eos_token=eos, pad_token=eos,
+                                   model_max_length=max_len, clean_up_tokenization_spaces=False)
 
 
 def _model_config(recipe: Recipe, tok):
@@ -176,9 +185,9 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
         torch.set_num_threads(t.threads)
     rank, world, device = init_distributed()
     run_dir = Path(t.run_dir)
-    if rank == 0:
-        prepare_run_dir(run_dir, resume, overwrite)
-    barrier()
+    check_run_dir(run_dir, resume, overwrite)
+    # Everything that can fail on bad input (files, corpus, tokenizer, block size, model) runs
+    # before anything is written to the run directory.
     train_files = resolve_files(r.data.train_files)
     val_files = resolve_files(r.data.val_files)
     train_text, val_text = load_text_splits(train_files, val_files, r.data.val_fraction, r.data.text_field)
@@ -193,6 +202,12 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
     config = _model_config(r, tok)
     model = SpikeLMForCausalLM(config)
     n_params = sum(p.numel() for p in model.parameters())
+    if rank == 0:
+        prepare_run_dir(run_dir, resume, overwrite)
+        if not resume:
+            with atomic_dir(run_dir / "tokenizer") as tmp:
+                tok.save_pretrained(tmp)
+    barrier()
     _log(rank, f"model: {r.model.flavour} ({config.num_hidden_layers} layers, D={config.hidden_size}, "
                f"neuron={config.neuron}), {n_params / 1e6:.2f}M parameters")
     precision = _precision(r, device)

@@ -14,8 +14,8 @@ class RunDirError(ValueError):
     """A run directory cannot be used as asked (it holds a run, or no run to resume)."""
 
 
-def prepare_run_dir(run_dir: str | os.PathLike, resume: bool, overwrite: bool) -> Path:
-    """Check ``run_dir`` against the resume/overwrite flags and create it.
+def check_run_dir(run_dir: str | os.PathLike, resume: bool, overwrite: bool) -> Path:
+    """Check ``run_dir`` against the resume/overwrite flags without touching it.
 
     Raises:
         RunDirError: ``run_dir`` holds a run and neither flag is set; ``resume`` without a
@@ -33,6 +33,16 @@ def prepare_run_dir(run_dir: str | os.PathLike, resume: bool, overwrite: bool) -
     if holds_run and not overwrite:
         raise RunDirError(f"{path} already holds a run; pass --resume to continue it, --overwrite to replace it, "
                           "or choose another --train.run_dir")
+    return path
+
+
+def prepare_run_dir(run_dir: str | os.PathLike, resume: bool, overwrite: bool) -> Path:
+    """:func:`check_run_dir`, then create ``run_dir`` (with ``overwrite``: delete the old run's
+    outputs first). Call it once all input has been validated."""
+    path = check_run_dir(run_dir, resume, overwrite)
+    if resume:
+        return path
+    holds_run = path.is_dir() and any((path / m).exists() for m in RUN_MARKERS)
     if holds_run and overwrite:
         for m in RUN_MARKERS + ("tb",):
             p = path / m

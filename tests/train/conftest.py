@@ -1,0 +1,26 @@
+"""A small corpus and a fast recipe for training tests."""
+import pytest
+
+from spikelm.train.config import DataConfig, ModelConfig, OptimConfig, Recipe, TrainConfig
+
+LINES = ["First Citizen:", "Before we proceed any further, hear me speak.", "", "All:", "Speak, speak.", "",
+         "First Citizen:", "You are all resolved rather to die than to famish?", ""]
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(LINES * 40) + "\n")
+    return path
+
+
+@pytest.fixture
+def recipe(corpus, tmp_path):
+    def make(**train_kw):
+        kw = dict(run_dir=str(tmp_path / "run"), max_steps=6, micro_batch_size=2, grad_accum=2,
+                  eval_every=3, checkpoint_every=3, log_every=1, sample_tokens=0)
+        kw.update(train_kw)
+        return Recipe(model=ModelConfig(flavour="debug"),
+                      data=DataConfig(train_files=[str(corpus)], vocab_size=280, block_size=16),
+                      optim=OptimConfig(lr=3e-3, warmup_steps=2), train=TrainConfig(**kw))
+    return make
