@@ -229,7 +229,7 @@ class LIFFusedFunction(torch.autograd.Function):
             ctx.save_for_backward(h, x, v0)
         ctx.cfg = (tau_f, float(v_th), vr, hard, bool(decay_input), bool(detach_reset), surrogate, float(alpha),
                    block_size)
-        ctx.tau_meta = (tau.dtype, tau.device) if isinstance(tau, torch.Tensor) else None
+        ctx.tau_meta = (tau.dtype, tau.device, tau.shape) if isinstance(tau, torch.Tensor) else None
         return spikes, v_T
 
     @staticmethod
@@ -253,8 +253,8 @@ class LIFFusedFunction(torch.autograd.Function):
                      TAU_GRAD=tau_grad))
         g_tau = None
         if tau_grad:
-            dtype, device = ctx.tau_meta
-            g_tau = (gtau.sum() / tau_f**2).to(dtype=dtype, device=device)
+            dtype, device, shape = ctx.tau_meta
+            g_tau = (gtau.sum() / tau_f**2).to(dtype=dtype, device=device).reshape(shape)
         g_v0 = gv0.to(v0.dtype) if ctx.needs_input_grad[1] else None
         g_x = gx if ctx.needs_input_grad[0] else None
         return g_x, g_v0, g_tau, None, None, None, None, None, None, None
@@ -280,7 +280,7 @@ def lif_fused_recurrent(
             kernel) or CPU (Triton interpreter; float32/float16 only, for tests). float64 is
             routed to the torch path ``torch_loop.LIFTorchFunction`` (gradcheck).
         v0: ``[N]`` contiguous initial membrane potential, any float dtype (read as float32).
-        tau: time constant > 0, a float or a 0-dim tensor (PLIF; then differentiable).
+        tau: time constant > 0, a float or a one-element tensor (PLIF; then differentiable).
         v_th: threshold > 0. v_reset: hard-reset potential, or None for a soft reset.
         decay_input, detach_reset, surrogate (``"atan"``/``"sigmoid"``), alpha: as in
             :func:`spikelm.kernels.lif.lif_multistep`.
@@ -305,8 +305,8 @@ def lif_fused_recurrent(
         raise ValueError("x and v0 must be contiguous")
     if v0.device != x.device or (isinstance(tau, torch.Tensor) and tau.device != x.device):
         raise ValueError("x, v0 and tau must be on one device")
-    if isinstance(tau, torch.Tensor) and tau.dim() != 0:
-        raise ValueError(f"tau must be a float or a 0-dim tensor, got shape {tuple(tau.shape)}")
+    if isinstance(tau, torch.Tensor) and tau.numel() != 1:
+        raise ValueError(f"tau must be a float or a one-element tensor, got shape {tuple(tau.shape)}")
     if not _tau_float(tau) > 0:
         raise ValueError(f"tau must be > 0, got {_tau_float(tau)}")
     if not v_th > 0:
@@ -316,6 +316,6 @@ def lif_fused_recurrent(
     if not alpha > 0 or not math.isfinite(alpha):
         raise ValueError(f"surrogate alpha must be a finite number > 0, got {alpha}")
     _check_block(block_size)
-    if x.dtype == torch.float64:
+    if x.dtype == torch.float64 or x.shape[1] == 0:  # fp64 (gradcheck) and N = 0: the torch path
         return LIFTorchFunction.apply(x, v0, tau, v_th, v_reset, decay_input, detach_reset, surrogate, alpha)
     return LIFFusedFunction.apply(x, v0, tau, v_th, v_reset, decay_input, detach_reset, surrogate, alpha, block_size)

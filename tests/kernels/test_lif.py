@@ -263,6 +263,20 @@ def test_fused_bad_inputs():
         lif_fused_recurrent(x, v0, alpha=0.0)
     with pytest.raises(ValueError):
         lif_fused_recurrent(x, v0, block_size=24)
+    with pytest.raises(ValueError):
+        lif_fused_recurrent(x, v0, tau=torch.tensor([2.0, 3.0]))  # PLIF tau is one number
+
+
+def test_one_element_tau_tensor_gradient_shape():
+    x, v0, gs, _ = make_inputs(5, 20, torch.float32, seed=8)
+    tau = torch.tensor([2.5], requires_grad=True)
+    s, _ = lif_fused_recurrent(x.requires_grad_(), v0, tau, block_size=16)
+    (s * gs).sum().backward()
+    tau0 = torch.tensor(2.5, requires_grad=True)
+    s0, _ = lif_naive(x.detach(), v0, tau0)
+    (s0 * gs).sum().backward()
+    assert tau.grad.shape == (1,)
+    assert abs(tau.grad.item() - tau0.grad.item()) <= 1e-4 * max(1.0, abs(tau0.grad.item()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,3 +311,11 @@ def test_gpu_matches_torch_loop(dtype, bound, T, N, plif):
         assert rel(v, v_r) < 1e-5
         for a, b in zip(g, g_r):
             assert rel(a.float(), b.float()) < bound
+
+
+def test_empty_neuron_axis():
+    x = torch.randn(3, 0, requires_grad=True)
+    s, v = lif_fused_recurrent(x, torch.zeros(0))
+    assert s.shape == (3, 0) and v.shape == (0,)
+    s.sum().backward()
+    assert x.grad.shape == (3, 0)

@@ -245,3 +245,13 @@ def test_gpu_matches_torch_loop(dtype, bound, B, L, D):
         assert rel(p, q) < 1e-4
     for p, q in zip(a[2], b[2]):
         assert rel(p.float(), q) < max(bound, 1e-4)
+
+
+@pytest.mark.parametrize("B,D", [(0, 4), (2, 0)])
+def test_empty_batch_or_channels(B, D):
+    w, u = torch.rand(D) + 0.1, torch.randn(D)
+    k = torch.randn(B, 3, D, requires_grad=True)
+    y, st = wkv4_fused_recurrent(w, u, k, torch.randn(B, 3, D))
+    assert y.shape == (B, 3, D) and all(s.shape == (B, D) for s in st)
+    y.sum().backward()
+    assert k.grad.shape == (B, 3, D)
