@@ -19,7 +19,10 @@ Backward (``sg_t`` = surrogate derivative at ``h_t - v_th``, evaluated in the ke
 
 Layout: ``x [T, N]`` row-major; program ``p`` owns neurons ``[p*BLOCK, (p+1)*BLOCK)`` and walks
 the time axis with a pointer that moves ``N`` elements per step (no per-step launch, no
-compile-time limit on ``T``, 64-bit pointer arithmetic). The forward saves ``h [T, N]``
+compile-time limit on ``T``, 64-bit pointer arithmetic). Time is processed in chunks of
+``CHUNK`` steps: the loads of a whole chunk are issued before its sequential update, so a
+narrow ``N`` (tokens x channels) still keeps many bytes in flight; a runtime mask handles the
+last, partial chunk. The forward saves ``h [T, N]``
 (fp32) only when a gradient is needed. PLIF's ``g_tau`` is reduced deterministically: each
 program writes one partial sum to its own slot of a buffer that torch then sums (no atomics).
 
@@ -41,10 +44,13 @@ from .torch_loop import LIFTorchFunction
 __all__ = ["lif_fused_recurrent"]
 
 _SURROGATE_ID = {"atan": 0, "sigmoid": 1}
-_TAU_BLOCK_MIN = 128  # smallest BLOCK of any config: bounds the number of tau partial sums
+_TAU_BLOCK_MIN = 64  # smallest BLOCK of any CUDA config: bounds the number of tau partial sums
+# (BLOCK, num_warps, CHUNK): small blocks spread a narrow N (tokens x channels) over more SMs
 _CUDA_CONFIGS = [
-    (256, 2), (512, 4), (1024, 4), (1024, 8), (2048, 8),
+    (64, 1, 16), (128, 1, 8), (256, 2, 8), (512, 4, 8), (1024, 4, 8), (1024, 8, 4), (2048, 8, 4),
 ]
+_CUDA_CHUNK = 8  # steps loaded ahead per chunk when block_size is given on CUDA
+_CPU_CHUNK = 4   # same for the interpreter (tests monkeypatch it)
 
 
 def _empty(shape, dtype, device):
@@ -57,7 +63,8 @@ def _empty(shape, dtype, device):
 # ----------------------------------------------------------------------------------------------
 
 def _lif_fwd_kernel(x_ptr, v0_ptr, s_ptr, h_ptr, vT_ptr, N, T, inv_tau, decay, v_th, v_reset,
-                    BLOCK: tl.constexpr, HARD: tl.constexpr, DECAY_INPUT: tl.constexpr, STORE_H: tl.constexpr):
+                    BLOCK: tl.constexpr, CHUNK: tl.constexpr, HARD: tl.constexpr, DECAY_INPUT: tl.constexpr,
+                    STORE_H: tl.constexpr):
     pid = tl.program_id(0)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     m = offs < N
@@ -67,30 +74,36 @@ def _lif_fwd_kernel(x_ptr, v0_ptr, s_ptr, h_ptr, vT_ptr, N, T, inv_tau, decay, v
     hp = h_ptr + offs
     if DECAY_INPUT:
         c_in = inv_tau
-        c_0 = v_reset * inv_tau
     else:
         c_in = 1.0
-        c_0 = v_reset * inv_tau
-    for _ in range(T):
-        x = tl.load(xp, mask=m, other=0.0).to(tl.float32)
-        h = (x * c_in + c_0) + decay * v
-        fire = h >= v_th
-        if HARD:
-            v = tl.where(fire, v_reset, h)
-        else:
-            v = h - tl.where(fire, v_th, 0.0)
-        tl.store(sp, tl.where(fire, 1.0, 0.0).to(s_ptr.dtype.element_ty), mask=m)
-        if STORE_H:
-            tl.store(hp, h, mask=m)
-            hp += N
-        xp += N
-        sp += N
+    c_0 = v_reset * inv_tau
+    for t0 in range(0, T, CHUNK):
+        # issue the loads of CHUNK steps before any compute: CHUNK x more bytes in flight
+        xs = ()
+        for i in tl.static_range(CHUNK):
+            xs = xs + (tl.load(xp, mask=m & ((offs * 0 + (t0 + i)) < T), other=0.0),)
+            xp += N
+        for i in tl.static_range(CHUNK):
+            live = (offs * 0 + (t0 + i)) < T
+            mt = m & live
+            h = (xs[i].to(tl.float32) * c_in + c_0) + decay * v
+            fire = h >= v_th
+            if HARD:
+                v_new = tl.where(fire, v_reset, h)
+            else:
+                v_new = h - tl.where(fire, v_th, 0.0)
+            v = tl.where(live, v_new, v)
+            tl.store(sp, tl.where(fire, 1.0, 0.0).to(s_ptr.dtype.element_ty), mask=mt)
+            sp += N
+            if STORE_H:
+                tl.store(hp, h, mask=mt)
+                hp += N
     tl.store(vT_ptr + offs, v, mask=m)
 
 
 def _lif_bwd_kernel(h_ptr, x_ptr, v0_ptr, gs_ptr, gvT_ptr, gx_ptr, gv0_ptr, gtau_ptr, N, T, LAST,
                     inv_tau, decay, v_th, v_reset, alpha,
-                    BLOCK: tl.constexpr, HARD: tl.constexpr, DECAY_INPUT: tl.constexpr,
+                    BLOCK: tl.constexpr, CHUNK: tl.constexpr, HARD: tl.constexpr, DECAY_INPUT: tl.constexpr,
                     DETACH_RESET: tl.constexpr, SURROGATE: tl.constexpr, HAS_GS: tl.constexpr,
                     HAS_GV: tl.constexpr, TAU_GRAD: tl.constexpr):
     pid = tl.program_id(0)
@@ -107,54 +120,66 @@ def _lif_bwd_kernel(h_ptr, x_ptr, v0_ptr, gs_ptr, gvT_ptr, gx_ptr, gv0_ptr, gtau
     xp = x_ptr + LAST + offs
     gsp = gs_ptr + LAST + offs
     gxp = gx_ptr + LAST + offs
-    h = tl.load(hp, mask=m, other=0.0)
-    for i in range(T):
-        t = T - 1 - i
-        has_prev = m & ((offs * 0 + t) > 0)
-        h_prev = tl.load(hp - N, mask=has_prev, other=0.0)  # h_{t-1}: next iteration's h
-        u = h - v_th
-        fire = u >= 0.0
-        if SURROGATE == 0:  # ATan: alpha / (2 (1 + (pi/2 alpha u)^2))
-            z = 1.5707963267948966 * alpha * u
-            sg = (0.5 * alpha) / (1.0 + z * z)
-        else:  # Sigmoid: alpha sig(alpha u) (1 - sig(alpha u))
-            sgm = 1.0 / (1.0 + tl.exp(-alpha * u))
-            sg = alpha * sgm * (1.0 - sgm)
-        if HARD:
-            dvdh = tl.where(fire, 0.0, 1.0)
-            if not DETACH_RESET:
-                dvdh = dvdh + (v_reset - h) * sg
-        else:
-            if DETACH_RESET:
-                dvdh = tl.full([BLOCK], 1.0, tl.float32)
-            else:
-                dvdh = 1.0 - v_th * sg
-        gh = gv * dvdh
-        if HAS_GS:
-            gh = gh + tl.load(gsp, mask=m, other=0.0).to(tl.float32) * sg
-        gh = tl.where(m, gh, 0.0)
-        if DECAY_INPUT:
-            tl.store(gxp, (gh * inv_tau).to(gx_ptr.dtype.element_ty), mask=m)
-        else:
-            tl.store(gxp, gh.to(gx_ptr.dtype.element_ty), mask=m)
-        if TAU_GRAD:
-            # v_{t-1}: the initial potential at t = 0, else h_{t-1} after its reset
+    h = tl.load(hp, mask=m, other=0.0)  # h_{T-1}
+    for c0 in range(0, T, CHUNK):
+        t_hi = T - 1 - c0  # steps t_hi, t_hi - 1, ..., t_hi - CHUNK + 1 (those >= 0)
+        hs = ()  # h_{t-1} of each step (the next step's h)
+        gss = ()
+        xs = ()
+        for i in tl.static_range(CHUNK):
+            t = t_hi - i
+            hp -= N
+            hs = hs + (tl.load(hp, mask=m & ((offs * 0 + t) > 0), other=0.0),)
+            if HAS_GS:
+                gss = gss + (tl.load(gsp, mask=m & ((offs * 0 + t) >= 0), other=0.0),)
+                gsp -= N
+            if TAU_GRAD and DECAY_INPUT:
+                xs = xs + (tl.load(xp, mask=m & ((offs * 0 + t) >= 0), other=0.0),)
+                xp -= N
+        for i in tl.static_range(CHUNK):
+            t = t_hi - i
+            live = (offs * 0 + t) >= 0
+            mt = m & live
+            h_prev = hs[i]
+            u = h - v_th
+            fire = u >= 0.0
+            if SURROGATE == 0:  # ATan: alpha / (2 (1 + (pi/2 alpha u)^2))
+                z = 1.5707963267948966 * alpha * u
+                sg = (0.5 * alpha) / (1.0 + z * z)
+            else:  # Sigmoid: alpha sig(alpha u) (1 - sig(alpha u))
+                sgm = 1.0 / (1.0 + tl.exp(-alpha * u))
+                sg = alpha * sgm * (1.0 - sgm)
             if HARD:
-                vp = tl.where(h_prev >= v_th, v_reset, h_prev)
+                dvdh = tl.where(fire, 0.0, 1.0)
+                if not DETACH_RESET:
+                    dvdh = dvdh + (v_reset - h) * sg
             else:
-                vp = h_prev - tl.where(h_prev >= v_th, v_th, 0.0)
-            vp = tl.where(has_prev, vp, v0)
+                if DETACH_RESET:
+                    dvdh = tl.full([BLOCK], 1.0, tl.float32)
+                else:
+                    dvdh = 1.0 - v_th * sg
+            gh = gv * dvdh
+            if HAS_GS:
+                gh = gh + gss[i].to(tl.float32) * sg
+            gh = tl.where(mt, gh, 0.0)
             if DECAY_INPUT:
-                x = tl.load(xp, mask=m, other=0.0).to(tl.float32)
-                gtau += gh * (vp - x - v_reset)
+                tl.store(gxp, (gh * inv_tau).to(gx_ptr.dtype.element_ty), mask=mt)
             else:
-                gtau += gh * (vp - v_reset)
-        gv = gh * decay
-        h = h_prev
-        hp -= N
-        xp -= N
-        gsp -= N
-        gxp -= N
+                tl.store(gxp, gh.to(gx_ptr.dtype.element_ty), mask=mt)
+            gxp -= N
+            if TAU_GRAD:
+                # v_{t-1}: the initial potential at t = 0, else h_{t-1} after its reset
+                if HARD:
+                    vp = tl.where(h_prev >= v_th, v_reset, h_prev)
+                else:
+                    vp = h_prev - tl.where(h_prev >= v_th, v_th, 0.0)
+                vp = tl.where((offs * 0 + t) > 0, vp, v0)
+                if DECAY_INPUT:
+                    gtau += gh * (vp - xs[i].to(tl.float32) - v_reset)
+                else:
+                    gtau += gh * (vp - v_reset)
+            gv = tl.where(live, gh * decay, gv)
+            h = h_prev
     tl.store(gv0_ptr + offs, gv, mask=m)
     if TAU_GRAD:
         tl.store(gtau_ptr + pid, tl.reduce(gtau, 0, tl.standard._sum_combine))
@@ -181,7 +206,7 @@ def _kernel(fn, device: torch.device, autotune: bool):
 
             _CACHE[key] = InterpretedFunction(fn)
         elif autotune:
-            configs = [triton.Config({"BLOCK": b}, num_warps=w) for b, w in _CUDA_CONFIGS]
+            configs = [triton.Config({"BLOCK": b, "CHUNK": c}, num_warps=w) for b, w, c in _CUDA_CONFIGS]
             _CACHE[key] = triton.autotune(configs=configs, key=["N"])(triton.jit(fn))
         else:
             _CACHE[key] = triton.jit(fn)
@@ -189,15 +214,16 @@ def _kernel(fn, device: torch.device, autotune: bool):
 
 
 def _launch(fn, n: int, device: torch.device, block_size: int | None, args, consts):
-    """Launch ``fn`` over ``cdiv(n, BLOCK)`` programs (autotuned BLOCK on CUDA unless given)."""
+    """Launch ``fn`` over ``cdiv(n, BLOCK)`` programs (autotuned BLOCK/CHUNK on CUDA unless given)."""
     if device.type == "cuda" and block_size is None:
         k = _kernel(fn, device, autotune=True)
         k[lambda meta: (triton.cdiv(n, meta["BLOCK"]),)](*args, **consts)
         return
     if block_size is None:  # interpreter: few, wide programs are fastest
         block_size = min(max(triton.next_power_of_2(n), 16), 4096)
+    chunk = _CUDA_CHUNK if device.type == "cuda" else _CPU_CHUNK
     k = _kernel(fn, device, autotune=False)
-    k[(triton.cdiv(n, block_size),)](*args, BLOCK=block_size, **consts)
+    k[(triton.cdiv(n, block_size),)](*args, BLOCK=block_size, CHUNK=chunk, **consts)
 
 
 def _tau_float(tau) -> float:
@@ -205,8 +231,8 @@ def _tau_float(tau) -> float:
 
 
 def _check_block(block_size):
-    if block_size is not None and (block_size < _TAU_BLOCK_MIN // 8 or block_size & (block_size - 1)):
-        raise ValueError(f"block_size must be a power of two >= {_TAU_BLOCK_MIN // 8}, got {block_size}")
+    if block_size is not None and (block_size < 16 or block_size & (block_size - 1)):
+        raise ValueError(f"block_size must be a power of two >= 16, got {block_size}")
 
 
 class LIFFusedFunction(torch.autograd.Function):

@@ -23,7 +23,9 @@ and the gradient of the initial state ``(aa_0, bb_0, pp_0)`` from ``(o, ga, gb)_
 
 Layout: ``k, v, y [B, L, D]`` contiguous; program ``(b, j)`` owns channels
 ``[j*BLOCK, (j+1)*BLOCK)`` of row ``b`` and walks the sequence with pointers moving ``D``
-elements per step (no per-step launch, no compile-time maximum length, 64-bit offsets).
+elements per step (no per-step launch, no compile-time maximum length, 64-bit offsets), in
+chunks of ``CHUNK`` tokens whose loads are all issued before the chunk's sequential update
+(more bytes in flight for the narrow ``B * D`` parallelism); a mask handles the last chunk.
 State and all accumulation are float32. The forward saves the state entering every token
 (``aa, bb, pp`` as three fp32 ``[B, L, D]`` tensors, memory linear in ``L``) only when a
 gradient is needed. ``gw``/``gu`` are reduced deterministically: per ``(b, d)`` partial sums
@@ -44,7 +46,10 @@ from .torch_loop import WKV4TorchFunction
 
 __all__ = ["wkv4_fused_recurrent"]
 
-_CUDA_CONFIGS = [(32, 1), (64, 1), (64, 2), (128, 2), (128, 4), (256, 4)]
+# (BLOCK, num_warps, CHUNK); the parallelism is only B * D lanes, so blocks stay small
+_CUDA_CONFIGS = [(32, 1, 8), (64, 1, 8), (64, 2, 8), (128, 2, 4), (128, 4, 8), (256, 4, 4)]
+_CUDA_CHUNK = 8  # tokens loaded ahead per chunk when block_size is given on CUDA
+_CPU_CHUNK = 4   # same for the interpreter (tests monkeypatch it)
 
 State = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -59,8 +64,8 @@ def _empty(shape, dtype, device):
 # ----------------------------------------------------------------------------------------------
 
 def _wkv4_fwd_kernel(w_ptr, u_ptr, k_ptr, v_ptr, aa_ptr, bb_ptr, pp_ptr, y_ptr,
-                     sa_ptr, sb_ptr, sp_ptr, oa_ptr, ob_ptr, op_ptr, L, D, LD,
-                     BLOCK: tl.constexpr, SAVE: tl.constexpr):
+                     sa_ptr, sb_ptr, sp_ptr, oa_ptr, ob_ptr, op_ptr, B, L, D, LD,
+                     BLOCK: tl.constexpr, CHUNK: tl.constexpr, SAVE: tl.constexpr):
     b = tl.program_id(0)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     m = offs < D
@@ -77,40 +82,50 @@ def _wkv4_fwd_kernel(w_ptr, u_ptr, k_ptr, v_ptr, aa_ptr, bb_ptr, pp_ptr, y_ptr,
     sap = sa_ptr + base
     sbp = sb_ptr + base
     spp = sp_ptr + base
-    for _ in range(L):
-        kt = tl.load(kp, mask=m, other=0.0).to(tl.float32)
-        vt = tl.load(vp, mask=m, other=0.0).to(tl.float32)
-        if SAVE:
-            tl.store(sap, aa, mask=m)
-            tl.store(sbp, bb, mask=m)
-            tl.store(spp, pp, mask=m)
-            sap += D
-            sbp += D
-            spp += D
-        ww = u + kt
-        p = tl.maximum(pp, ww)
-        e1 = tl.exp(pp - p)
-        e2 = tl.exp(ww - p)
-        y = (e1 * aa + e2 * vt) / (e1 * bb + e2)
-        tl.store(yp, y.to(y_ptr.dtype.element_ty), mask=m)
-        ww = pp - w
-        p = tl.maximum(ww, kt)
-        e1 = tl.exp(ww - p)
-        e2 = tl.exp(kt - p)
-        aa = e1 * aa + e2 * vt
-        bb = e1 * bb + e2
-        pp = p
-        kp += D
-        vp += D
-        yp += D
+    for t0 in range(0, L, CHUNK):
+        # issue the loads of CHUNK tokens before the sequential update
+        ks = ()
+        vs = ()
+        for i in tl.static_range(CHUNK):
+            mt = m & ((offs * 0 + (t0 + i)) < L)
+            ks = ks + (tl.load(kp, mask=mt, other=0.0),)
+            vs = vs + (tl.load(vp, mask=mt, other=0.0),)
+            kp += D
+            vp += D
+        for i in tl.static_range(CHUNK):
+            live = (offs * 0 + (t0 + i)) < L
+            mt = m & live
+            kt = ks[i].to(tl.float32)
+            vt = vs[i].to(tl.float32)
+            if SAVE:  # the state entering this token
+                tl.store(sap, aa, mask=mt)
+                tl.store(sbp, bb, mask=mt)
+                tl.store(spp, pp, mask=mt)
+                sap += D
+                sbp += D
+                spp += D
+            ww = u + kt
+            p = tl.maximum(pp, ww)
+            e1 = tl.exp(pp - p)
+            e2 = tl.exp(ww - p)
+            y = (e1 * aa + e2 * vt) / (e1 * bb + e2)
+            tl.store(yp, y.to(y_ptr.dtype.element_ty), mask=mt)
+            yp += D
+            ww = pp - w
+            p = tl.maximum(ww, kt)
+            e1 = tl.exp(ww - p)
+            e2 = tl.exp(kt - p)
+            aa = tl.where(live, e1 * aa + e2 * vt, aa)
+            bb = tl.where(live, e1 * bb + e2, bb)
+            pp = tl.where(live, p, pp)
     tl.store(oa_ptr + soffs, aa, mask=m)
     tl.store(ob_ptr + soffs, bb, mask=m)
     tl.store(op_ptr + soffs, pp, mask=m)
 
 
 def _wkv4_bwd_kernel(w_ptr, u_ptr, k_ptr, v_ptr, gy_ptr, sa_ptr, sb_ptr, sp_ptr,
-                     gk_ptr, gv_ptr, gw_ptr, gu_ptr, gaa_ptr, gbb_ptr, gpp_ptr, L, D, LD, LAST,
-                     BLOCK: tl.constexpr):
+                     gk_ptr, gv_ptr, gw_ptr, gu_ptr, gaa_ptr, gbb_ptr, gpp_ptr, B, L, D, LD, LAST,
+                     BLOCK: tl.constexpr, CHUNK: tl.constexpr):
     b = tl.program_id(0)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     m = offs < D
@@ -136,43 +151,61 @@ def _wkv4_bwd_kernel(w_ptr, u_ptr, k_ptr, v_ptr, gy_ptr, sa_ptr, sb_ptr, sp_ptr,
     gb = tl.full([BLOCK], 0.0, tl.float32)
     gw = tl.full([BLOCK], 0.0, tl.float32)
     gu = tl.full([BLOCK], 0.0, tl.float32)
-    for _ in range(L):
-        kt = tl.load(kp, mask=m, other=0.0).to(tl.float32)
-        vt = tl.load(vp, mask=m, other=0.0).to(tl.float32)
-        gyt = tl.load(gyp, mask=m, other=0.0).to(tl.float32)
-        a_t = tl.load(sap, mask=m, other=0.0)
-        b_t = tl.load(sbp, mask=m, other=0.0)
-        p_t = tl.load(spp, mask=m, other=0.0)
-        uk = u + kt
-        q = tl.maximum(p_t, uk)
-        e1 = tl.exp(p_t - q)
-        e2 = tl.exp(uk - q)
-        d = e1 * b_t + e2
-        y = (e1 * a_t + e2 * vt) / d
-        c = gyt / d
-        direct = c * e2
-        ek = tl.exp(kt + o)
-        gkd = direct * (vt - y)
-        tl.store(gvp, (direct + ek * ga).to(gv_ptr.dtype.element_ty), mask=m)
-        tl.store(gkp, (gkd + ek * (vt * ga + gb)).to(gk_ptr.dtype.element_ty), mask=m)
-        gu += gkd
-        gw += tl.exp(p_t + o - w) * (a_t * ga + b_t * gb)
-        # adjoint of the state entering token t
-        ow = o - w
-        no = tl.maximum(ow, -q)
-        f1 = tl.exp(ow - no)
-        f2 = tl.exp(-q - no)
-        ga = f1 * ga + f2 * c
-        gb = f1 * gb - f2 * c * y
-        o = no
-        kp -= D
-        vp -= D
-        gyp -= D
-        sap -= D
-        sbp -= D
-        spp -= D
-        gkp -= D
-        gvp -= D
+    for c0 in range(0, L, CHUNK):
+        t_hi = L - 1 - c0  # tokens t_hi, t_hi - 1, ..., t_hi - CHUNK + 1 (those >= 0)
+        ks = ()
+        vs = ()
+        gys = ()
+        sas = ()
+        sbs = ()
+        sps = ()
+        for i in tl.static_range(CHUNK):
+            mt = m & ((offs * 0 + (t_hi - i)) >= 0)
+            ks = ks + (tl.load(kp, mask=mt, other=0.0),)
+            vs = vs + (tl.load(vp, mask=mt, other=0.0),)
+            gys = gys + (tl.load(gyp, mask=mt, other=0.0),)
+            sas = sas + (tl.load(sap, mask=mt, other=0.0),)
+            sbs = sbs + (tl.load(sbp, mask=mt, other=0.0),)
+            sps = sps + (tl.load(spp, mask=mt, other=0.0),)
+            kp -= D
+            vp -= D
+            gyp -= D
+            sap -= D
+            sbp -= D
+            spp -= D
+        for i in tl.static_range(CHUNK):
+            live = (offs * 0 + (t_hi - i)) >= 0
+            mt = m & live
+            kt = ks[i].to(tl.float32)
+            vt = vs[i].to(tl.float32)
+            gyt = gys[i].to(tl.float32)
+            a_t = sas[i]
+            b_t = sbs[i]
+            p_t = sps[i]
+            uk = u + kt
+            q = tl.maximum(p_t, uk)
+            e1 = tl.exp(p_t - q)
+            e2 = tl.exp(uk - q)
+            d = e1 * b_t + e2
+            y = (e1 * a_t + e2 * vt) / d
+            c = tl.where(mt, gyt / d, 0.0)
+            direct = c * e2
+            ek = tl.exp(kt + o)
+            gkd = direct * (vt - y)
+            tl.store(gvp, (direct + ek * ga).to(gv_ptr.dtype.element_ty), mask=mt)
+            tl.store(gkp, (gkd + ek * (vt * ga + gb)).to(gk_ptr.dtype.element_ty), mask=mt)
+            gkp -= D
+            gvp -= D
+            gu += gkd
+            gw += tl.where(mt, tl.exp(p_t + o - w) * (a_t * ga + b_t * gb), 0.0)
+            # adjoint of the state entering token t
+            ow = o - w
+            no = tl.maximum(ow, -q)
+            f1 = tl.exp(ow - no)
+            f2 = tl.exp(-q - no)
+            ga = tl.where(live, f1 * ga + f2 * c, ga)
+            gb = tl.where(live, f1 * gb - f2 * c * y, gb)
+            o = tl.where(live, no, o)
     s0 = tl.exp(pp0 + o)
     tl.store(gaa_ptr + soffs, s0 * ga, mask=m)
     tl.store(gbb_ptr + soffs, s0 * gb, mask=m)
@@ -197,8 +230,9 @@ def _kernel(fn, device: torch.device, autotune: bool):
 
             _CACHE[key] = InterpretedFunction(fn)
         elif autotune:
-            configs = [triton.Config({"BLOCK": b}, num_warps=nw) for b, nw in _CUDA_CONFIGS]
-            _CACHE[key] = triton.autotune(configs=configs, key=["D", "L"])(triton.jit(fn))
+            configs = [triton.Config({"BLOCK": b, "CHUNK": c}, num_warps=nw) for b, nw, c in _CUDA_CONFIGS]
+            # keyed on the parallelism (B, D), not on L: a new prompt length must not re-tune
+            _CACHE[key] = triton.autotune(configs=configs, key=["B", "D"])(triton.jit(fn))
         else:
             _CACHE[key] = triton.jit(fn)
     return _CACHE[key]
@@ -211,8 +245,9 @@ def _launch(fn, B: int, D: int, device: torch.device, block_size: int | None, ar
         return
     if block_size is None:  # interpreter: one wide program per batch row
         block_size = min(max(triton.next_power_of_2(D), 16), 4096)
+    chunk = _CUDA_CHUNK if device.type == "cuda" else _CPU_CHUNK
     k = _kernel(fn, device, autotune=False)
-    k[(B, triton.cdiv(D, block_size))](*args, BLOCK=block_size, **consts)
+    k[(B, triton.cdiv(D, block_size))](*args, BLOCK=block_size, CHUNK=chunk, **consts)
 
 
 class WKV4FusedFunction(torch.autograd.Function):
@@ -230,7 +265,7 @@ class WKV4FusedFunction(torch.autograd.Function):
         else:
             sa = sb = sp = oa  # never touched (SAVE=False)
         _launch(_wkv4_fwd_kernel, B, D, dev, block_size,
-                (w, u, k, v, aa, bb, pp, y, sa, sb, sp, oa, ob, op, L, D, L * D), dict(SAVE=need_grad))
+                (w, u, k, v, aa, bb, pp, y, sa, sb, sp, oa, ob, op, B, L, D, L * D), dict(SAVE=need_grad))
         if need_grad:
             ctx.save_for_backward(w, u, k, v, sa, sb, sp)
         ctx.dtypes = (w.dtype, u.dtype, aa.dtype, bb.dtype, pp.dtype)
@@ -248,7 +283,7 @@ class WKV4FusedFunction(torch.autograd.Function):
         gv = _empty((B, L, D), v.dtype, dev)
         gw, gu, gaa, gbb, gpp = (_empty((B, D), torch.float32, dev) for _ in range(5))
         _launch(_wkv4_bwd_kernel, B, D, dev, ctx.block_size,
-                (w, u, k, v, gy, sa, sb, sp, gk, gv, gw, gu, gaa, gbb, gpp, L, D, L * D, (L - 1) * D), {})
+                (w, u, k, v, gy, sa, sb, sp, gk, gv, gw, gu, gaa, gbb, gpp, B, L, D, L * D, (L - 1) * D), {})
         dw, du, daa, dbb, dpp = ctx.dtypes
         return (gw.sum(0).to(dw), gu.sum(0).to(du), gk, gv, gaa.to(daa), gbb.to(dbb), gpp.to(dpp), None)
 

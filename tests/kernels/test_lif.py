@@ -102,6 +102,14 @@ def test_odd_shapes(T, N, block, dtype):
     check_against_naive(T, N, dtype, CONFIGS[0], block_size=block, seed=T * 1000 + N)
 
 
+@pytest.mark.parametrize("chunk", [1, 3, 8])
+@pytest.mark.parametrize("T", [1, 8, 10])
+def test_time_chunks(chunk, T, monkeypatch):
+    # steps per chunk (loads issued ahead): T a multiple of it, not a multiple, or shorter
+    monkeypatch.setattr(fr, "_CPU_CHUNK", chunk)
+    check_against_naive(T, 21, torch.float32, CONFIGS[1], seed=chunk * 100 + T)
+
+
 @pytest.mark.parametrize("loss", ["spikes", "v"])
 def test_partial_upstream_gradients(loss):
     # only spikes (v_T unused: no gradient into v_T) or only v_T (no gradient into spikes)

@@ -91,6 +91,14 @@ def test_odd_shapes(B, L, D, block, dtype):
     check(B, L, D, dtype, with_state=True, block_size=block, seed=B * 100 + L * 10 + D)
 
 
+@pytest.mark.parametrize("chunk", [1, 3, 8])
+@pytest.mark.parametrize("L", [1, 8, 11])
+def test_time_chunks(chunk, L, monkeypatch):
+    # tokens per chunk (loads issued ahead): L a multiple of it, not a multiple, or shorter
+    monkeypatch.setattr(fr, "_CPU_CHUNK", chunk)
+    check(2, L, 21, torch.float32, with_state=True, block_size=16, seed=chunk * 100 + L)
+
+
 def test_large_keys_long_sequence_stable():
     # |k| up to ~60: e^k overflows fp32 without the running maximum; 150 tokens
     check(1, 150, 19, torch.float32, with_state=True, block_size=32, seed=7, kscale=20.0)
