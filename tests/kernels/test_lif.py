@@ -311,14 +311,16 @@ def test_gpu_matches_torch_loop(dtype, bound, T, N, plif):
         grads = torch.autograd.grad((s.float() * gs.float()).sum() + (v * gv).sum(), ins)
         return s, v, grads
 
-    s, v, g = go(lif_fused_recurrent)
+    s, v, g = go(lif_fused_recurrent)  # compiled kernels, autotuned block
     s_r, v_r, g_r = go(lambda x, v0, tau: LIFTorchFunction.apply(x.float(), v0, tau, 1.0, 0.0, True, False, "atan", 2.0))
-    mismatch = (s.float() != s_r).float().mean().item()
-    assert mismatch < 1e-4  # rounding-order flips at the threshold only
-    if mismatch == 0:
-        assert rel(v, v_r) < 1e-5
-        for a, b in zip(g, g_r):
-            assert rel(a.float(), b.float()) < bound
+    # GPU fma/rounding may flip a spike where h is within an ulp of v_th; the flip then changes
+    # that neuron's later dynamics, so neurons with any flip are excluded from the comparison
+    same = (s.float() == s_r).all(0)
+    assert same.float().mean().item() > 0.999
+    assert rel(v[same], v_r[same]) < 1e-5  # fp32 state
+    assert rel(g[0][:, same].float(), g_r[0][:, same].float()) < bound  # gx in the input dtype
+    if plif and bool(same.all()):
+        assert abs(g[1].item() - g_r[1].item()) <= 1e-3 * max(1.0, abs(g_r[1].item()))  # fp32 sum of T*N terms
 
 
 def test_empty_neuron_axis():
