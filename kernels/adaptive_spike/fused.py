@@ -14,7 +14,9 @@ Division is IEEE round-to-nearest (``div_rn``) and rounding uses the ``1.5 * 2^2
 which rounds half to even like ``torch.round`` for ``|x / v_th| < 2^22`` (the count is at
 most ``k * D``, so this holds for any realistic row).
 
-:func:`spike_count_fused` counts nonzero entries: each program writes the count of its
+:func:`spike_counts_fused` returns the integer counts and thresholds from the same kernel
+(for the inference-time spike-train expansion), and :func:`spike_count_fused` counts nonzero
+entries: each program writes the count of its
 block to its own slot, and torch sums the slots in int64 (deterministic, no atomics).
 
 Kernels are compiled with ``triton.jit`` for CUDA tensors and run by Triton's interpreter for
@@ -29,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["adaptive_spike_fused", "spike_count_fused"]
+__all__ = ["adaptive_spike_fused", "spike_counts_fused", "spike_count_fused"]
 
 _MAX_ROW_BLOCK = 4096
 _COUNT_BLOCK = 4096
@@ -41,8 +43,8 @@ def _empty(shape, dtype, device):
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-def _adaptive_spike_kernel(x_ptr, y_ptr, D, D_f, k, eps, max_count,
-                           BLOCK: tl.constexpr, SINGLE: tl.constexpr, CLAMP: tl.constexpr):
+def _adaptive_spike_kernel(x_ptr, y_ptr, n_ptr, vth_ptr, D, D_f, k, eps, max_count,
+                           BLOCK: tl.constexpr, SINGLE: tl.constexpr, CLAMP: tl.constexpr, COUNTS: tl.constexpr):
     row = tl.program_id(0)
     base = row.to(tl.int64) * D
     offs = tl.arange(0, BLOCK)
@@ -57,13 +59,18 @@ def _adaptive_spike_kernel(x_ptr, y_ptr, D, D_f, k, eps, max_count,
             acc += tl.abs(tl.load(x_ptr + base + start + offs, mask=mm, other=0.0).to(tl.float32))
         total = tl.reduce(acc, 0, tl.standard._sum_combine)
     v_th = tl.maximum(tl.math.div_rn(tl.math.div_rn(total, D_f), k), eps)
+    if COUNTS:
+        tl.store(vth_ptr + row, v_th)
     if SINGLE:
         yv = tl.math.div_rn(x, v_th)
         r = (yv + 12582912.0) - 12582912.0  # round half to even (|yv| < 2^22)
         r = tl.where(tl.abs(yv) < 4194304.0, r, yv)
         if CLAMP:
             r = tl.minimum(tl.maximum(r, -max_count), max_count)
-        tl.store(y_ptr + base + offs, (r * v_th).to(y_ptr.dtype.element_ty), mask=m)
+        if COUNTS:
+            tl.store(n_ptr + base + offs, r.to(tl.int32), mask=m)
+        else:
+            tl.store(y_ptr + base + offs, (r * v_th).to(y_ptr.dtype.element_ty), mask=m)
     else:
         for start in range(0, D, BLOCK):
             mm = (offs + start) < D
@@ -73,7 +80,10 @@ def _adaptive_spike_kernel(x_ptr, y_ptr, D, D_f, k, eps, max_count,
             r = tl.where(tl.abs(yv) < 4194304.0, r, yv)
             if CLAMP:
                 r = tl.minimum(tl.maximum(r, -max_count), max_count)
-            tl.store(y_ptr + base + start + offs, (r * v_th).to(y_ptr.dtype.element_ty), mask=mm)
+            if COUNTS:
+                tl.store(n_ptr + base + start + offs, r.to(tl.int32), mask=mm)
+            else:
+                tl.store(y_ptr + base + start + offs, (r * v_th).to(y_ptr.dtype.element_ty), mask=mm)
 
 
 def _count_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
@@ -101,21 +111,32 @@ def _kernel(fn, device: torch.device):
     return _CACHE[key]
 
 
-def _quantise(x: torch.Tensor, k: float, max_count: int | None, block_size: int | None) -> torch.Tensor:
+def _run_rows(x: torch.Tensor, k: float, max_count: int | None, block_size: int | None, counts: bool):
+    """Launch the row kernel: ``counts=False`` -> quantised ``x``; True -> (int32 counts, fp32 v_th)."""
     D = x.shape[-1]
     x2 = x.reshape(-1, D).contiguous()
     R = x2.shape[0]
-    y = _empty((R, D), x.dtype, x.device)
-    if R == 0:
-        return y.reshape(x.shape)
-    block = block_size or min(max(triton.next_power_of_2(D), 16), _MAX_ROW_BLOCK)
-    single = D <= block
-    launch = dict(BLOCK=block, SINGLE=single, CLAMP=max_count is not None)
-    if x.is_cuda:
-        launch["num_warps"] = max(1, min(16, block // 256))
-    _kernel(_adaptive_spike_kernel, x.device)[(R,)](
-        x2, y, D, float(D), float(k), _EPS, float(max_count) if max_count is not None else 0.0, **launch)
+    if counts:
+        n = _empty((R, D), torch.int32, x.device)
+        vth = _empty((R, 1), torch.float32, x.device)
+        y = n
+    else:
+        y = _empty((R, D), x.dtype, x.device)
+        n = vth = y  # never touched (COUNTS=False)
+    if R > 0:
+        block = block_size or min(max(triton.next_power_of_2(D), 16), _MAX_ROW_BLOCK)
+        launch = dict(BLOCK=block, SINGLE=D <= block, CLAMP=max_count is not None, COUNTS=counts)
+        if x.is_cuda:
+            launch["num_warps"] = max(1, min(16, block // 256))
+        _kernel(_adaptive_spike_kernel, x.device)[(R,)](
+            x2, y, n, vth, D, float(D), float(k), _EPS, float(max_count) if max_count is not None else 0.0, **launch)
+    if counts:
+        return n.reshape(x.shape), vth.reshape(*x.shape[:-1], 1)
     return y.reshape(x.shape)
+
+
+def _quantise(x: torch.Tensor, k: float, max_count: int | None, block_size: int | None) -> torch.Tensor:
+    return _run_rows(x, k, max_count, block_size, counts=False)
 
 
 class AdaptiveSpikeFusedFunction(torch.autograd.Function):
@@ -151,6 +172,11 @@ def adaptive_spike_fused(x: torch.Tensor, k: float = 3.0, max_count: int | None 
         TypeError: ``x`` not a floating tensor.
         ValueError: ``k <= 0``, ``max_count < 1``, empty last axis, bad ``block_size``.
     """
+    _check(x, k, max_count, block_size)
+    return AdaptiveSpikeFusedFunction.apply(x, k, max_count, block_size)
+
+
+def _check(x, k, max_count, block_size) -> None:
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise TypeError("x must be a floating-point tensor")
     if not (k > 0 and math.isfinite(k)):
@@ -161,7 +187,28 @@ def adaptive_spike_fused(x: torch.Tensor, k: float = 3.0, max_count: int | None 
         raise ValueError(f"x needs a non-empty last (hidden) axis, got shape {tuple(x.shape)}")
     if block_size is not None and (block_size < 16 or block_size & (block_size - 1)):
         raise ValueError(f"block_size must be a power of two >= 16, got {block_size}")
-    return AdaptiveSpikeFusedFunction.apply(x, k, max_count, block_size)
+
+
+def spike_counts_fused(x: torch.Tensor, k: float = 3.0, max_count: int | None = None, *,
+                       block_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Integer spike counts and thresholds on Triton: ``(s_int [..., D] int32, v_th [..., 1] float32)``.
+
+    The Triton counterpart of ``naive.spike_counts`` (SpikingBrain report, Eqs. 19-23), from
+    the same kernel as :func:`adaptive_spike_fused`, so ``(s_int.float() * v_th).to(x.dtype)``
+    equals ``adaptive_spike_fused(x, k, max_count)`` bit for bit. (``naive.spike_counts`` may
+    differ in the last bit of ``v_th``, the summation order of ``mean|x|``, and then by one
+    count at an exact rounding tie.) Use it for the inference-time expansion into spike
+    trains whenever the training-time path runs on Triton. No gradient.
+
+    Args:
+        x: ``[..., D]`` float32/float16/bfloat16 activations on CUDA or CPU (interpreter).
+        k, max_count, block_size: as :func:`adaptive_spike_fused`.
+    Raises:
+        TypeError: ``x`` not a floating tensor.
+        ValueError: ``k <= 0``, ``max_count < 1``, empty last axis, bad ``block_size``.
+    """
+    _check(x, k, max_count, block_size)
+    return _run_rows(x.detach(), k, max_count, block_size, counts=True)
 
 
 def spike_count_fused(x: torch.Tensor, *, block_size: int = _COUNT_BLOCK) -> torch.Tensor:

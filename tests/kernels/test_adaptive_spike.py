@@ -13,7 +13,7 @@ import torch
 from spikelm.kernels.adaptive_spike import (adaptive_spike, adaptive_threshold, collapse_train, count_nonzero_spikes,
                                             expand_counts, spike_counts)
 from spikelm.kernels.adaptive_spike import fused as fz
-from spikelm.kernels.adaptive_spike.fused import adaptive_spike_fused, spike_count_fused
+from spikelm.kernels.adaptive_spike.fused import adaptive_spike_fused, spike_count_fused, spike_counts_fused
 from spikelm.kernels.adaptive_spike.naive import adaptive_spike_naive
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -54,6 +54,27 @@ def test_k_and_heavy_tails():
     for k in (1.0, 3.0, 10.0):
         check(x, k, None, 32)
     check(torch.zeros(3, 40), 3.0)  # all-zero rows: v_th = eps, output 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("shape,block,max_count", [((3, 5, 37), None, None), ((2, 300), 64, 4)])
+def test_counts_and_threshold_match_quantised_output(dtype, shape, block, max_count):
+    """spike_counts_fused shares the kernel: counts * v_th equals adaptive_spike_fused bit for bit."""
+    x = (torch.randn(*shape, generator=torch.Generator().manual_seed(shape[-1])) * 2).to(dtype)
+    n, v_th = spike_counts_fused(x, 3.0, max_count, block_size=block)
+    assert n.dtype == torch.int32 and n.shape == x.shape
+    assert v_th.dtype == torch.float32 and v_th.shape == (*x.shape[:-1], 1)
+    out = adaptive_spike_fused(x, 3.0, max_count, block_size=block)
+    assert torch.equal((n.float() * v_th).to(dtype), out)
+    n_ref, v_ref = spike_counts(x, 3.0, max_count)
+    assert torch.allclose(v_th, v_ref, rtol=1e-6, atol=0)  # summation order of mean|x| only
+    y = x.float() / v_ref
+    near_tie = ((y - y.floor()) - 0.5).abs() < 1e-4
+    assert ((n == n_ref) | near_tie).all()
+    # and the spike-train expansion of the fused counts round-trips
+    train = expand_counts(n, 8 if max_count is None else 4, "bitwise") if n.abs().max() < 256 else None
+    if train is not None:
+        assert torch.equal(collapse_train(train, "bitwise"), n)
 
 
 def test_round_half_to_even_like_torch():
@@ -139,7 +160,8 @@ def test_gradcheck_threshold_float64():
                           x.detach().abs().mean(-1, keepdim=True) / 3.0, rtol=1e-6)
 
 
-@pytest.mark.parametrize("fn", [adaptive_spike, adaptive_spike_fused], ids=["public", "fused"])
+@pytest.mark.parametrize("fn", [adaptive_spike, adaptive_spike_fused, spike_counts_fused],
+                         ids=["public", "fused", "fused-counts"])
 def test_bad_inputs(fn):
     with pytest.raises(TypeError):
         fn(torch.ones(3, 4, dtype=torch.int32))

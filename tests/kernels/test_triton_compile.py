@@ -89,12 +89,16 @@ def test_wkv4_kernels_compile(dt):
 
 @pytest.mark.parametrize("dt", ["fp32", "bf16"])
 def test_adaptive_spike_and_counter_compile(dt):
-    sig = {"x_ptr": f"*{dt}", "y_ptr": f"*{dt}", "D": "i32", "D_f": "fp32", "k": "fp32", "eps": "fp32",
-           "max_count": "fp32", "BLOCK": "constexpr", "SINGLE": "constexpr", "CLAMP": "constexpr"}
-    k = compile_kernel(AS._adaptive_spike_kernel, sig, {"BLOCK": 1024, "SINGLE": True, "CLAMP": False},
+    sig = {"x_ptr": f"*{dt}", "y_ptr": f"*{dt}", "n_ptr": "*i32", "vth_ptr": "*fp32", "D": "i32", "D_f": "fp32",
+           "k": "fp32", "eps": "fp32", "max_count": "fp32", "BLOCK": "constexpr", "SINGLE": "constexpr",
+           "CLAMP": "constexpr", "COUNTS": "constexpr"}
+    k = compile_kernel(AS._adaptive_spike_kernel, sig, {"BLOCK": 1024, "SINGLE": True, "CLAMP": False, "COUNTS": False},
                        aligned=("x_ptr", "y_ptr", "D"))
     assert any(op.startswith("ld.global.v4") or op.startswith("ld.global.v2") for op in global_ops(k))
-    compile_kernel(AS._adaptive_spike_kernel, sig, {"BLOCK": 4096, "SINGLE": False, "CLAMP": True}, num_warps=16)
+    compile_kernel(AS._adaptive_spike_kernel, sig, {"BLOCK": 4096, "SINGLE": False, "CLAMP": True, "COUNTS": False},
+                   num_warps=16)
+    compile_kernel(AS._adaptive_spike_kernel, sig, {"BLOCK": 1024, "SINGLE": True, "CLAMP": True, "COUNTS": True})
+    compile_kernel(AS._adaptive_spike_kernel, sig, {"BLOCK": 512, "SINGLE": False, "CLAMP": False, "COUNTS": True})
     compile_kernel(AS._count_kernel, {"x_ptr": f"*{dt}", "out_ptr": "*i32", "n": "i64", "BLOCK": "constexpr"},
                    {"BLOCK": 4096})
     compile_kernel(AS._count_kernel, {"x_ptr": "*u8", "out_ptr": "*i32", "n": "i32", "BLOCK": "constexpr"},
