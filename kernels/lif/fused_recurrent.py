@@ -22,9 +22,9 @@ the time axis with a pointer that moves ``N`` elements per step (no per-step lau
 compile-time limit on ``T``, 64-bit pointer arithmetic). Time is processed in chunks of
 ``CHUNK`` steps: the loads of a whole chunk are issued before its sequential update, so a
 narrow ``N`` (tokens x channels) still keeps many bytes in flight; a runtime mask handles the
-last, partial chunk. The forward saves ``h [T, N]``
-(fp32) only when a gradient is needed. PLIF's ``g_tau`` is reduced deterministically: each
-program writes one partial sum to its own slot of a buffer that torch then sums (no atomics).
+last, partial chunk. The forward saves ``h [T, N]`` (fp32) only when a gradient is needed.
+PLIF's ``g_tau`` is reduced deterministically: each program writes one partial sum to its own
+slot of a buffer that torch then sums (no atomics).
 
 Kernels are compiled with ``triton.jit`` for CUDA tensors and run by Triton's interpreter for
 CPU tensors (tests; see ``_kernel``), whatever ``TRITON_INTERPRET`` was when triton was
