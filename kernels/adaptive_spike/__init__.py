@@ -5,18 +5,33 @@ import torch
 
 from ..dispatch import check_tensor, use_triton
 from .naive import (ENCODINGS, adaptive_spike_naive, adaptive_threshold, collapse_train, count_nonzero_spikes,
-                    expand_counts, spike_counts)
+                    expand_counts)
+from .naive import spike_counts as spike_counts_naive
 
 __all__ = ["adaptive_spike", "adaptive_spike_naive", "adaptive_threshold", "spike_counts", "expand_counts",
            "collapse_train", "count_nonzero_spikes", "ENCODINGS"]
 
 
-def _triton_impl():
+def _triton_impl(name: str = "adaptive_spike_fused"):
     try:
-        from .fused import adaptive_spike_fused
+        from . import fused
     except ImportError:
         return None
-    return adaptive_spike_fused
+    return getattr(fused, name, None)
+
+
+def spike_counts(x: torch.Tensor, k: float = 3.0, max_count: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Integer spike counts and thresholds of ``x [..., D]``: ``(s_int [..., D] int32, v_th [..., 1] fp32)``.
+
+    Dispatched like :func:`adaptive_spike`, so ``counts * v_th`` equals its output bit for bit
+    on every device (the threshold's summation order is the same).
+    """
+    check_tensor("x", x)
+    if use_triton(x):
+        impl = _triton_impl("spike_counts_fused")
+        if impl is not None:
+            return impl(x, k, max_count)
+    return spike_counts_naive(x, k, max_count)
 
 
 def adaptive_spike(x: torch.Tensor, k: float = 3.0, max_count: int | None = None) -> torch.Tensor:

@@ -65,6 +65,10 @@ def lif_multistep(
         check_tensor("v0", v0)
         if v0.shape != x.shape[1:]:
             raise ValueError(f"v0 must have shape x.shape[1:] = {tuple(x.shape[1:])}, got {tuple(v0.shape)}")
+    if isinstance(tau, torch.Tensor):
+        if tau.numel() != 1:
+            raise ValueError(f"tau must be a number or a one-element tensor, got shape {tuple(tau.shape)}")
+        tau = tau.reshape(())
     check_same_device(x=x, v0=v0, tau=tau if isinstance(tau, torch.Tensor) else None)
     if not float(tau.detach() if isinstance(tau, torch.Tensor) else tau) > 0:
         raise ValueError(f"tau must be > 0, got {float(tau)}")

@@ -59,7 +59,9 @@ def wkv4(
     if state is not None:
         if len(state) != 3 or any(s.shape != (B, D) for s in state):
             raise ValueError(f"state must be (aa, bb, pp), each [B, D] = [{B}, {D}]")
-    check_same_device(w=w, u=u, k=k, v=v, aa=None if state is None else state[0])
+        for name, s in zip(("aa", "bb", "pp"), state):
+            check_tensor(f"state {name}", s, dtypes=(torch.float32, torch.float64))
+    check_same_device(w=w, u=u, k=k, v=v, **(dict(zip(("aa", "bb", "pp"), state)) if state is not None else {}))
     if use_triton(k):
         impl = _triton_impl()
         if impl is not None:

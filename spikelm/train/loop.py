@@ -184,6 +184,10 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
     if t.threads:
         torch.set_num_threads(t.threads)
     rank, world, device = init_distributed()
+    if device.type == "cpu":
+        # The WKV running-max form evaluates exp() of large negative numbers; denormal results
+        # make x86 arithmetic 10-100x slower (seen as sudden multi-second steps). Flush them.
+        torch.set_flush_denormal(True)
     run_dir = Path(t.run_dir)
     check_run_dir(run_dir, resume, overwrite)
     # Everything that can fail on bad input (files, corpus, tokenizer, block size, model) runs
