@@ -3,9 +3,11 @@
     spikelm train [RECIPE] [--resume | --overwrite] [--section.key VALUE ...]
     spikelm generate MODEL_DIR "prompt" [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--greedy]
     spikelm eval MODEL_DIR FILE [FILE ...] [--batch-size N] [--block-size L] [--json]
+    spikelm export RUN_DIR OUT_DIR [--tag stepN]
 
 RECIPE is a YAML file or the name of a shipped recipe (``spikelm train --list-recipes``);
-without one the default ``shakespeare`` recipe runs. Errors print one line and exit 2.
+without one the default ``shakespeare`` recipe runs. Errors print one line and exit 2
+(``SPIKELM_DEBUG=1`` shows the traceback instead).
 """
 from __future__ import annotations
 
@@ -71,7 +73,7 @@ def load_recipe(recipe: str | None, overrides: list[str]):
     try:
         validate_recipe(r)
     except ValueError as e:
-        raise CLIError(str(e)) from None
+        raise CLIError(str(e)) from e
     return r
 
 
@@ -94,8 +96,12 @@ def cmd_train(argv: list[str]) -> int:
     try:
         summary = train(r, resume=resume, overwrite=overwrite)
     except (RunDirError, FileNotFoundError, ValueError) as e:
-        raise CLIError(str(e)) from None
+        raise CLIError(str(e)) from e
     if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    if summary.get("stopped_by"):
+        print(f"\nstopped by {summary['stopped_by']} after step {summary['last_step']}: checkpoint saved in "
+              f"{r.train.run_dir}/checkpoints; continue with: spikelm train ... --resume")
         return 0
     val = summary["val"]
     print(f"\ndone in {summary['wall_seconds']:.0f} s ({summary['train_seconds']:.0f} s training, "
@@ -129,7 +135,7 @@ def cmd_generate(argv: list[str]) -> int:
         print(generate_text(a.model_dir, a.prompt, max_new_tokens=a.max_new_tokens, temperature=a.temperature,
                             top_k=a.top_k, top_p=a.top_p, greedy=a.greedy, seed=a.seed))
     except (ValueError, FileNotFoundError) as e:
-        raise CLIError(str(e)) from None
+        raise CLIError(str(e)) from e
     return 0
 
 
@@ -149,7 +155,7 @@ def cmd_eval(argv: list[str]) -> int:
         res = evaluate_files(a.model_dir, a.files, block_size=a.block_size, batch_size=a.batch_size,
                              text_field=a.text_field)
     except (ValueError, FileNotFoundError) as e:
-        raise CLIError(str(e)) from None
+        raise CLIError(str(e)) from e
     if a.json:
         print(json.dumps(res))
     else:
@@ -160,7 +166,24 @@ def cmd_eval(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval}
+def cmd_export(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="spikelm export", description="Consolidate a run's DeepSpeed checkpoint "
+                                "(any ZeRO stage) into a Hugging Face directory.")
+    p.add_argument("run_dir", help="a run directory (or its checkpoints/ folder)")
+    p.add_argument("out_dir", help="new directory to write (must not exist)")
+    p.add_argument("--tag", default=None, help="checkpoint tag, e.g. step200 (default: the latest)")
+    a = p.parse_args(argv)
+    from .train.export import export_checkpoint
+
+    try:
+        out = export_checkpoint(a.run_dir, a.out_dir, a.tag)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        raise CLIError(str(e)) from e
+    print(f"exported {a.run_dir} to {out}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[argv[0]](argv[1:])
     except CLIError as e:
+        if os.environ.get("SPIKELM_DEBUG") == "1":
+            raise
         print(f"spikelm {argv[0]}: error: {e}", file=sys.stderr)
         return 2
 

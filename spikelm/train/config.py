@@ -85,6 +85,13 @@ class TrainConfig:
         seed: seeds the init and the data order.
         sample_prompt, sample_tokens: the text sample printed after training.
         threads: torch CPU threads per process (None = torch's default).
+        activation_checkpointing: recompute each block in the backward pass (less memory).
+        offload_optimizer, offload_params: ZeRO-Offload of optimizer state (stage >= 1) and
+            of parameters (stage 3) to CPU memory.
+        max_nonfinite_steps: how many optimizer steps with a NaN/inf loss are skipped (each
+            reported with its step) before the run aborts; 0 aborts at the first.
+        collective_timeout_s: a collective that waits longer than this (a dead or hung rank)
+            makes every rank fail instead of hanging.
         deepspeed: extra DeepSpeed config entries merged over the generated ones.
     """
 
@@ -103,6 +110,11 @@ class TrainConfig:
     sample_prompt: str = "ROMEO:"
     sample_tokens: int = 200
     threads: int | None = None
+    activation_checkpointing: bool = False
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    max_nonfinite_steps: int = 0
+    collective_timeout_s: int = 600
     deepspeed: dict = field(default_factory=dict)
 
 
@@ -140,6 +152,10 @@ def validate_recipe(r: Recipe) -> None:
         (r.train.precision in PRECISIONS, f"train.precision {r.train.precision!r} is unknown; accepted: {', '.join(PRECISIONS)}"),
         (r.train.keep_checkpoints >= 1, f"train.keep_checkpoints must be >= 1, got {r.train.keep_checkpoints}"),
         (min(r.train.eval_every, r.train.checkpoint_every, r.train.log_every) >= 0, "train.eval_every, checkpoint_every and log_every must be >= 0"),
+        (r.train.max_nonfinite_steps >= 0, f"train.max_nonfinite_steps must be >= 0, got {r.train.max_nonfinite_steps}"),
+        (r.train.collective_timeout_s >= 1, f"train.collective_timeout_s must be >= 1, got {r.train.collective_timeout_s}"),
+        (not r.train.offload_params or r.train.zero_stage == 3, "train.offload_params needs train.zero_stage 3"),
+        (not r.train.offload_optimizer or r.train.zero_stage >= 1, "train.offload_optimizer needs train.zero_stage >= 1"),
     ]
     for ok, msg in checks:
         if not ok:

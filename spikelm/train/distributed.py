@@ -13,13 +13,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def init_distributed() -> tuple[int, int, torch.device]:
+def init_distributed(timeout_s: int = 600) -> tuple[int, int, torch.device]:
     """Initialise ``torch.distributed`` through DeepSpeed; returns ``(rank, world_size, device)``.
 
     Under a launcher (deepspeed, torchrun, srun torchrun) the usual ``RANK``/``WORLD_SIZE``/
     ``LOCAL_RANK``/``MASTER_*`` variables are read; without one, a one-process group on
-    localhost is made. Backend: NCCL on CUDA, gloo on CPU.
+    localhost is made. Backend: NCCL on CUDA, gloo on CPU. A collective that waits more than
+    ``timeout_s`` seconds (a dead rank) raises on the surviving ranks instead of hanging.
     """
+    from datetime import timedelta
+
     import deepspeed
 
     if "RANK" not in os.environ:
@@ -31,7 +34,8 @@ def init_distributed() -> tuple[int, int, torch.device]:
     if cuda:
         torch.cuda.set_device(local_rank)
     if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", auto_mpi_discovery=False)
+        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", auto_mpi_discovery=False,
+                                   timeout=timedelta(seconds=timeout_s))
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     return torch.distributed.get_rank(), torch.distributed.get_world_size(), device
 

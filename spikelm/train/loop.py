@@ -18,7 +18,10 @@ import torch
 from .config import Recipe
 from .distributed import all_reduce_sum, barrier, init_distributed
 from .rundir import atomic_dir, check_run_dir, prepare_run_dir
+from .export import MODEL_CONFIG
+from .model_init import build_model
 from .schedule import BatchOrder, lr_factor
+from .signals import StopRequest
 
 from ..recipes import DATA_DIR as BUILTIN_DATA
 
@@ -66,6 +69,11 @@ def deepspeed_config(recipe: Recipe, world_size: int, precision: str) -> dict:
     }
     if t.zero_stage == 3:
         cfg["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
+    if t.offload_optimizer:
+        cfg["zero_optimization"]["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+        cfg["zero_force_ds_cpu_optimizer"] = False  # our AdamW is a plain torch optimizer
+    if t.offload_params:
+        cfg["zero_optimization"]["offload_param"] = {"device": "cpu", "pin_memory": True}
     for k, v in t.deepspeed.items():
         if isinstance(v, dict) and isinstance(cfg.get(k), dict):
             cfg[k] = {**cfg[k], **v}
@@ -177,13 +185,11 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
     from tqdm.auto import tqdm
 
     from ..data import PackedBlocks, corpus_stats, load_text_splits, pack_blocks
-    from ..models import SpikeLMForCausalLM
-
     t_start = time.time()
     r, t = recipe, recipe.train
     if t.threads:
         torch.set_num_threads(t.threads)
-    rank, world, device = init_distributed()
+    rank, world, device = init_distributed(t.collective_timeout_s)
     if device.type == "cpu":
         # The WKV running-max form evaluates exp() of large negative numbers; denormal results
         # make x86 arithmetic 10-100x slower (seen as sudden multi-second steps). Flush them.
@@ -202,30 +208,35 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
     _log(rank, f"data: {len(train_blocks)} train / {len(val_blocks)} validation blocks of {r.data.block_size} tokens; "
                f"vocab {len(tok)}; validation {val_stats['bytes_per_token']:.3f} bytes/token")
 
-    torch.manual_seed(t.seed)
     config = _model_config(r, tok)
-    model = SpikeLMForCausalLM(config)
-    n_params = sum(p.numel() for p in model.parameters())
+    precision = _precision(r, device)
+    ds_cfg = deepspeed_config(r, world, precision)
+    model = build_model(config, ds_cfg, t.zero_stage, t.seed)
+    if t.activation_checkpointing:
+        model.gradient_checkpointing_enable()
+    n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
     if rank == 0:
         prepare_run_dir(run_dir, resume, overwrite)
         if not resume:
             with atomic_dir(run_dir / "tokenizer") as tmp:
                 tok.save_pretrained(tmp)
+            config.to_json_file(str(run_dir / MODEL_CONFIG))
     barrier()
     _log(rank, f"model: {r.model.flavour} ({config.num_hidden_layers} layers, D={config.hidden_size}, "
                f"neuron={config.neuron}), {n_params / 1e6:.2f}M parameters")
-    precision = _precision(r, device)
     o = r.optim
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}],
                                   lr=o.lr, betas=tuple(o.betas), eps=o.eps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, o.warmup_steps, t.max_steps, o.min_lr_ratio))
-    ds_cfg = deepspeed_config(r, world, precision)
+
+    def make_scheduler(opt):  # built on the optimizer DeepSpeed wraps (ZeRO-3 regroups the parameters)
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, o.warmup_steps, t.max_steps,
+                                                                          o.min_lr_ratio))
+
     engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer,
-                                                           lr_scheduler=scheduler, config=ds_cfg)
+                                                           lr_scheduler=make_scheduler, config=ds_cfg)
     ckpt_dir = run_dir / "checkpoints"
     start_step = 0
     if resume:
@@ -265,49 +276,66 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
     bar = tqdm(total=t.max_steps, initial=start_step, disable=rank != 0, desc="train", unit="step",
                dynamic_ncols=True)
     engine.train()
-    last_eval = None
+    last_eval, stopped, nonfinite, done = None, None, 0, start_step
     t_loop, tokens_seen = time.time(), 0
-    for step in range(start_step, t.max_steps):
-        micro = order.rank_micro_batches(step, rank, world, t.micro_batch_size)
-        loss_sum = 0.0
-        for mb in micro:
-            x = torch.stack([train_blocks[i] for i in mb]).to(device)
-            targets = x[:, 1:].contiguous()
-            out = engine(input_ids=x[:, :-1], labels=targets, shift_labels=targets, use_cache=False)
-            engine.backward(out.loss)
-            engine.step()
-            loss_sum += out.loss.item()
-        loss = all_reduce_sum([loss_sum / len(micro)], device)[0] / world
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"training loss is {loss} at step {step + 1}; lower optim.lr or check the data")
-        tokens_seen += tokens_per_step
-        done = step + 1
-        elapsed = time.time() - t_loop
-        tok_s = tokens_seen / max(elapsed, 1e-9)
-        rec = {"step": done, "loss": loss, "lr": scheduler.get_last_lr()[0], "tokens_per_s": tok_s,
-               "epoch": order.epoch_of(done)}
-        rates = engine.module.model.spike_rates()
-        if writer is not None and (t.log_every and done % t.log_every == 0 or done == t.max_steps):
-            writer.add_scalar("train/loss", loss, done)
-            writer.add_scalar("train/lr", rec["lr"], done)
-            writer.add_scalar("train/tokens_per_s", tok_s, done)
-            for name, v in rates.items():
-                writer.add_scalar(f"spike_rate/{name}", v, done)
-        rec["spike_rate"] = sum(rates.values()) / len(rates) if rates else None
-        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_s:,.0f}", **({"val_bpb": f"{last_eval['bpb']:.3f}"} if last_eval else {}))
-        bar.update(1)
-        if (t.eval_every and done % t.eval_every == 0) or done == t.max_steps:
-            last_eval = evaluate(engine.module, val_blocks, rank, world, t.micro_batch_size, device,
-                                 t.eval_max_batches, val_stats["bytes_per_token"])
-            rec.update({f"val_{k}": v for k, v in last_eval.items()})
-            if writer is not None:
-                writer.add_scalar("val/loss", last_eval["loss"], done)
-                writer.add_scalar("val/bpb", last_eval["bpb"], done)
-            bar.write(f"step {done}: train loss {loss:.4f}, val loss {last_eval['loss']:.4f}, "
-                      f"val bpb {last_eval['bpb']:.4f}") if rank == 0 else None
-        log_metrics(rec)
-        if (t.checkpoint_every and done % t.checkpoint_every == 0) or done == t.max_steps:
-            save_checkpoint(done)
+    with StopRequest() as stop:
+        for step in range(start_step, t.max_steps):
+            micro = order.rank_micro_batches(step, rank, world, t.micro_batch_size)
+            loss_sum = 0.0
+            for mb in micro:
+                x = torch.stack([train_blocks[i] for i in mb]).to(device)
+                targets = x[:, 1:].contiguous()
+                out = engine(input_ids=x[:, :-1], labels=targets, shift_labels=targets, use_cache=False)
+                engine.backward(out.loss)
+                engine.step()
+                loss_sum += out.loss.item()
+            # one collective per step: the mean loss and whether any rank was asked to stop
+            loss_sum, n_stop = all_reduce_sum([loss_sum / len(micro), float(stop.requested is not None)], device)
+            loss = loss_sum / world
+            done = step + 1
+            if not math.isfinite(loss):
+                nonfinite += 1
+                # fp16/bf16: DeepSpeed's overflow check has already skipped this optimizer step;
+                # fp32 has no such check, so the (now NaN) weights end the run.
+                skipped = precision in ("fp16", "bf16")
+                msg = f"step {done}: training loss is {loss}"
+                if not skipped or nonfinite > t.max_nonfinite_steps:
+                    raise FloatingPointError(f"{msg} ({nonfinite} non-finite step(s), train.max_nonfinite_steps="
+                                             f"{t.max_nonfinite_steps}, precision {precision}); lower optim.lr, "
+                                             "check the data, or resume from the last checkpoint")
+                bar.write(f"{msg}; optimizer step skipped by DeepSpeed's overflow check") if rank == 0 else None
+            tokens_seen += tokens_per_step
+            elapsed = time.time() - t_loop
+            tok_s = tokens_seen / max(elapsed, 1e-9)
+            rec = {"step": done, "loss": loss, "lr": scheduler.get_last_lr()[0], "tokens_per_s": tok_s,
+                   "epoch": order.epoch_of(done)}
+            rates = engine.module.model.spike_rates()
+            if writer is not None and (t.log_every and done % t.log_every == 0 or done == t.max_steps):
+                writer.add_scalar("train/loss", loss, done)
+                writer.add_scalar("train/lr", rec["lr"], done)
+                writer.add_scalar("train/tokens_per_s", tok_s, done)
+                for name, v in rates.items():
+                    writer.add_scalar(f"spike_rate/{name}", v, done)
+            rec["spike_rate"] = sum(rates.values()) / len(rates) if rates else None
+            bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_s:,.0f}", **({"val_bpb": f"{last_eval['bpb']:.3f}"} if last_eval else {}))
+            bar.update(1)
+            if (t.eval_every and done % t.eval_every == 0) or done == t.max_steps:
+                last_eval = evaluate(engine.module, val_blocks, rank, world, t.micro_batch_size, device,
+                                     t.eval_max_batches, val_stats["bytes_per_token"])
+                rec.update({f"val_{k}": v for k, v in last_eval.items()})
+                if writer is not None:
+                    writer.add_scalar("val/loss", last_eval["loss"], done)
+                    writer.add_scalar("val/bpb", last_eval["bpb"], done)
+                bar.write(f"step {done}: train loss {loss:.4f}, val loss {last_eval['loss']:.4f}, "
+                          f"val bpb {last_eval['bpb']:.4f}") if rank == 0 else None
+            log_metrics(rec)
+            if (t.checkpoint_every and done % t.checkpoint_every == 0) or done == t.max_steps or n_stop:
+                save_checkpoint(done)
+            if n_stop:
+                stopped = stop.requested or "a signal on another rank"
+                bar.write(f"stopped by {stopped} after step {done}; checkpoint saved, continue with --resume") \
+                    if rank == 0 else None
+                break
     bar.close()
     train_time = time.time() - t_loop
     summary = {
@@ -315,7 +343,14 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
         "tokens_per_s": tokens_seen / max(train_time, 1e-9) if tokens_seen else None,
         "train_seconds": train_time, "val": last_eval, "parameters": n_params,
         "world_size": world, "precision": precision, "zero_stage": t.zero_stage,
+        "stopped_by": stopped, "last_step": done,
     }
+    if stopped:  # preempted: the checkpoint is the result; no "final" export of a partial run
+        for f in (writer, metrics_f):
+            if f is not None:
+                f.close()
+        summary["wall_seconds"] = time.time() - t_start
+        return summary
     if last_eval is None and start_step >= t.max_steps:
         summary["val"] = evaluate(engine.module, val_blocks, rank, world, t.micro_batch_size, device,
                                   t.eval_max_batches, val_stats["bytes_per_token"])

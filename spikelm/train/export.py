@@ -1,0 +1,83 @@
+"""Consolidate a DeepSpeed checkpoint (any ZeRO stage) into a Hugging Face directory."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .rundir import atomic_dir
+
+MODEL_CONFIG = "model_config.json"
+"""File in the run directory holding the model's HF config (written when a run starts)."""
+
+
+def find_checkpoint(path: str | Path, tag: str | None = None) -> tuple[Path, Path, str]:
+    """``(run_dir, checkpoints_dir, tag)`` for a run directory or its ``checkpoints`` folder.
+
+    Raises:
+        FileNotFoundError: no DeepSpeed checkpoint there, or the tag does not exist (lists the tags).
+    """
+    p = Path(path)
+    ckpt = p / "checkpoints" if (p / "checkpoints").is_dir() else p
+    run_dir = ckpt.parent
+    tags = sorted(d.name for d in ckpt.glob("*") if d.is_dir()) if ckpt.is_dir() else []
+    if tag is None:
+        latest = ckpt / "latest"
+        if not latest.is_file():
+            raise FileNotFoundError(f"no DeepSpeed checkpoint in {p} (no 'latest' file); pass a run directory "
+                                    "or its checkpoints/ folder")
+        tag = latest.read_text().strip()
+    if not (ckpt / tag).is_dir():
+        raise FileNotFoundError(f"checkpoint tag {tag!r} not found in {ckpt}; available: {', '.join(tags) or 'none'}")
+    return run_dir, ckpt, tag
+
+
+def consolidated_state_dict(ckpt: Path, tag: str) -> dict[str, torch.Tensor]:
+    """Full fp32 weights of checkpoint ``ckpt/tag``, by parameter name, whatever the ZeRO stage.
+
+    ZeRO 1-3: DeepSpeed's ``zero_to_fp32`` (merges the optimizer's fp32 partitions);
+    stage 0: the module weights saved by rank 0.
+    """
+    folder = ckpt / tag
+    if any(folder.glob("*optim_states.pt")) and any(folder.glob("zero_pp_rank_*")):
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        return get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=tag)
+    states = sorted(folder.glob("mp_rank_*_model_states.pt"))
+    if not states:
+        raise FileNotFoundError(f"{folder} holds no DeepSpeed model states")
+    sd = torch.load(states[0], map_location="cpu", weights_only=False)["module"]
+    return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
+
+
+def export_checkpoint(path: str | Path, out_dir: str | Path, tag: str | None = None) -> Path:
+    """Write ``out_dir`` (safetensors, config, tokenizer) from a run's DeepSpeed checkpoint, atomically.
+
+    Raises:
+        FileNotFoundError: no checkpoint, config or tokenizer in the run directory.
+        FileExistsError: ``out_dir`` exists (never overwritten).
+        ValueError: the weights do not fit the saved config (names the tensors).
+    """
+    from transformers import AutoTokenizer
+
+    from ..models import SpikeLMConfig, SpikeLMForCausalLM
+
+    run_dir, ckpt, tag = find_checkpoint(path, tag)
+    out = Path(out_dir)
+    if out.exists():
+        raise FileExistsError(f"{out} already exists; choose a new output directory")
+    cfg_file, tok_dir = run_dir / MODEL_CONFIG, run_dir / "tokenizer"
+    for f in (cfg_file, tok_dir):
+        if not f.exists():
+            raise FileNotFoundError(f"{f} is missing: export needs the run directory written by `spikelm train`")
+    config = SpikeLMConfig.from_json_file(str(cfg_file))
+    model = SpikeLMForCausalLM(config)
+    sd = consolidated_state_dict(ckpt, tag)
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {ckpt / tag} does not fit {cfg_file}: missing {missing}, unexpected {unexpected}")
+    tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+    return out
