@@ -1,0 +1,68 @@
+"""Gated linear attention (GLA) op, SpikingBrain-7B's linear-attention core: ``gla``.
+
+Implementations: ``naive.gla_naive`` (token by token, the reference), ``torch_chunk.
+gla_torch_chunk`` (CPU training and prefill path, autograd), ``chunk.gla_chunk`` (Triton,
+chunked, training and prefill) and ``fused_recurrent.gla_fused_recurrent`` (Triton, token by
+token, decoding). Dispatch follows DESIGN.md section 4 (``spikelm.kernels.dispatch``).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..dispatch import use_triton
+from .fused_recurrent import check_gla_inputs
+from .naive import gla_init_state, gla_naive
+from .torch_chunk import gla_torch_chunk
+
+__all__ = ["gla", "gla_naive", "gla_torch_chunk", "gla_init_state", "MODES"]
+
+MODES = ("auto", "chunk", "fused_recurrent", "torch", "naive")
+
+
+def gla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, scale: float | None = None,
+        initial_state: torch.Tensor | None = None, *, mode: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """Gated linear attention ``S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t``, ``o_t = scale q_t S_t``
+    (Yang et al. 2024, GLA; formula in ``naive.py``).
+
+    Args:
+        q, k, g: ``[B, L, H, K]``; v: ``[B, L, H, V]`` (fla layout); q, k, v of one dtype
+            (float32/float16/bfloat16, float64 on the torch paths); g: log decays, ``<= 0``.
+        scale: multiplies ``q`` (default ``K ** -0.5``).
+        initial_state: ``[B, H, K, V]`` (float32 preferred) or None for zeros.
+        mode: ``"auto"`` (Triton ``chunk`` on CUDA, or ``fused_recurrent`` for single tokens
+            and short inference prompts; torch ``chunk`` on CPU, the naive step for one token),
+            or force ``"chunk"``/``"fused_recurrent"`` (Triton; on CPU only under
+            ``TRITON_INTERPRET=1``), ``"torch"`` (torch chunked) or ``"naive"``.
+    Returns:
+        ``(o [B, L, H, V] in v.dtype, final state [B, H, K, V] float32 (float64 for float64))``,
+        both differentiable in every input.
+    Raises:
+        TypeError: non-float inputs or q/k/v dtypes differ.
+        ValueError: shape mismatch, empty sequence, devices differ, unknown ``mode`` (the
+            message lists the accepted ones), a Triton mode where Triton cannot run.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown gla mode {mode!r}; accepted: {', '.join(MODES)}")
+    B, L, H, K, V = check_gla_inputs(q, k, v, g, initial_state)
+    triton_ok = use_triton(q) and q.dtype != torch.float64
+    if mode in ("chunk", "fused_recurrent") and not triton_ok:
+        raise ValueError(f"gla mode {mode!r} needs Triton on a CUDA tensor (or TRITON_INTERPRET=1 on CPU) and "
+                         "a float32/float16/bfloat16 input")
+    if mode == "auto":
+        if triton_ok:
+            short = L == 1 or (L <= 64 and not torch.is_grad_enabled())
+            mode = "fused_recurrent" if short else "chunk"
+        else:
+            mode = "naive" if L == 1 else "torch"
+    if mode == "chunk":
+        from .chunk import gla_chunk
+
+        return gla_chunk(q, k, v, g, scale, initial_state)
+    if mode == "fused_recurrent":
+        from .fused_recurrent import gla_fused_recurrent
+
+        return gla_fused_recurrent(q, k, v, g, scale, initial_state)
+    if mode == "naive":
+        o, S = gla_naive(q, k, v, g, scale, initial_state)
+        return o, S
+    return gla_torch_chunk(q, k, v, g, scale, initial_state)

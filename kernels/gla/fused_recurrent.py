@@ -1,0 +1,260 @@
+"""Triton fused-recurrent gated linear attention (GLA): forward and backward, token by token.
+
+Formula (Yang et al. 2024, GLA, Eq. 3; fla ``fused_recurrent_gla``; statement in ``naive.py``),
+per batch row and head, state ``S [K, V]``, log decay ``g_t [K]``::
+
+    S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t,        o_t = scale * q_t S_t
+
+Backward (adjoint recursion, reverse time; ``dS`` = gradient of the state after token t)::
+
+    dS_t  = scale * q_t^T do_t + diag(exp(g_{t+1})) dS_{t+1}      (dS_L = d final state)
+    dq_t  = scale * S_t do_t^T        dk_t = dS_t v_t^T           dv_t = k_t dS_t
+    dS_0  = diag(exp(g_1)) dS_1
+    dg_t  = sum_{s >= t} (q_s * dq_s - k_s * dk_s) + rowsum(dS_L * S_L)
+
+(the last line: ``S_t`` and ``o_t`` depend on ``g`` only through ``G_t = sum_{s<=t} g_s``
+via ``q_t exp(G_t)``, ``k_s exp(-G_s)`` and ``exp(G_L)`` in the final state; the reverse
+cumulative sum runs in torch.)
+
+Layout: ``q, k, g [B, L, H, K]``, ``v, o [B, L, H, V]`` contiguous, states ``[B, H, K, V]``
+float32. Program ``(i_v, b*H + h)`` holds the whole key axis (``BK = next_pow2(K)``) and a
+block of ``BV`` value channels of the state in registers and walks the sequence; ``dq`` and
+``dk`` need a sum over the value axis, so each value block writes its partial sums to a
+``[NV, B, L, H, K]`` float32 buffer that torch reduces (deterministic, no atomics). All
+arithmetic is float32. This is the decoding path (``L`` small); ``chunk.py`` is the training
+path. Kernels are interpreted for CPU tensors (tests) and compiled with ``triton.jit`` for
+CUDA tensors; they use Triton builtins only.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["gla_fused_recurrent"]
+
+
+def _empty(shape, dtype, device):
+    """Every uninitialised allocation of this module goes through here (tests fill it with NaN)."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _fwd_kernel(q_ptr, k_ptr, v_ptr, g_ptr, h0_ptr, o_ptr, ht_ptr, scale, L, H, K, V,
+                BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr):
+    i_v = tl.program_id(0)
+    i_bh = tl.program_id(1)
+    b = i_bh // H
+    h = i_bh % H
+    offs_k = tl.arange(0, BK)
+    offs_v = i_v * BV + tl.arange(0, BV)
+    mk = offs_k < K
+    mv = offs_v < V
+    mkv = mk[:, None] & mv[None, :]
+    s_offs = i_bh.to(tl.int64) * K * V + offs_k[:, None] * V + offs_v[None, :]
+    if HAS_H0:
+        S = tl.load(h0_ptr + s_offs, mask=mkv, other=0.0).to(tl.float32)
+    else:
+        S = tl.full([BK, BV], 0.0, tl.float32)
+    qk_base = (b.to(tl.int64) * L * H + h) * K
+    v_base = (b.to(tl.int64) * L * H + h) * V
+    for t in range(0, L):
+        qt = tl.load(q_ptr + qk_base + t * H * K + offs_k, mask=mk, other=0.0).to(tl.float32)
+        kt = tl.load(k_ptr + qk_base + t * H * K + offs_k, mask=mk, other=0.0).to(tl.float32)
+        gt = tl.load(g_ptr + qk_base + t * H * K + offs_k, mask=mk, other=0.0).to(tl.float32)
+        vt = tl.load(v_ptr + v_base + t * H * V + offs_v, mask=mv, other=0.0).to(tl.float32)
+        S = S * tl.exp(gt)[:, None] + kt[:, None] * vt[None, :]
+        ot = tl.reduce(S * qt[:, None], 0, tl.standard._sum_combine) * scale
+        tl.store(o_ptr + v_base + t * H * V + offs_v, ot.to(o_ptr.dtype.element_ty), mask=mv)
+    if STORE_HT:
+        tl.store(ht_ptr + s_offs, S, mask=mkv)
+
+
+def _bwd_kernel(q_ptr, k_ptr, v_ptr, g_ptr, h0_ptr, do_ptr, dht_ptr, dq_ptr, dk_ptr, dv_ptr, dh0_ptr,
+                scale, B, L, H, K, V,
+                BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr):
+    i_v = tl.program_id(0)
+    i_bh = tl.program_id(1)
+    b = i_bh // H
+    h = i_bh % H
+    offs_k = tl.arange(0, BK)
+    offs_v = i_v * BV + tl.arange(0, BV)
+    mk = offs_k < K
+    mv = offs_v < V
+    mkv = mk[:, None] & mv[None, :]
+    s_offs = i_bh.to(tl.int64) * K * V + offs_k[:, None] * V + offs_v[None, :]
+    qk_base = (b.to(tl.int64) * L * H + h) * K
+    v_base = (b.to(tl.int64) * L * H + h) * V
+    part = i_v.to(tl.int64) * B * L * H * K  # this value block's slice of the partial-sum buffers
+    # forward in time: recompute S_t, dq_t (partial over this value block)
+    if HAS_H0:
+        S = tl.load(h0_ptr + s_offs, mask=mkv, other=0.0).to(tl.float32)
+    else:
+        S = tl.full([BK, BV], 0.0, tl.float32)
+    for t in range(0, L):
+        kt = tl.load(k_ptr + qk_base + t * H * K + offs_k, mask=mk, other=0.0).to(tl.float32)
+        gt = tl.load(g_ptr + qk_base + t * H * K + offs_k, mask=mk, other=0.0).to(tl.float32)
+        vt = tl.load(v_ptr + v_base + t * H * V + offs_v, mask=mv, other=0.0).to(tl.float32)
+        dot = tl.load(do_ptr + v_base + t * H * V + offs_v, mask=mv, other=0.0).to(tl.float32)
+        S = S * tl.exp(gt)[:, None] + kt[:, None] * vt[None, :]
+        dqt = tl.reduce(S * dot[None, :], 1, tl.standard._sum_combine) * scale
+        tl.store(dq_ptr + part + qk_base + t * H * K + offs_k, dqt, mask=mk)
+    # reverse in time: dS, dk_t (partial), dv_t (complete: the whole key axis is here)
+    if HAS_DHT:
+        dS = tl.load(dht_ptr + s_offs, mask=mkv, other=0.0).to(tl.float32)
+    else:
+        dS = tl.full([BK, BV], 0.0, tl.float32)
+    for i in range(0, L):
+        t = L - 1 - i
+        qt = tl.load(q_ptr + qk_base + t * H * K + offs_k, mask=mk, other=0.0).to(tl.float32)
+        kt = tl.load(k_ptr + qk_base + t * H * K + offs_k, mask=mk, other=0.0).to(tl.float32)
+        gt = tl.load(g_ptr + qk_base + t * H * K + offs_k, mask=mk, other=0.0).to(tl.float32)
+        vt = tl.load(v_ptr + v_base + t * H * V + offs_v, mask=mv, other=0.0).to(tl.float32)
+        dot = tl.load(do_ptr + v_base + t * H * V + offs_v, mask=mv, other=0.0).to(tl.float32)
+        dS = dS + (qt * scale)[:, None] * dot[None, :]
+        dkt = tl.reduce(dS * vt[None, :], 1, tl.standard._sum_combine)
+        dvt = tl.reduce(dS * kt[:, None], 0, tl.standard._sum_combine)
+        tl.store(dk_ptr + part + qk_base + t * H * K + offs_k, dkt, mask=mk)
+        tl.store(dv_ptr + v_base + t * H * V + offs_v, dvt.to(dv_ptr.dtype.element_ty), mask=mv)
+        dS = dS * tl.exp(gt)[:, None]
+    tl.store(dh0_ptr + s_offs, dS, mask=mkv)
+
+
+_CACHE: dict = {}
+
+
+def _kernel(fn, device: torch.device):
+    """Interpreted on CPU (whatever ``TRITON_INTERPRET`` was at import), ``triton.jit`` on CUDA."""
+    key = (fn.__name__, device.type)
+    if key not in _CACHE:
+        if device.type == "cpu":
+            from triton.runtime.interpreter import InterpretedFunction
+
+            _CACHE[key] = InterpretedFunction(fn)
+        else:
+            _CACHE[key] = triton.jit(fn)
+    return _CACHE[key]
+
+
+def _blocks(K: int, V: int, block_v: int | None) -> tuple[int, int]:
+    BK = max(triton.next_power_of_2(K), 16)
+    if block_v is None:
+        # keep the [BK, BV] fp32 state tile within about 16K registers-worth of elements
+        block_v = max(16, min(triton.next_power_of_2(V), 16384 // BK, 64))
+    return BK, block_v
+
+
+class GLAFusedRecurrentFunction(torch.autograd.Function):
+    """``(q, k, g [B, L, H, K], v [B, L, H, V], h0 [B, H, K, V] | None) -> (o, ht)`` on Triton."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, g, h0, scale, block_v):
+        B, L, H, K = q.shape
+        V = v.shape[-1]
+        dev = q.device
+        BK, BV = _blocks(K, V, block_v)
+        o = _empty((B, L, H, V), v.dtype, dev)
+        ht = _empty((B, H, K, V), torch.float32, dev)
+        nv = triton.cdiv(V, BV)
+        h0c = h0.contiguous() if h0 is not None else ht
+        launch = dict(BK=BK, BV=BV, HAS_H0=h0 is not None, STORE_HT=True)
+        if dev.type == "cuda":
+            launch["num_warps"] = 4
+        _kernel(_fwd_kernel, dev)[(nv, B * H)](q, k, v, g, h0c, o, ht, float(scale), L, H, K, V, **launch)
+        ctx.save_for_backward(q, k, v, g, h0, ht)
+        ctx.scale, ctx.block_v = scale, block_v
+        ctx.h0_dtype = h0.dtype if h0 is not None else None
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        q, k, v, g, h0, ht = ctx.saved_tensors
+        B, L, H, K = q.shape
+        V = v.shape[-1]
+        dev = q.device
+        BK, BV = _blocks(K, V, ctx.block_v)
+        nv = triton.cdiv(V, BV)
+        do = do.contiguous()
+        dq = _empty((nv, B, L, H, K), torch.float32, dev)
+        dk = _empty((nv, B, L, H, K), torch.float32, dev)
+        dv = _empty((B, L, H, V), v.dtype, dev)
+        dh0 = _empty((B, H, K, V), torch.float32, dev)
+        dhtc = dht.contiguous() if dht is not None else dh0
+        launch = dict(BK=BK, BV=BV, HAS_H0=h0 is not None, HAS_DHT=dht is not None)
+        if dev.type == "cuda":
+            launch["num_warps"] = 4
+        _kernel(_bwd_kernel, dev)[(nv, B * H)](q, k, v, g, h0 if h0 is not None else dh0, do, dhtc, dq, dk, dv,
+                                               dh0, float(ctx.scale), B, L, H, K, V, **launch)
+        dq, dk = dq.sum(0), dk.sum(0)
+        dg = gate_grad(q, k, dq, dk, ht, dht)
+        return (dq.to(q.dtype), dk.to(k.dtype), dv, dg.to(g.dtype),
+                dh0.to(ctx.h0_dtype) if ctx.h0_dtype is not None else None, None, None)
+
+
+def gate_grad(q: torch.Tensor, k: torch.Tensor, dq: torch.Tensor, dk: torch.Tensor, ht: torch.Tensor,
+              dht: torch.Tensor | None) -> torch.Tensor:
+    """Gradient of the log decays ``g [B, L, H, K]`` from ``dq, dk`` (float32) and the final state.
+
+    ``dg_t = sum_{s >= t} (q_s dq_s - k_s dk_s) + rowsum(dS_L * S_L)`` (module docstring); float32.
+    """
+    d = q.float() * dq - k.float() * dk
+    dg = d.flip(1).cumsum(1).flip(1)
+    if dht is not None:
+        dg = dg + (dht.float() * ht).sum(-1)[:, None]
+    return dg
+
+
+def gla_fused_recurrent(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor,
+                        scale: float | None = None, initial_state: torch.Tensor | None = None, *,
+                        block_v: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """GLA on Triton, token by token (formula: module docstring; Yang et al. 2024, GLA).
+
+    Args:
+        q, k, g: ``[B, L, H, K]``; v: ``[B, L, H, V]``; one float dtype (float32/float16/
+            bfloat16) for q, k, v (g may be any float dtype), on CUDA (compiled) or CPU
+            (interpreter, for tests). Non-contiguous inputs are copied.
+        scale: multiplies ``q`` (default ``K ** -0.5``).
+        initial_state: ``[B, H, K, V]`` (read as float32) or None for zeros.
+        block_v: value channels per program (power of two >= 16); None picks one.
+    Returns:
+        ``(o [B, L, H, V] in v.dtype, final state [B, H, K, V] float32)``, both differentiable
+        (in q, k, v, g and the initial state).
+    Raises:
+        TypeError: non-float inputs. ValueError: shape mismatch, ``L == 0``, devices differ,
+        bad ``block_v``.
+    """
+    B, L, H, K, V = check_gla_inputs(q, k, v, g, initial_state)
+    if block_v is not None and (block_v < 16 or block_v & (block_v - 1)):
+        raise ValueError(f"block_v must be a power of two >= 16, got {block_v}")
+    scale = K ** -0.5 if scale is None else float(scale)
+    q, k, v, g = (t.contiguous() for t in (q, k, v, g))
+    return GLAFusedRecurrentFunction.apply(q, k, v, g, initial_state, scale, block_v)
+
+
+def check_gla_inputs(q, k, v, g, initial_state) -> tuple[int, int, int, int, int]:
+    """Validate GLA inputs; return ``(B, L, H, K, V)``. Raises TypeError / ValueError (see callers)."""
+    for name, t in (("q", q), ("k", k), ("v", v), ("g", g)):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor")
+    if q.dim() != 4 or k.shape != q.shape or g.shape != q.shape:
+        raise ValueError(f"q, k and g must all be [B, L, H, K], got {tuple(q.shape)}, {tuple(k.shape)}, "
+                         f"{tuple(g.shape)}")
+    B, L, H, K = q.shape
+    if v.dim() != 4 or v.shape[:3] != (B, L, H):
+        raise ValueError(f"v must be [B, L, H, V] = [{B}, {L}, {H}, V], got {tuple(v.shape)}")
+    if q.dtype != k.dtype or q.dtype != v.dtype:
+        raise TypeError(f"q, k and v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if L == 0:
+        raise ValueError("q, k, v, g have an empty sequence axis (L = 0)")
+    V = v.shape[-1]
+    if K == 0 or V == 0:
+        raise ValueError(f"empty key or value dimension (K = {K}, V = {V})")
+    if initial_state is not None:
+        if not isinstance(initial_state, torch.Tensor) or initial_state.shape != (B, H, K, V):
+            raise ValueError(f"initial_state must be [B, H, K, V] = [{B}, {H}, {K}, {V}], got "
+                             f"{tuple(getattr(initial_state, 'shape', ()))}")
+        if not initial_state.is_floating_point():
+            raise TypeError("initial_state must be a floating-point tensor")
+    devs = {t.device for t in (q, k, v, g, initial_state) if t is not None}
+    if len(devs) > 1:
+        raise ValueError(f"q, k, v, g and the initial state must be on one device, got {sorted(map(str, devs))}")
+    return B, L, H, K, V
