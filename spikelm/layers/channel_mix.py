@@ -15,6 +15,8 @@ class RWKV4ChannelMix(nn.Module):
     State: ``shift [B, D]``, the previous token's input.
     """
 
+    state_size = 1
+
     def __init__(self, hidden_size: int, intermediate_size: int, layer_id: int, num_layers: int):
         super().__init__()
         self.layer_id, self.num_layers = layer_id, num_layers

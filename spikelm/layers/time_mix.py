@@ -25,6 +25,8 @@ class RWKV4TimeMix(nn.Module):
     State: ``(shift [B, D], aa, bb, pp [B, D] fp32)``.
     """
 
+    state_size = 4
+
     def __init__(self, hidden_size: int, layer_id: int, num_layers: int):
         super().__init__()
         D = hidden_size

@@ -1,0 +1,68 @@
+"""MLPs (channel mixers) besides RWKV-4's channel-mix: SwiGLU and Spikformer's spiking MLP."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .common import SpikingNorm, fire_tokens, make_neuron, spiking_input
+
+
+class SwiGLU(nn.Module):
+    """SwiGLU MLP (Shazeer 2020, "GLU Variants Improve Transformer"; Llama / Qwen2 / SpikingBrain):
+    ``W_down s(silu(W_gate s(x)) * W_up s(x))`` with ``s`` the adaptive spiking neuron on the
+    projection inputs (SpikingBrain report, Eqs. 19-23; identity when
+    ``config.adaptive_spike_mode == "off"``).
+
+    Args: config (``hidden_size`` D, ``intermediate_size`` I, ``adaptive_spike_*``).
+    ``forward(x [B, L, D], state, mask [B, L] | None) -> (out [B, L, D], ())``: no state
+    (token-wise), so ``state_size = 0``.
+    """
+
+    state_size = 0
+
+    def __init__(self, config):
+        super().__init__()
+        D, inter = config.hidden_size, config.intermediate_size
+        self.in_spike = spiking_input(config)
+        self.gate_proj = nn.Linear(D, inter, bias=False)
+        self.up_proj = nn.Linear(D, inter, bias=False)
+        self.down_spike = spiking_input(config)
+        self.down_proj = nn.Linear(inter, D, bias=False)
+        self.spike_rates: dict[str, torch.Tensor] = {}
+
+    def forward(self, x: torch.Tensor, state: tuple | None = None, mask: torch.Tensor | None = None):
+        u = self.in_spike(x, mask)
+        h = F.silu(self.gate_proj(u)) * self.up_proj(u)
+        out = self.down_proj(self.down_spike(h, mask))
+        for name, mod in (("in", self.in_spike), ("down_in", self.down_spike)):
+            if mod.sparsity is not None:
+                self.spike_rates[f"{name}.sparsity"] = mod.sparsity
+        return out, ()
+
+
+class SpikingMLP(nn.Module):
+    """Spikformer's MLP (Zhou et al. 2023, ICLR), along the token axis:
+    ``Norm(W_2 LIF(Norm(W_1 x)))`` (the block's output neuron provides Spikformer's second LIF).
+
+    Args: config (``hidden_size`` D, ``intermediate_size`` I, ``spiking_norm``, ``neuron``, ``lif_*``).
+    ``forward(x [B, L, D], state, mask) -> (out [B, L, D], (v [B, I] float32,))``: the hidden
+    LIF's membrane potential is the state.
+    """
+
+    state_size = 1
+
+    def __init__(self, config):
+        super().__init__()
+        D, inter = config.hidden_size, config.intermediate_size
+        self.fc1 = nn.Linear(D, inter, bias=False)
+        self.norm1 = SpikingNorm(config.spiking_norm, inter, config.layer_norm_eps)
+        self.lif = make_neuron(config, "lif" if config.neuron == "none" else config.neuron)
+        self.fc2 = nn.Linear(inter, D, bias=False)
+        self.norm2 = SpikingNorm(config.spiking_norm, D, config.layer_norm_eps)
+        self.spike_rates: dict[str, torch.Tensor] = {}
+
+    def forward(self, x: torch.Tensor, state: tuple | None = None, mask: torch.Tensor | None = None):
+        s, v = fire_tokens(self.lif, self.norm1(self.fc1(x), mask), None if state is None else state[0], mask)
+        self.spike_rates["hidden"] = s.detach().float().mean()
+        return self.norm2(self.fc2(s.to(x.dtype)), mask), (v,)
