@@ -3,66 +3,187 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
-MIXER_TYPES = ("rwkv4",)
+MIXER_TYPES = ("rwkv4", "ssa", "sdsa", "gla", "swa")
+"""Token mixers: SpikeGPT's RWKV-4 time-mix, Spikformer's spiking self-attention (causal), the
+spike-driven self-attention of the Spike-driven Transformer, SpikingBrain's gated linear
+attention and sliding-window softmax attention."""
+MLP_TYPES = ("channel_mix", "swiglu", "spiking_mlp")
+"""Channel mixers: RWKV-4 channel-mix (SpikeGPT), SwiGLU (SpikingBrain / Llama), Spikformer's MLP."""
 NEURONS = ("lif", "plif", "none")
+NORM_TYPES = ("layernorm", "rmsnorm")
+SPIKING_NORMS = ("layernorm", "batchnorm")
+ADAPTIVE_SPIKE_MODES = ("off", "ste", "expanded")
+SPIKE_ENCODINGS = ("binary", "ternary", "bitwise")
+GLA_FEATURE_MAPS = ("relu", "none")
+
+
+def _per_layer(name: str, value, default, n: int, accepted: tuple[str, ...]) -> list[str]:
+    """A per-layer list from ``value`` (None -> ``default`` for every layer; a string -> that for every layer)."""
+    if value is None:
+        value = [default] * n
+    elif isinstance(value, str):
+        value = [value] * n
+    value = list(value)
+    if len(value) != n:
+        raise ValueError(f"{name} has {len(value)} entries but num_hidden_layers is {n}")
+    bad = sorted({str(v) for v in value} - set(accepted))
+    if bad:
+        raise ValueError(f"unknown {name[:-1].replace('_', ' ')}(s) {bad} in {name}; accepted: {', '.join(accepted)}")
+    return value
+
+
+def _choice(name: str, value, accepted: tuple) -> None:
+    if value not in accepted:
+        raise ValueError(f"unknown {name} {value!r}; accepted: {', '.join(map(str, accepted))}")
 
 
 class SpikeLMConfig(PretrainedConfig):
     """Configuration of a spiking language model (``model_type = "spikelm"``).
 
+    A model is a stack of pre-norm residual blocks ``x = x + N1(Mixer(norm(x)))``,
+    ``x = x + N2(MLP(norm(x)))``; each layer picks its token mixer, its MLP and its block-output
+    neuron ``N1, N2``. One class thus serves SpikeGPT (``rwkv4`` + ``channel_mix`` + LIF),
+    Spikformer-style (``ssa``/``sdsa`` + ``spiking_mlp`` + LIF) and SpikingBrain-style hybrids
+    (``gla``/``swa`` interleaved + ``swiglu``, adaptive spiking on projection inputs, no LIF).
+
     Args:
         vocab_size: number of token ids.
         hidden_size: model width ``D``.
         num_hidden_layers: number of blocks.
-        intermediate_size: channel-mix width (default ``4 * hidden_size``, as SpikeGPT).
+        intermediate_size: MLP width (default ``4 * hidden_size``, as SpikeGPT).
         context_length: the training context in tokens; prompts longer than this are rejected
             by generation helpers (the recurrent state itself has no length limit).
-        mixer_types: token mixer per layer; ``"rwkv4"`` (SpikeGPT time-mix) for now. (Not named
-            ``layer_types``: transformers 5 reserves that attribute for its own attention kinds.)
-        neuron: ``"lif"``, ``"plif"`` (learnable tau) or ``"none"`` (ANN ablation).
+        mixer_types: token mixer per layer, from :data:`MIXER_TYPES` (a single string means
+            every layer); default all ``"rwkv4"``. (Not named ``layer_types``: transformers 5
+            reserves that attribute for its own attention kinds.)
+        mlp_types: MLP per layer, from :data:`MLP_TYPES`; default all ``"channel_mix"``.
+        neuron: ``"lif"``, ``"plif"`` (learnable tau) or ``"none"`` (ANN ablation): the
+            block-output neurons and, for ``ssa``/``sdsa``/``spiking_mlp``, their inner neurons.
+        neuron_types: per-layer override of ``neuron`` for the block-output neurons.
         lif_tau, lif_v_th, lif_v_reset, lif_decay_input, lif_detach_reset: LIF parameters
             (SpikeGPT: tau 2, v_th 1, hard reset to 0). ``lif_v_reset=None`` is a soft reset.
         surrogate, surrogate_alpha: surrogate gradient (``"atan"``, 2.0 in SpikeGPT).
         spike_embedding: binarise the token embedding with a Heaviside (+ surrogate).
+        norm_type: block norms, ``"layernorm"`` (SpikeGPT) or ``"rmsnorm"`` (SpikingBrain).
+        embed_norm: normalise the embedding before layer 0 (SpikeGPT's ``ln0``); None means
+            "when layer 0 is rwkv4".
+        num_attention_heads: heads of ssa/sdsa/gla/swa (default ``max(1, hidden_size // 64)``).
+        num_key_value_heads: key/value heads of swa (grouped-query attention; must divide
+            ``num_attention_heads``; default ``num_attention_heads``).
+        head_dim: per-head width of gla/swa (default ``hidden_size // num_attention_heads``;
+            ssa/sdsa always use ``hidden_size // num_attention_heads``).
+        sliding_window: swa window ``W`` in tokens (a query sees itself and the W-1 before it);
+            also the size of its ring-buffer KV cache. SpikingBrain-7B: 4096.
+        rope_theta: RoPE base of swa.
+        attention_bias: biases on the q/k/v projections of gla and swa (Qwen2-style).
+        gla_gate_low_rank_dim: rank of the gla gate ``g = logsigmoid(W_g2 W_g1 x) / normalizer``.
+        gla_gate_logit_normalizer: the normalizer (16 in SpikingBrain / fla).
+        gla_feature_map: ``"relu"`` (SpikingBrain) or ``"none"`` on q and k.
+        gla_output_gate: multiply the normalised gla output by ``silu(W_og x)`` (fla's GLA).
+        ssa_scale: scale of ``Q K^T V`` (Spikformer: 0.125).
+        ssa_v_th: threshold of the attention-output LIF of ssa/sdsa (Spikformer: 0.5).
+        spiking_norm: norm after the q/k/v/o projections of ssa/sdsa and in spiking_mlp:
+            ``"layernorm"`` (default; causal and batch-independent) or ``"batchnorm"``
+            (Spikformer; statistics over the real, unpadded tokens of the batch).
+        adaptive_spike_mode: adaptive spiking on the inputs of the gla/swa/swiglu projections
+            (SpikingBrain report, Eqs. 19-23): ``"off"``, ``"ste"`` (integer spikes with a
+            straight-through gradient, training) or ``"expanded"`` (inference: counts expanded
+            into spike trains and summed back; same output as ``"ste"``).
+        adaptive_spike_k, adaptive_spike_max_count: threshold divisor and optional count clamp.
+        adaptive_spike_steps, adaptive_spike_encoding: spike-train length and encoding
+            (``"binary" | "ternary" | "bitwise"``) of the expanded mode.
         layer_norm_eps, dropout, initializer_range: as usual.
         use_cache: return the recurrent state from ``forward`` by default.
     Raises:
-        ValueError: unknown layer type or neuron, wrong ``mixer_types`` length, bad sizes.
+        ValueError: an unknown value of any choice field (the message lists the accepted
+            values), per-layer lists of the wrong length, bad sizes or head counts.
     """
 
     model_type = "spikelm"
 
     def __init__(self, vocab_size: int = 256, hidden_size: int = 512, num_hidden_layers: int = 12,
                  intermediate_size: int | None = None, context_length: int = 1024,
-                 mixer_types: list[str] | None = None, neuron: str = "lif", lif_tau: float = 2.0,
+                 mixer_types: list[str] | str | None = None, mlp_types: list[str] | str | None = None,
+                 neuron: str = "lif", neuron_types: list[str] | None = None, lif_tau: float = 2.0,
                  lif_v_th: float = 1.0, lif_v_reset: float | None = 0.0, lif_decay_input: bool = True,
                  lif_detach_reset: bool = False, surrogate: str = "atan", surrogate_alpha: float = 2.0,
-                 spike_embedding: bool = False, layer_norm_eps: float = 1e-5, dropout: float = 0.0,
+                 spike_embedding: bool = False, norm_type: str = "layernorm", embed_norm: bool | None = None,
+                 num_attention_heads: int | None = None, num_key_value_heads: int | None = None,
+                 head_dim: int | None = None, sliding_window: int = 4096, rope_theta: float = 10000.0,
+                 attention_bias: bool = False, gla_gate_low_rank_dim: int = 16, gla_gate_logit_normalizer: float = 16.0,
+                 gla_feature_map: str = "relu", gla_output_gate: bool = False, ssa_scale: float = 0.125,
+                 ssa_v_th: float = 0.5, spiking_norm: str = "layernorm", adaptive_spike_mode: str = "off",
+                 adaptive_spike_k: float = 3.0, adaptive_spike_max_count: int | None = None,
+                 adaptive_spike_steps: int = 8, adaptive_spike_encoding: str = "bitwise",
+                 layer_norm_eps: float = 1e-5, dropout: float = 0.0,
                  initializer_range: float = 0.02, tie_word_embeddings: bool = False, use_cache: bool = True,
                  bos_token_id: int | None = None, eos_token_id: int | None = None, pad_token_id: int | None = None,
                  **kwargs):
         if vocab_size < 1 or hidden_size < 1 or num_hidden_layers < 1:
             raise ValueError(f"vocab_size, hidden_size and num_hidden_layers must be >= 1, got "
                              f"{vocab_size}, {hidden_size}, {num_hidden_layers}")
-        mixer_types = list(mixer_types) if mixer_types is not None else ["rwkv4"] * num_hidden_layers
-        if len(mixer_types) != num_hidden_layers:
-            raise ValueError(f"mixer_types has {len(mixer_types)} entries but num_hidden_layers is {num_hidden_layers}")
-        bad = sorted(set(mixer_types) - set(MIXER_TYPES))
-        if bad:
-            raise ValueError(f"unknown mixer type(s) {bad}; accepted: {', '.join(MIXER_TYPES)}")
-        if neuron not in NEURONS:
-            raise ValueError(f"unknown neuron {neuron!r}; accepted: {', '.join(NEURONS)}")
+        n = num_hidden_layers
+        mixer_types = _per_layer("mixer_types", mixer_types, "rwkv4", n, MIXER_TYPES)
+        mlp_types = _per_layer("mlp_types", mlp_types, "channel_mix", n, MLP_TYPES)
+        _choice("neuron", neuron, NEURONS)
+        neuron_types = _per_layer("neuron_types", neuron_types, neuron, n, NEURONS)
+        _choice("norm_type", norm_type, NORM_TYPES)
+        _choice("spiking_norm", spiking_norm, SPIKING_NORMS)
+        _choice("adaptive_spike_mode", adaptive_spike_mode, ADAPTIVE_SPIKE_MODES)
+        _choice("adaptive_spike_encoding", adaptive_spike_encoding, SPIKE_ENCODINGS)
+        _choice("gla_feature_map", gla_feature_map, GLA_FEATURE_MAPS)
+        heads = num_attention_heads if num_attention_heads is not None else max(1, hidden_size // 64)
+        kv_heads = num_key_value_heads if num_key_value_heads is not None else heads
+        if heads < 1 or kv_heads < 1 or heads % kv_heads:
+            raise ValueError(f"num_attention_heads ({heads}) must be a positive multiple of num_key_value_heads "
+                             f"({kv_heads})")
+        uses = set(mixer_types)
+        if uses & {"ssa", "sdsa"} and hidden_size % heads:
+            raise ValueError(f"ssa/sdsa need hidden_size ({hidden_size}) divisible by num_attention_heads ({heads})")
+        if head_dim is None:
+            if uses & {"gla", "swa"} and hidden_size % heads:
+                raise ValueError(f"hidden_size ({hidden_size}) is not divisible by num_attention_heads ({heads}); "
+                                 "set head_dim")
+            head_dim = max(1, hidden_size // heads)
+        if head_dim < 1:
+            raise ValueError(f"head_dim must be >= 1, got {head_dim}")
+        if "swa" in uses and head_dim % 2:
+            raise ValueError(f"swa applies RoPE, which needs an even head_dim, got {head_dim}")
+        if sliding_window < 1:
+            raise ValueError(f"sliding_window must be >= 1, got {sliding_window}")
+        if gla_gate_low_rank_dim < 1 or not gla_gate_logit_normalizer > 0:
+            raise ValueError(f"gla_gate_low_rank_dim must be >= 1 and gla_gate_logit_normalizer > 0, got "
+                             f"{gla_gate_low_rank_dim} and {gla_gate_logit_normalizer}")
+        if not adaptive_spike_k > 0:
+            raise ValueError(f"adaptive_spike_k must be > 0, got {adaptive_spike_k}")
+        if adaptive_spike_max_count is not None and adaptive_spike_max_count < 1:
+            raise ValueError(f"adaptive_spike_max_count must be >= 1 or None, got {adaptive_spike_max_count}")
+        if adaptive_spike_steps < 1:
+            raise ValueError(f"adaptive_spike_steps must be >= 1, got {adaptive_spike_steps}")
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers
         self.intermediate_size = intermediate_size or 4 * hidden_size
         self.context_length = context_length
         self.mixer_types = mixer_types
+        self.mlp_types = mlp_types
         self.neuron = neuron
+        self.neuron_types = neuron_types
         self.lif_tau, self.lif_v_th, self.lif_v_reset = lif_tau, lif_v_th, lif_v_reset
         self.lif_decay_input, self.lif_detach_reset = lif_decay_input, lif_detach_reset
         self.surrogate, self.surrogate_alpha = surrogate, surrogate_alpha
         self.spike_embedding = spike_embedding
+        self.norm_type = norm_type
+        self.embed_norm = mixer_types[0] == "rwkv4" if embed_norm is None else bool(embed_norm)
+        self.num_attention_heads, self.num_key_value_heads, self.head_dim = heads, kv_heads, head_dim
+        self.sliding_window, self.rope_theta, self.attention_bias = sliding_window, rope_theta, attention_bias
+        self.gla_gate_low_rank_dim = gla_gate_low_rank_dim
+        self.gla_gate_logit_normalizer = gla_gate_logit_normalizer
+        self.gla_feature_map, self.gla_output_gate = gla_feature_map, gla_output_gate
+        self.ssa_scale, self.ssa_v_th, self.spiking_norm = ssa_scale, ssa_v_th, spiking_norm
+        self.adaptive_spike_mode, self.adaptive_spike_k = adaptive_spike_mode, adaptive_spike_k
+        self.adaptive_spike_max_count = adaptive_spike_max_count
+        self.adaptive_spike_steps, self.adaptive_spike_encoding = adaptive_spike_steps, adaptive_spike_encoding
         self.use_cache = use_cache
         self.layer_norm_eps, self.dropout, self.initializer_range = layer_norm_eps, dropout, initializer_range
         super().__init__(tie_word_embeddings=tie_word_embeddings, bos_token_id=bos_token_id,

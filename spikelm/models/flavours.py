@@ -1,7 +1,28 @@
-"""Named model flavours: the architecture sizes recipes refer to by name."""
+"""Named model flavours: the architecture sizes recipes refer to by name.
+
+Three families share one model class (``SpikeLMConfig.mixer_types`` picks each layer's mixer):
+
+* SpikeGPT (Zhu et al. 2023): RWKV-4 time-mix + channel-mix, LIF after each sub-block;
+* Spikformer-style (Zhou et al. 2023): causal spiking self-attention (``ssa``) and
+  Spikformer's spiking MLP, LIF neurons everywhere;
+* SpikingBrain-style hybrids (Pan et al. 2025, SpikingBrain-7B): gated linear attention and
+  sliding-window attention interleaved (SWA on odd layers), SwiGLU MLP, RMSNorm, adaptive
+  spiking on every projection input, no LIF.
+"""
 from __future__ import annotations
 
 from .configuration_spikelm import SpikeLMConfig
+
+
+def _hybrid(layers: int, **kw) -> dict:
+    """A SpikingBrain-style hybrid: ``gla`` on even layers, ``swa`` on odd ones."""
+    return dict(num_hidden_layers=layers, mixer_types=["gla", "swa"] * (layers // 2) + ["gla"] * (layers % 2),
+                mlp_types="swiglu", neuron="none", norm_type="rmsnorm", adaptive_spike_mode="ste", **kw)
+
+
+def _spikformer(layers: int, **kw) -> dict:
+    return dict(num_hidden_layers=layers, mixer_types="ssa", mlp_types="spiking_mlp", **kw)
+
 
 FLAVOURS: dict[str, dict] = {
     # tiny, for tests
@@ -11,6 +32,18 @@ FLAVOURS: dict[str, dict] = {
     # SpikeGPT paper sizes (Zhu et al. 2023, Table 1)
     "spikegpt-45m": dict(hidden_size=512, num_hidden_layers=12, context_length=1024),
     "spikegpt-216m": dict(hidden_size=768, num_hidden_layers=18, context_length=1024),
+    # Spikformer-style causal spiking self-attention LM
+    "spikformer-debug": _spikformer(2, hidden_size=32, num_attention_heads=2, intermediate_size=64, context_length=64),
+    "spikformer-shakespeare": _spikformer(4, hidden_size=256, num_attention_heads=4, context_length=128),
+    # SpikingBrain-style hybrids (GLA + SWA, SwiGLU, adaptive spiking on projection inputs)
+    "hybrid-debug": _hybrid(2, hidden_size=32, num_attention_heads=2, num_key_value_heads=1, intermediate_size=64,
+                            sliding_window=16, context_length=64),
+    "hybrid-shakespeare": _hybrid(4, hidden_size=256, num_attention_heads=4, num_key_value_heads=2,
+                                  intermediate_size=704, sliding_window=64, context_length=128),
+    # ~1.07B parameters with a 50k vocabulary: 18 layers, D=2048, 16 heads of 128 (SWA: 4 KV
+    # heads, window 2048), SwiGLU 5632, Qwen2-style q/k/v biases
+    "hybrid-1b": _hybrid(18, hidden_size=2048, num_attention_heads=16, num_key_value_heads=4, intermediate_size=5632,
+                         sliding_window=2048, attention_bias=True, rope_theta=500000.0, context_length=4096),
 }
 
 
@@ -18,7 +51,8 @@ def flavour_config(name: str, **overrides) -> SpikeLMConfig:
     """``SpikeLMConfig`` of a named flavour, with keyword overrides (e.g. ``vocab_size``).
 
     Raises:
-        ValueError: unknown flavour name (the message lists the known ones).
+        ValueError: unknown flavour name (the message lists the known ones), or an invalid
+            override (from ``SpikeLMConfig``).
     """
     if name not in FLAVOURS:
         raise ValueError(f"unknown model flavour {name!r}; known flavours: {', '.join(FLAVOURS)}")

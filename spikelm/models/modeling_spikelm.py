@@ -6,9 +6,14 @@ One set of weights, two execution modes that give the same numbers:
 * recurrent: one (or a few) tokens per call with the state of the previous call passed as
   ``past_key_values`` (a :class:`SpikeLMCache`): O(1) memory and work per generated token.
 
+Each layer's token mixer, MLP and output neurons come from the config (``mixer_types``,
+``mlp_types``, ``neuron_types``): SpikeGPT (RWKV-4), Spikformer-style spiking self-attention,
+SpikingBrain-style gated linear attention and sliding-window attention, in any layout.
+
 Padding: positions where ``attention_mask == 0`` leave no trace in any state (token shifts
-and LIF inputs are zeroed, WKV keys are set to ``PAD_KEY``), so a left-padded batch yields
-exactly what each prompt yields alone.
+and LIF inputs are zeroed, WKV keys are set to ``PAD_KEY``, GLA keys and gates are zeroed,
+SSA spikes are masked, SWA never caches pads and counts positions over real tokens only), so
+a left-padded batch yields exactly what each prompt yields alone.
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from ..kernels.lif import heaviside
-from ..layers import RWKV4ChannelMix, RWKV4TimeMix, SpikeGPTBlock
+from ..layers import RWKV4ChannelMix, RWKV4TimeMix, SpikeLMBlock
 from .configuration_spikelm import SpikeLMConfig
 
 
@@ -29,10 +34,13 @@ class SpikeLMCache:
     """Recurrent state of every layer, used as ``past_key_values`` during generation.
 
     Attributes:
-        layers: one tuple per layer ``(att_shift, aa, bb, pp, ffn_shift, v_att, v_ffn)``, each
-            ``[B, D]`` (shifts in the activation dtype, the rest float32).
+        layers: one tuple per layer, the state of its :class:`~spikelm.layers.SpikeLMBlock`:
+            ``(*mixer state, *mlp state[, v_att, v_ffn])``, every tensor batch first. SpikeGPT
+            layers: ``(att_shift, aa, bb, pp, ffn_shift, v_att, v_ffn)``, each ``[B, D]``; GLA:
+            ``S [B, H, K, V]``; SSA: running sum and LIF potentials; SWA: a ring buffer of
+            ``sliding_window`` keys/values and the position.
         seen_tokens: number of tokens (pads included) consumed so far.
-    Unlike a KV cache its size does not grow with the sequence.
+    Unlike a KV cache its size does not grow with the sequence (SWA's is bounded by its window).
     """
 
     is_compileable = False
@@ -59,7 +67,7 @@ class SpikeLMPreTrainedModel(PreTrainedModel):
     config_class = SpikeLMConfig
     config: SpikeLMConfig
     base_model_prefix = "model"
-    _no_split_modules = ["SpikeGPTBlock"]
+    _no_split_modules = ["SpikeLMBlock", "SpikeGPTBlock"]
     supports_gradient_checkpointing = True
     _is_stateful = True
 
@@ -83,18 +91,28 @@ class SpikeLMPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
+        elif isinstance(module, nn.RMSNorm):
+            init.ones_(module.weight)
+        elif isinstance(module, nn.BatchNorm1d):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
+            init.zeros_(module.num_batches_tracked)
         elif hasattr(module, "w") and isinstance(getattr(module, "w"), nn.Parameter):  # PLIF
             init.constant_(module.w, -math.log(self.config.lif_tau - 1.0))
 
 
 class SpikeLMModel(SpikeLMPreTrainedModel):
-    """Embedding, spiking blocks and the final LayerNorm; returns hidden states ``[B, L, D]``."""
+    """Embedding, per-layer spiking blocks (``config.mixer_types`` / ``mlp_types``) and the final
+    norm; returns hidden states ``[B, L, D]``."""
 
     def __init__(self, config: SpikeLMConfig):
         super().__init__(config)
         self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.blocks = nn.ModuleList(SpikeGPTBlock(config, i) for i in range(config.num_hidden_layers))
-        self.ln_out = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.blocks = nn.ModuleList(SpikeLMBlock(config, i) for i in range(config.num_hidden_layers))
+        self.ln_out = (nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.norm_type == "layernorm"
+                       else nn.RMSNorm(config.hidden_size, eps=config.layer_norm_eps))
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -145,13 +163,22 @@ class SpikeLMModel(SpikeLMPreTrainedModel):
                                        hidden_states=tuple(all_hidden) if output_hidden_states else None)
 
     def spike_rates(self) -> dict[str, float]:
-        """Spike rate (mean of the spikes) of every LIF site in the last forward pass, by name
-        ``"layers.{i}.{att|ffn}"``; empty for ``neuron="none"``."""
+        """Spike statistics of the last forward pass, by site name.
+
+        * ``"layers.{i}.att"`` / ``"layers.{i}.ffn"``: spike rate (mean of the spikes) of the
+          block-output LIF neurons (absent for ``neuron="none"`` layers);
+        * ``"layers.{i}.att.{q|k|v|attn}"``, ``"layers.{i}.ffn.hidden"``: rates of the inner LIF
+          neurons of ssa/sdsa and spiking_mlp;
+        * ``"layers.{i}.{att|ffn}.{in|o_in|down_in}.sparsity"``: sparsity (fraction of zero
+          counts, over real tokens) of the adaptive spiking on projection inputs of gla, swa
+          and swiglu (only when ``adaptive_spike_mode != "off"``). These are not rates: a
+          consumer averaging rates should skip keys ending in ``.sparsity``.
+        """
         return {f"layers.{i}.{site}": float(r) for i, b in enumerate(self.blocks) for site, r in b.spike_rates.items()}
 
 
 class SpikeLMForCausalLM(SpikeLMPreTrainedModel, GenerationMixin):
-    """Spiking language model with an LM head (SpikeGPT architecture); works with ``generate``,
+    """Spiking language model with an LM head (any layer layout of :class:`SpikeLMModel`); works with ``generate``,
     ``pipeline("text-generation")``, ``save_pretrained`` / ``from_pretrained``."""
 
     _tied_weights_keys = {"head.weight": "model.embeddings.weight"}
