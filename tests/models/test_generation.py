@@ -46,10 +46,12 @@ def test_left_padded_batch_equals_single_prompts(model, tok):
     tok.padding_side = "left"
     prompts = ["First Citizen:\nBefore we", "All:"]
     batch = tok(prompts, return_tensors="pt", padding=True)
-    out = model.generate(**batch, max_new_tokens=10, do_sample=False, pad_token_id=tok.pad_token_id)
+    # min_new_tokens: an early end-of-text in one row would misalign the comparison below
+    out = model.generate(**batch, max_new_tokens=10, min_new_tokens=10, do_sample=False, pad_token_id=tok.pad_token_id)
     for i, p in enumerate(prompts):
         single = tok(p, return_tensors="pt")
-        alone = model.generate(**single, max_new_tokens=10, do_sample=False, pad_token_id=tok.pad_token_id)
+        alone = model.generate(**single, max_new_tokens=10, min_new_tokens=10, do_sample=False,
+                               pad_token_id=tok.pad_token_id)
         assert out[i, -10:].tolist() == alone[0, -10:].tolist()
 
 
