@@ -104,8 +104,9 @@ def cmd_train(argv: list[str]) -> int:
               f"{r.train.run_dir}/checkpoints; continue with: spikelm train ... --resume")
         return 0
     val = summary["val"]
-    print(f"\ndone in {summary['wall_seconds']:.0f} s ({summary['train_seconds']:.0f} s training, "
-          f"{summary['tokens_per_s']:,.0f} tokens/s): validation loss {val['loss']:.4f} nats/token, "
+    speed = (f"{summary['train_seconds']:.0f} s training, {summary['tokens_per_s']:,.0f} tokens/s"
+             if summary["tokens_per_s"] else "no steps left to train")
+    print(f"\ndone in {summary['wall_seconds']:.0f} s ({speed}): validation loss {val['loss']:.4f} nats/token, "
           f"{val['bpb']:.4f} bits/byte, perplexity {val['perplexity']:.2f}")
     print(f"model saved to {summary['final_dir']}")
     if r.train.sample_tokens > 0:

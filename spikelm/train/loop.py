@@ -254,7 +254,12 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
 
         writer = SummaryWriter(str(run_dir / "tb"))
         (run_dir / "recipe.json").write_text(json.dumps(asdict(r), indent=2) + "\n")
-    metrics_f = open(run_dir / "metrics.jsonl", "a") if rank == 0 else None
+    metrics_path = run_dir / "metrics.jsonl"
+    if rank == 0 and resume and metrics_path.exists():
+        # steps logged after the checkpoint we resume from are redone: drop their old records
+        kept = [l for l in metrics_path.read_text().splitlines() if l and json.loads(l)["step"] <= start_step]
+        metrics_path.write_text("".join(l + "\n" for l in kept))
+    metrics_f = open(metrics_path, "a") if rank == 0 else None
 
     def log_metrics(rec: dict) -> None:
         if metrics_f is not None:
