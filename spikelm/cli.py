@@ -190,6 +190,8 @@ COMMANDS = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "exp
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``spikelm`` console script; returns the exit status."""
     argv = sys.argv[1:] if argv is None else argv
+    # the DeepSpeed launcher prepends --local_rank=N (and sets LOCAL_RANK): drop it
+    argv = [a for a in argv if not a.startswith("--local_rank=")]
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(__doc__)
         if argv and argv[0] not in ("-h", "--help"):

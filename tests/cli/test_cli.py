@@ -107,3 +107,8 @@ def test_console_script_entry_point():
     out = subprocess.run([sys.executable, "-m", "spikelm.cli", "train", "--list-recipes"], capture_output=True,
                          text=True, check=True)
     assert "shakespeare" in out.stdout.split()
+
+
+def test_deepspeed_launcher_local_rank_argument_is_ignored(capsys):
+    assert main(["--local_rank=0", "train", "--list-recipes"]) == 0
+    assert "debug" in capsys.readouterr().out.split()
