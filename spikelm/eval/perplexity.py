@@ -1,36 +1,185 @@
-"""Loss, perplexity and bits per byte of a saved causal LM on text files.
+"""Loss, perplexity and bits per byte of a saved causal LM on text files, full-context strided.
 
 One code path for spikelm models and plain Hugging Face causal LMs, so a spiking model and
-its ANN baseline are measured the same way. Text is packed into windows of ``block_size + 1``
-tokens overlapping by one, so every token but the first is scored exactly once, with the
-preceding tokens of its window as context. Bits per byte (Gao et al. 2020, The Pile) =
-``total nats / (ln 2 * UTF-8 bytes)``, comparable across tokenizers.
+its ANN baseline are measured the same way.
+
+Strided evaluation (Hugging Face docs, "Perplexity of fixed-length models"): the documents
+are tokenized into one stream ``t[0..T-1]`` (EOS after every document); windows of
+``block_size`` input tokens start every ``stride`` tokens; the first window scores all its
+targets, each later window only the targets not scored before (its last ``stride`` ones), so
+every token ``t[1..T-1]`` is scored exactly once with up to ``block_size`` tokens of left
+context (``stride == block_size``: disjoint windows, the cheapest; ``stride == 1``: full
+context for every token, the most exact).
+
+Bits per byte (Gao et al. 2020, The Pile) = ``total nats / (ln 2 * bytes)`` where ``bytes`` is
+the exact sum of the UTF-8 byte lengths of the scored target tokens (special tokens such as
+EOS count 0 bytes), so it is comparable across tokenizers.
 """
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character map (the ByteLevel pre-tokenizer's alphabet)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def token_byte_lengths(tokenizer) -> np.ndarray:
+    """UTF-8 byte length of every token id of ``tokenizer``: int64 array ``[len(tokenizer)]``.
+
+    Byte-level BPE (GPT-2 / our tokenizers): a token's string is made of the ByteLevel
+    alphabet, one character per byte, so its length is its byte count. Other tokenizers:
+    ``len(tokenizer.decode([id]).encode("utf-8"))`` (approximate for tokens that split a
+    multi-byte character). Special tokens count 0 bytes.
+    """
+    n = len(tokenizer)
+    toks = tokenizer.convert_ids_to_tokens(list(range(n)))
+    special = set(tokenizer.all_special_ids)
+    alphabet = set(_bytes_to_unicode().values())
+    regular = [t for i, t in enumerate(toks) if i not in special and t is not None]
+    byte_level = all(set(t) <= alphabet for t in regular)
+    out = np.zeros(n, dtype=np.int64)
+    for i, t in enumerate(toks):
+        if i in special or t is None:
+            continue
+        out[i] = len(t) if byte_level else len(tokenizer.decode([i]).encode("utf-8"))
+    return out
+
+
+def strided_windows(num_tokens: int, block_size: int, stride: int) -> list[tuple[int, int, int]]:
+    """Windows of a stream of ``num_tokens`` tokens: ``(begin, end, scored)`` triples.
+
+    Window inputs are ``t[begin:end]`` (``end - begin <= block_size``), targets
+    ``t[begin+1:end+1]``, of which the last ``scored`` are scored; together the windows score
+    ``t[1:num_tokens]`` exactly once, each with as much left context as its window allows.
+    Raises ValueError for ``block_size < 1``, ``stride`` outside ``[1, block_size]`` or fewer
+    than 2 tokens.
+    """
+    if block_size < 1 or not 1 <= stride <= block_size:
+        raise ValueError(f"need block_size >= 1 and 1 <= stride <= block_size, got {block_size=}, {stride=}")
+    if num_tokens < 2:
+        raise ValueError(f"need at least 2 tokens to score one, got {num_tokens}")
+    last = num_tokens - 1  # inputs t[0..last-1], targets t[1..last]
+    out, prev_end, begin = [], 0, 0
+    while prev_end < last:
+        end = min(begin + block_size, last)
+        out.append((begin, end, end - prev_end))
+        prev_end, begin = end, begin + stride
+    return out
+
+
+def _model_block_size(model) -> int | None:
+    c = model.config
+    return getattr(c, "context_length", None) or getattr(c, "max_position_embeddings", None)
+
+
+@torch.no_grad()
+def evaluate_stream(model, ids: torch.Tensor, byte_lengths: np.ndarray | None = None, block_size: int | None = None,
+                    stride: int | None = None, batch_size: int = 16) -> dict:
+    """Strided evaluation of a loaded causal LM on one token stream.
+
+    Args:
+        model: any HF causal LM (``model(input_ids=[B, L]).logits -> [B, L, V]``), in eval mode.
+        ids: int64 token ids ``[T]``.
+        byte_lengths: int array ``[V]`` of token byte lengths (:func:`token_byte_lengths`);
+            None: bytes and bpb are not computed (0 / nan).
+        block_size: window length in tokens (default: the model's context length, else 1024).
+        stride: window step (default ``block_size``).
+        batch_size: windows per forward call.
+    Returns:
+        ``{"loss": nats/token, "bpb", "perplexity", "tokens", "bytes", "block_size", "stride",
+        "spike_rates"}``; spike rates (spikelm models only) are the means of
+        ``model.model.spike_rates()`` over the forward calls, weighted by input tokens.
+    Raises:
+        ValueError: bad block_size/stride, or fewer than 2 tokens.
+    """
+    block_size = int(block_size or _model_block_size(model) or 1024)
+    stride = int(stride or block_size)
+    windows = strided_windows(int(ids.numel()), block_size, stride)
+    device = next(model.parameters()).device
+    bl = None if byte_lengths is None else torch.as_tensor(byte_lengths)
+    total, count, n_bytes, rate_w = 0.0, 0, 0, 0
+    rates: dict[str, float] = {}
+    groups: dict[int, list] = {}
+    for w in windows:  # windows of equal length batch together (all but possibly the last)
+        groups.setdefault(w[1] - w[0], []).append(w)
+    for length, ws in groups.items():
+        for s in range(0, len(ws), batch_size):
+            chunk = ws[s:s + batch_size]
+            x = torch.stack([ids[b:e] for b, e, _ in chunk]).to(device)
+            y = torch.stack([ids[b + 1:e + 1] for b, e, _ in chunk])
+            logits = model(input_ids=x, use_cache=False).logits.float().cpu()
+            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), y, reduction="none")  # [B, L]
+            for j, (_, _, scored) in enumerate(chunk):
+                total += nll[j, length - scored:].double().sum().item()
+                count += scored
+                if bl is not None:
+                    n_bytes += int(bl[y[j, length - scored:]].sum())
+            inner = getattr(model, "model", None)
+            if inner is not None and hasattr(inner, "spike_rates"):
+                for k, v in inner.spike_rates().items():
+                    rates[k] = rates.get(k, 0.0) + v * x.numel()
+                rate_w += x.numel()
+    loss = total / count
+    bpb = total / (math.log(2) * n_bytes) if n_bytes else math.nan
+    return {"loss": loss, "bpb": bpb, "perplexity": math.exp(min(loss, 50)), "tokens": count, "bytes": n_bytes,
+            "block_size": block_size, "stride": stride,
+            "spike_rates": {k: v / rate_w for k, v in rates.items()} if rate_w else {}}
+
+
+def tokenize_stream(files: list[str], tokenizer, text_field: str = "text") -> torch.Tensor:
+    """Token ids ``[T]`` (int64) of ``files`` as one stream, EOS after every document
+    (the tokenization of :func:`spikelm.data.pack_blocks`).
+
+    Raises FileNotFoundError / ValueError from :func:`spikelm.data.load_documents`.
+    """
+    from ..data import load_documents, tokenize_documents
+
+    docs = load_documents(list(files), text_field=text_field, what="evaluation")
+    tokenized = tokenize_documents(docs, tokenizer)
+    flat = [i for row in tokenized["input_ids"] for i in row]
+    return torch.tensor(flat, dtype=torch.long)
 
 
 @torch.no_grad()
 def evaluate_files(model_dir: str | Path, files: list[str], block_size: int | None = None, batch_size: int = 16,
-                   text_field: str = "text", device: str | None = None) -> dict:
-    """Evaluate ``model_dir`` on ``files``.
+                   text_field: str = "text", stride: int | None = None, device: str | None = None) -> dict:
+    """Evaluate the model saved in ``model_dir`` (spikelm or any HF causal LM) on ``files``.
 
+    Args:
+        model_dir: a directory with ``config.json``, weights and the tokenizer.
+        files: .txt / .json(l) / .parquet files (see :func:`spikelm.data.load_documents`).
+        block_size: window length in tokens (default: the model's context length, else 1024).
+        batch_size: windows per forward call.
+        text_field: text column of json/parquet files.
+        stride: window step in tokens, ``1 <= stride <= block_size`` (default ``block_size``);
+            smaller strides give each token more context and cost ``block_size / stride``
+            times more compute.
+        device: torch device (default cuda when available).
     Returns:
-        ``{"loss": nats/token, "bpb", "perplexity", "tokens": scored tokens, "bytes": UTF-8
-        bytes those tokens cover, "spike_rates": {site: rate} (spikelm models only)}``.
+        ``{"loss": nats/token, "bpb": bits per UTF-8 byte, "perplexity", "tokens": scored
+        tokens, "bytes": UTF-8 bytes of those tokens, "block_size", "stride",
+        "spike_rates": {site: rate} (spikelm models only)}``.
     Raises:
         FileNotFoundError: missing model directory or data file.
-        ValueError: not a model directory, or data shorter than one window.
+        ValueError: bad block_size/stride, or data shorter than 2 tokens.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import spikelm  # noqa: F401  (registers the Auto classes)
-
-    from ..data import PackedBlocks, corpus_stats, load_documents, pack_blocks
 
     d = Path(model_dir)
     if not (d / "config.json").is_file():
@@ -38,24 +187,5 @@ def evaluate_files(model_dir: str | Path, files: list[str], block_size: int | No
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     tok = AutoTokenizer.from_pretrained(str(d))
     model = AutoModelForCausalLM.from_pretrained(str(d)).to(device).eval()
-    ctx = getattr(model.config, "context_length", None) or getattr(model.config, "max_position_embeddings", None)
-    block_size = block_size or ctx or 1024
-    docs = load_documents(list(files), text_field=text_field, what="evaluation")
-    blocks = PackedBlocks(pack_blocks(docs, tok, block_size))
-    stats = corpus_stats(docs, tok)
-    total, count = 0.0, 0
-    rates: dict[str, float] = {}
-    for s in range(0, len(blocks), batch_size):
-        x = torch.stack([blocks[i] for i in range(s, min(s + batch_size, len(blocks)))]).to(device)
-        logits = model(input_ids=x[:, :-1], use_cache=False).logits.float()
-        total += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1),
-                                                   reduction="sum").item()
-        count += x[:, 1:].numel()
-        if hasattr(model, "model") and hasattr(model.model, "spike_rates"):
-            for k, v in model.model.spike_rates().items():
-                rates[k] = rates.get(k, 0.0) + v * x.shape[0]
-    loss = total / count
-    n_bytes = count * stats["bytes_per_token"]
-    return {"loss": loss, "bpb": total / (math.log(2) * n_bytes), "perplexity": math.exp(min(loss, 50)),
-            "tokens": count, "bytes": int(round(n_bytes)),
-            "spike_rates": {k: v / len(blocks) for k, v in rates.items()}}
+    ids = tokenize_stream(files, tok, text_field)
+    return evaluate_stream(model, ids, token_byte_lengths(tok), block_size, stride, batch_size)

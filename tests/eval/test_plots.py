@@ -1,0 +1,23 @@
+"""PNG plots are written from a metrics.jsonl, spike statistics and a k sweep."""
+import json
+
+import pytest
+
+from spikelm.eval.plots import plot_loss_curves, plot_sparsity_tradeoff, plot_spike_rates
+
+
+def test_plots(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    recs = [{"step": s, "loss": 5.0 / s} for s in range(1, 6)] + [{"step": 6, "loss": 0.8, "val_loss": 0.9}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    outs = [plot_loss_curves({"snn": run, "ann": run / "metrics.jsonl"}, tmp_path / "p" / "loss.png"),
+            plot_spike_rates({"layers.0": {"spike_rate": 0.2}, "layers.1": {"spike_rate": 0.1}}, tmp_path / "r.png"),
+            plot_sparsity_tradeoff([{"k": 3, "sparsity": 0.6, "bpb": 2.0}, {"k": 1, "sparsity": 0.3, "bpb": 1.9}],
+                                   tmp_path / "k.png")]
+    for p in outs:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(FileNotFoundError):
+        plot_loss_curves(tmp_path / "missing", tmp_path / "x.png")
+    with pytest.raises(ValueError):
+        plot_spike_rates({}, tmp_path / "y.png")
