@@ -57,10 +57,11 @@ def test_left_padded_batch_equals_single_prompts(model, tok):
 
 def test_sampling_options_run(model):
     ids = torch.randint(1, 300, (1, 4))
+    kw = dict(max_new_tokens=8, min_new_tokens=8, do_sample=True, temperature=0.7, top_k=10, top_p=0.9)
     torch.manual_seed(1)
-    a = model.generate(ids, max_new_tokens=8, do_sample=True, temperature=0.7, top_k=10, top_p=0.9)
+    a = model.generate(ids, **kw)  # min_new_tokens: a sampled end-of-text would shorten the output
     torch.manual_seed(1)
-    b = model.generate(ids, max_new_tokens=8, do_sample=True, temperature=0.7, top_k=10, top_p=0.9)
+    b = model.generate(ids, **kw)
     assert torch.equal(a, b) and a.shape == (1, 12)
 
 
