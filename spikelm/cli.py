@@ -2,7 +2,7 @@
 
     spikelm train [RECIPE] [--resume | --overwrite] [--section.key VALUE ...]
     spikelm generate MODEL_DIR "prompt" [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--greedy]
-    spikelm eval MODEL_DIR FILE [FILE ...] [--batch-size N] [--block-size L] [--json]
+    spikelm eval MODEL_DIR FILE [FILE ...] [--block-size L] [--stride S] [--batch-size N] [--json]
     spikelm export RUN_DIR OUT_DIR [--tag stepN]
 
 RECIPE is a YAML file or the name of a shipped recipe (``spikelm train --list-recipes``);
@@ -147,6 +147,9 @@ def cmd_eval(argv: list[str]) -> int:
     p.add_argument("files", nargs="+")
     p.add_argument("--block-size", type=int, default=None, help="tokens per window (default: the model's context)")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--stride", type=int, default=None,
+                   help="window step in tokens (default: the block size); smaller gives every token more left "
+                        "context at block/stride times the compute")
     p.add_argument("--text-field", default="text")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     a = p.parse_args(argv)
@@ -154,7 +157,7 @@ def cmd_eval(argv: list[str]) -> int:
 
     try:
         res = evaluate_files(a.model_dir, a.files, block_size=a.block_size, batch_size=a.batch_size,
-                             text_field=a.text_field)
+                             text_field=a.text_field, stride=a.stride)
     except (ValueError, FileNotFoundError) as e:
         raise CLIError(str(e)) from e
     if a.json:
