@@ -213,7 +213,7 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
     ds_cfg = deepspeed_config(r, world, precision)
     model = build_model(config, ds_cfg, t.zero_stage, t.seed)
     if t.activation_checkpointing:
-        model.gradient_checkpointing_enable()
+        model.activation_checkpointing_enable()  # recompute each block in the backward pass
     n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
     if rank == 0:
         prepare_run_dir(run_dir, resume, overwrite)
