@@ -9,11 +9,11 @@ chunk by chunk: inside a chunk of ``C`` tokens with local cumulative log decay
 
 The inter-chunk terms only use ``exp(b_i)`` and ``exp(b_C - b_j)`` (``<= 1`` since ``b`` is
 non-increasing for ``g <= 0``). The intra-chunk matrix is a matmul of ``q_i exp(b_i)`` and
-``k_j exp(-b_j)`` when every chunk's total decay ``-b_C`` is below ``FAST_MAX_DECAY`` (60, so
-``exp(-b_j) < e^60`` cannot overflow float32; with SpikingBrain's gate ``logsigmoid(.)/16``
-this needs a mean gate logit below -60 over a chunk); otherwise it is formed pairwise
-(``exp(b_i - b_j)``, ``[.., C, C, K]``, memory ``O(B L C K)``), which is stable for any gate.
-``C = 32`` by default.
+``k_j exp(-b_j)`` for every chunk whose total decay ``-b_C`` is below ``FAST_MAX_DECAY`` (60,
+so ``exp(-b_j) < e^60`` cannot overflow float32); the other chunks (a trained gate can learn
+near-complete forgetting in some channels, e.g. ``g = -6`` per token) get the pairwise form
+``sum_k q_ik k_jk exp(b_ik - b_jk)`` (``[C, C, K]`` per chunk), stable for any gate. Only
+those chunks pay for it. ``C = 32`` by default.
 """
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ def gla_torch_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Chunked GLA: ``q, k, g [B, L, H, K]``, ``v [B, L, H, V]``, state ``[B, H, K, V]``.
 
-    ``pairwise``: force the pairwise (True) or matmul (False) intra-chunk form; None chooses
-    by the decay (module docstring).
+    ``pairwise``: force the pairwise (True) or matmul (False) intra-chunk form for every chunk;
+    None chooses per chunk by its decay (module docstring).
     Returns ``(o [B, L, H, V] in v.dtype, final state [B, H, K, V] float32 (float64 for
     float64 input))``; differentiable in ``q, k, v, g`` and the initial state.
     Raises ValueError for ``chunk_size < 1``.
@@ -52,15 +52,20 @@ def gla_torch_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.
                   for t in (q, k, v, g))
     b = g.cumsum(3)                                                   # [B, H, n, C, K]
     causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+    N = B * H * n
+    qf, kf, bf = q.reshape(N, C, -1), k.reshape(N, C, -1), b.reshape(N, C, -1)
     if pairwise is None:
-        pairwise = bool((-b[:, :, :, -1]).max() >= FAST_MAX_DECAY) if b.numel() else False
-    if pairwise:
-        diff = (b[:, :, :, :, None, :] - b[:, :, :, None, :, :])      # b_i - b_j  [.., C(i), C(j), K]
-        diff = diff.masked_fill(~causal[:, :, None], float("-inf"))
-        A = (q[:, :, :, :, None, :] * k[:, :, :, None, :, :] * torch.exp(diff)).sum(-1)
+        unsafe = (-bf[:, -1]).amax(-1) >= FAST_MAX_DECAY                 # [N] chunks that would overflow
     else:
-        A = (q * torch.exp(b)) @ (k * torch.exp(-b)).transpose(-1, -2)
-        A = A.masked_fill(~causal, 0.0)
+        unsafe = torch.full((N,), bool(pairwise), dtype=torch.bool, device=q.device)
+    safe_b = torch.where(unsafe[:, None, None], torch.zeros_like(bf), bf)  # no inf, no NaN gradient
+    A = (qf * torch.exp(safe_b)) @ (kf * torch.exp(-safe_b)).transpose(-1, -2)
+    idx = unsafe.nonzero().squeeze(1)
+    if idx.numel():
+        qu, ku, bu = qf[idx], kf[idx], bf[idx]
+        diff = (bu[:, :, None, :] - bu[:, None, :, :]).masked_fill(~causal[:, :, None], float("-inf"))
+        A = A.index_copy(0, idx, (qu[:, :, None, :] * ku[:, None, :, :] * torch.exp(diff)).sum(-1))
+    A = A.masked_fill(~causal, 0.0).reshape(B, H, n, C, C)
     A = A * scale
     intra = A @ v                                                     # [B, H, n, C, V]
     qd = q * torch.exp(b) * scale
