@@ -36,6 +36,7 @@ def gla_naive(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor
         Differentiable with autograd in every input (slow: one step per token).
     """
     acc = torch.float64 if v.dtype == torch.float64 else torch.float32
+    out_dtype = v.dtype
     B, L, H, K = q.shape
     V = v.shape[-1]
     scale = K ** -0.5 if scale is None else scale
@@ -46,4 +47,4 @@ def gla_naive(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor
         S = S * torch.exp(g[:, t])[..., None] + k[:, t, :, :, None] * v[:, t, :, None, :]
         outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t] * scale, S))
     o = torch.stack(outs, 1) if outs else v.new_zeros(B, 0, H, V, dtype=acc)
-    return o.to(v.dtype), S
+    return o.to(out_dtype), S

@@ -40,6 +40,7 @@ def gla_torch_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     acc = torch.float64 if v.dtype == torch.float64 else torch.float32
+    out_dtype = v.dtype
     B, L, H, K = q.shape
     V = v.shape[-1]
     scale = K ** -0.5 if scale is None else scale
@@ -78,4 +79,4 @@ def gla_torch_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.
         S = decay[:, :, c, :, None] * S + upd[:, :, c]
     o = torch.stack(outs, 2) + intra                                  # [B, H, n, C, V]
     o = o.reshape(B, H, n * C, V)[:, :, :L].transpose(1, 2)
-    return o.to(v.dtype), S
+    return o.to(out_dtype), S

@@ -96,6 +96,15 @@ def test_torch_chunk_is_stable_for_extreme_gates():
     compare(got, reference(q, k, v, g, h0, do, dht), torch.float32)  # values and finite gradients
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_torch_paths_return_the_input_dtype(dtype):
+    q, k, v, g, h0, _, _ = make(1, 9, 2, 4, 3, dtype)
+    for fn in (gla_naive, gla_torch_chunk, gla):
+        o, ht = fn(q, k, v, g, None, h0)
+        assert o.dtype == dtype and ht.dtype == torch.float32
+        assert rel(o.float(), gla_naive(q.float(), k.float(), v.float(), g, None, h0)[0]) < 1e-2
+
+
 def test_naive_and_torch_chunk_gradcheck_fp64():
     q, k, v, g, h0, _, _ = make(1, 5, 1, 2, 3)
     ins = [t.double().requires_grad_() for t in (q, k, v, g, h0)]

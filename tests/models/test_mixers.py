@@ -312,3 +312,16 @@ def test_new_flavours_build_and_hybrid_1b_size():
 def test_config_errors_list_accepted_values(kw, match):
     with pytest.raises(ValueError, match=match):
         SpikeLMConfig(**{**BASE, **kw})
+
+
+@pytest.mark.parametrize("layout", ["ssa", "hybrid"])
+def test_bf16_training_step_and_decoding(layout):
+    m = make_model(layout).to(torch.bfloat16).train()
+    ids = torch.randint(0, V, (2, 20))
+    m(ids, labels=ids).loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+    m.eval()
+    with torch.no_grad():
+        out = m(ids[:, :12], use_cache=True)
+        step = m(ids[:, 12:13], past_key_values=out.past_key_values, use_cache=True)
+    assert step.logits.dtype == torch.bfloat16 and torch.isfinite(step.logits).all()
