@@ -314,14 +314,20 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
             tok_s = tokens_seen / max(elapsed, 1e-9)
             rec = {"step": done, "loss": loss, "lr": scheduler.get_last_lr()[0], "tokens_per_s": tok_s,
                    "epoch": order.epoch_of(done)}
-            rates = engine.module.model.spike_rates()
+            stats = engine.module.model.spike_rates()
+            # spike rates of the LIF sites vs. sparsity of adaptive-spiking projection inputs
+            rates = {k: v for k, v in stats.items() if not k.endswith(".sparsity")}
+            sparsity = {k[:-len(".sparsity")]: v for k, v in stats.items() if k.endswith(".sparsity")}
             if writer is not None and (t.log_every and done % t.log_every == 0 or done == t.max_steps):
                 writer.add_scalar("train/loss", loss, done)
                 writer.add_scalar("train/lr", rec["lr"], done)
                 writer.add_scalar("train/tokens_per_s", tok_s, done)
                 for name, v in rates.items():
                     writer.add_scalar(f"spike_rate/{name}", v, done)
+                for name, v in sparsity.items():
+                    writer.add_scalar(f"input_sparsity/{name}", v, done)
             rec["spike_rate"] = sum(rates.values()) / len(rates) if rates else None
+            rec["input_sparsity"] = sum(sparsity.values()) / len(sparsity) if sparsity else None
             bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_s:,.0f}", **({"val_bpb": f"{last_eval['bpb']:.3f}"} if last_eval else {}))
             bar.update(1)
             if (t.eval_every and done % t.eval_every == 0) or done == t.max_steps:
