@@ -52,3 +52,25 @@ def check_same_device(**tensors: torch.Tensor | None) -> None:
     if len(set(devices.values())) > 1:
         listing = ", ".join(f"{n} on {d}" for n, d in devices.items())
         raise ValueError(f"all tensors must be on one device, got {listing}")
+
+
+_TRITON_CACHE: dict = {}
+
+
+def triton_kernel(fn, device: torch.device):
+    """The launchable form of the plain kernel function ``fn`` for ``device``.
+
+    CPU: Triton's interpreter (built directly, so it works whatever ``TRITON_INTERPRET`` was
+    when triton was imported). CUDA: ``triton.jit(fn)``. Cached per function and device type.
+    """
+    import triton
+
+    key = (fn.__module__, fn.__qualname__, device.type)
+    if key not in _TRITON_CACHE:
+        if device.type == "cpu":
+            from triton.runtime.interpreter import InterpretedFunction
+
+            _TRITON_CACHE[key] = InterpretedFunction(fn)
+        else:
+            _TRITON_CACHE[key] = triton.jit(fn)
+    return _TRITON_CACHE[key]

@@ -31,6 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..dispatch import triton_kernel
+
 __all__ = ["adaptive_spike_fused", "spike_counts_fused", "spike_count_fused"]
 
 _MAX_ROW_BLOCK = 4096
@@ -95,20 +97,9 @@ def _count_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
     tl.store(out_ptr + pid, tl.reduce(nz, 0, tl.standard._sum_combine))
 
 
-_CACHE: dict = {}
-
-
 def _kernel(fn, device: torch.device):
-    """Interpreted on CPU (works whatever ``TRITON_INTERPRET`` was at import), ``triton.jit`` on CUDA."""
-    key = (fn.__name__, device.type)
-    if key not in _CACHE:
-        if device.type == "cpu":
-            from triton.runtime.interpreter import InterpretedFunction
-
-            _CACHE[key] = InterpretedFunction(fn)
-        else:
-            _CACHE[key] = triton.jit(fn)
-    return _CACHE[key]
+    """Interpreted on CPU, ``triton.jit`` on CUDA (``dispatch.triton_kernel``)."""
+    return triton_kernel(fn, device)
 
 
 def _run_rows(x: torch.Tensor, k: float, max_count: int | None, block_size: int | None, counts: bool):

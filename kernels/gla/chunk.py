@@ -44,6 +44,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..dispatch import triton_kernel
 from .fused_recurrent import check_gla_inputs, gate_grad
 
 __all__ = ["gla_chunk"]
@@ -412,20 +413,9 @@ def _bwd_dqk_kernel(q_ptr, k_ptr, v_ptr, gc_ptr, h_ptr, dh_ptr, do_ptr, dA_ptr, 
 # compilation / launch
 # ----------------------------------------------------------------------------------------------
 
-_CACHE: dict = {}
-
-
 def _kernel(fn, device: torch.device):
-    """Interpreted on CPU (whatever ``TRITON_INTERPRET`` was at import), ``triton.jit`` on CUDA."""
-    key = (fn.__name__, device.type)
-    if key not in _CACHE:
-        if device.type == "cpu":
-            from triton.runtime.interpreter import InterpretedFunction
-
-            _CACHE[key] = InterpretedFunction(fn)
-        else:
-            _CACHE[key] = triton.jit(fn)
-    return _CACHE[key]
+    """Interpreted on CPU, ``triton.jit`` on CUDA (``dispatch.triton_kernel``)."""
+    return triton_kernel(fn, device)
 
 
 def _config(q: torch.Tensor, K: int, V: int, chunk_size: int | None, block_k: int | None, block_v: int | None):

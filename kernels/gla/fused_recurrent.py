@@ -31,6 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..dispatch import triton_kernel
+
 __all__ = ["gla_fused_recurrent"]
 
 
@@ -119,20 +121,9 @@ def _bwd_kernel(q_ptr, k_ptr, v_ptr, g_ptr, h0_ptr, do_ptr, dht_ptr, dq_ptr, dk_
     tl.store(dh0_ptr + s_offs, dS, mask=mkv)
 
 
-_CACHE: dict = {}
-
-
 def _kernel(fn, device: torch.device):
-    """Interpreted on CPU (whatever ``TRITON_INTERPRET`` was at import), ``triton.jit`` on CUDA."""
-    key = (fn.__name__, device.type)
-    if key not in _CACHE:
-        if device.type == "cpu":
-            from triton.runtime.interpreter import InterpretedFunction
-
-            _CACHE[key] = InterpretedFunction(fn)
-        else:
-            _CACHE[key] = triton.jit(fn)
-    return _CACHE[key]
+    """Interpreted on CPU, ``triton.jit`` on CUDA (``dispatch.triton_kernel``)."""
+    return triton_kernel(fn, device)
 
 
 def _blocks(K: int, V: int, block_v: int | None) -> tuple[int, int]:
