@@ -348,8 +348,6 @@ def _bwd_dqk_kernel(q_ptr, k_ptr, v_ptr, gc_ptr, h_ptr, dh_ptr, do_ptr, dA_ptr, 
         ri = t0 + I * BC + tl.arange(0, BC)
         mi = ri < L
         mik = mi[:, None] & mk[None, :]
-        qI = tl.load(q_ptr + kbase + ri[:, None] * H * K + ok[None, :], mask=mik, other=0.0).to(tl.float32)
-        kI = tl.load(k_ptr + kbase + ri[:, None] * H * K + ok[None, :], mask=mik, other=0.0).to(tl.float32)
         gI = tl.load(gc_ptr + kbase + ri[:, None] * H * K + ok[None, :], mask=mik, other=0.0)
         dq = tl.full([BC, BK], 0.0, tl.float32)
         dk = tl.full([BC, BK], 0.0, tl.float32)

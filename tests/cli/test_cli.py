@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from spikelm.cli import main
 from spikelm.data import train_bpe_tokenizer_from_iterator

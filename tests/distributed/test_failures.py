@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from .conftest import env, free_port, losses, torchrun, train_args
+from .conftest import env, free_port, torchrun, train_args
 
 pytestmark = pytest.mark.slow
 

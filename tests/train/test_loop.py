@@ -3,7 +3,6 @@ import json
 import shutil
 
 import pytest
-import torch
 from transformers import AutoModelForCausalLM
 
 from spikelm.train.loop import train
