@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from ..dispatch import check_same_device, check_tensor, use_triton
+from ..dispatch import use_triton
+from .checks import check_wkv4_inputs
 from .naive import EMPTY_PP, wkv4_init_state, wkv4_naive
 from .torch_chunk import wkv4_torch_chunk
 from .torch_loop import wkv4_torch_loop
@@ -45,23 +46,7 @@ def wkv4(
         TypeError: non-float inputs or ``k``/``v`` of different dtypes.
         ValueError: shape mismatch, empty sequence, tensors on different devices.
     """
-    for name, t in (("w", w), ("u", u), ("k", k), ("v", v)):
-        check_tensor(name, t)
-    if k.dtype != v.dtype:
-        raise TypeError(f"k and v must share a dtype, got {k.dtype} and {v.dtype}")
-    if k.dim() != 3 or k.shape != v.shape:
-        raise ValueError(f"k and v must both be [B, L, D], got {tuple(k.shape)} and {tuple(v.shape)}")
-    B, L, D = k.shape
-    if L == 0:
-        raise ValueError("k and v have an empty sequence axis (L = 0)")
-    if w.shape != (D,) or u.shape != (D,):
-        raise ValueError(f"w and u must be [D] = [{D}], got {tuple(w.shape)} and {tuple(u.shape)}")
-    if state is not None:
-        if len(state) != 3 or any(s.shape != (B, D) for s in state):
-            raise ValueError(f"state must be (aa, bb, pp), each [B, D] = [{B}, {D}]")
-        for name, s in zip(("aa", "bb", "pp"), state):
-            check_tensor(f"state {name}", s, dtypes=(torch.float32, torch.float64))
-    check_same_device(w=w, u=u, k=k, v=v, **(dict(zip(("aa", "bb", "pp"), state)) if state is not None else {}))
+    check_wkv4_inputs(w, u, k, v, state)
     if use_triton(k):
         impl = _triton_impl()
         if impl is not None:

@@ -41,6 +41,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .checks import check_wkv4_inputs
 from .naive import wkv4_init_state
 from .torch_loop import WKV4TorchFunction
 
@@ -314,29 +315,14 @@ def wkv4_fused_recurrent(
         ``(y [B, L, D] in v.dtype, (aa, bb, pp) each [B, D] float32)``. ``y`` is differentiable
         in ``w, u, k, v`` and the initial state; the returned state is not differentiable.
     Raises:
-        TypeError: non-float inputs, ``k``/``v`` of different dtypes.
+        TypeError: non-float inputs, ``k``/``v`` of different dtypes, non-float32/64 state
+            (``checks.check_wkv4_inputs``).
         ValueError: shape mismatch, ``L == 0``, tensors on different devices, bad ``block_size``.
     """
-    for name, t in (("w", w), ("u", u), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor")
-    if k.dtype != v.dtype:
-        raise TypeError(f"k and v must share a dtype, got {k.dtype} and {v.dtype}")
-    if k.dim() != 3 or k.shape != v.shape:
-        raise ValueError(f"k and v must both be [B, L, D], got {tuple(k.shape)} and {tuple(v.shape)}")
+    check_wkv4_inputs(w, u, k, v, state)
     B, L, D = k.shape
-    if L == 0:
-        raise ValueError("k and v have an empty sequence axis (L = 0)")
-    if w.shape != (D,) or u.shape != (D,):
-        raise ValueError(f"w and u must be [D] = [{D}], got {tuple(w.shape)} and {tuple(u.shape)}")
     if state is None:
         state = wkv4_init_state(B, D, k.device)
-    if len(state) != 3 or any(not isinstance(s, torch.Tensor) or s.shape != (B, D) for s in state):
-        raise ValueError(f"state must be (aa, bb, pp), each [B, D] = [{B}, {D}]")
-    if any(not s.is_floating_point() for s in state):
-        raise TypeError("state tensors must be floating point")
-    if len({t.device for t in (w, u, k, v, *state)}) > 1:
-        raise ValueError("w, u, k, v and the state must be on one device")
     if block_size is not None and (block_size < 16 or block_size & (block_size - 1)):
         raise ValueError(f"block_size must be a power of two >= 16, got {block_size}")
     if v.dtype == torch.float64 or B * D == 0:  # fp64 (gradcheck) and empty batches: the torch path
