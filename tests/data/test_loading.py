@@ -16,21 +16,6 @@ SHAKESPEARE_DIR = REPO / "recipes" / "data" / "tinyshakespeare"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 
 
-@pytest.fixture(autouse=True)
-def _offline(tmp_path, monkeypatch):
-    import datasets
-    import huggingface_hub.constants
-
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    cache = tmp_path / "hf_datasets_cache"
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(cache))
-    monkeypatch.setattr(datasets.config, "DOWNLOADED_DATASETS_PATH", str(cache / "downloads"))
-    monkeypatch.setattr(datasets.config, "EXTRACTED_DATASETS_PATH", str(cache / "downloads" / "extracted"))
-
-
 def write(path: Path, text: str) -> str:
     path.write_bytes(text.encode("utf-8"))
     return str(path)

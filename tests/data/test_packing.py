@@ -19,21 +19,6 @@ from spikelm.data import (
 TEXT = "".join(f"Speaker {i % 3}:\nLine {i} of verse, naïve and brûlée — 東京 {i * 7}.\n\n" for i in range(60))
 
 
-@pytest.fixture(autouse=True)
-def _offline(tmp_path, monkeypatch):
-    import datasets
-    import huggingface_hub.constants
-
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    cache = tmp_path / "hf_datasets_cache"
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(cache))
-    monkeypatch.setattr(datasets.config, "DOWNLOADED_DATASETS_PATH", str(cache / "downloads"))
-    monkeypatch.setattr(datasets.config, "EXTRACTED_DATASETS_PATH", str(cache / "downloads" / "extracted"))
-
-
 @pytest.fixture(scope="module")
 def tok():
     return train_bpe_tokenizer_from_iterator(TEXT.splitlines(keepends=True), vocab_size=320, model_max_length=32)

@@ -26,21 +26,6 @@ ROUND_TRIP = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _offline(tmp_path, monkeypatch):
-    import datasets
-    import huggingface_hub.constants
-
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    cache = tmp_path / "hf_datasets_cache"
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(cache))
-    monkeypatch.setattr(datasets.config, "DOWNLOADED_DATASETS_PATH", str(cache / "downloads"))
-    monkeypatch.setattr(datasets.config, "EXTRACTED_DATASETS_PATH", str(cache / "downloads" / "extracted"))
-
-
 @pytest.fixture
 def corpus_file(tmp_path):
     path = tmp_path / "corpus.txt"
