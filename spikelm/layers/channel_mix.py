@@ -19,16 +19,16 @@ class RWKV4ChannelMix(nn.Module):
 
     def __init__(self, hidden_size: int, intermediate_size: int, layer_id: int, num_layers: int):
         super().__init__()
-        self.layer_id, self.num_layers = layer_id, num_layers
-        self.time_mix_k = nn.Parameter(torch.empty(hidden_size))
-        self.time_mix_r = nn.Parameter(torch.empty(hidden_size))
+        self.hidden_size, self.layer_id, self.num_layers = hidden_size, layer_id, num_layers
+        for name, value in self.rwkv_init_values().items():  # time_mix_k, time_mix_r with their RWKV-4 values
+            setattr(self, name, nn.Parameter(value))
         self.key = nn.Linear(hidden_size, intermediate_size, bias=False)
         self.receptance = nn.Linear(hidden_size, hidden_size, bias=False)
         self.value = nn.Linear(intermediate_size, hidden_size, bias=False)
 
     def rwkv_init_values(self) -> dict[str, torch.Tensor]:
         """RWKV-4's initial mix vectors ``(i / D) ** (1 - layer_id / num_layers)``, by parameter name."""
-        ramp = torch.arange(self.time_mix_k.numel(), dtype=torch.float32) / self.time_mix_k.numel()
+        ramp = torch.arange(self.hidden_size, dtype=torch.float32) / self.hidden_size
         ratio_1_to_0 = 1.0 - self.layer_id / self.num_layers
         return {"time_mix_k": ramp ** ratio_1_to_0, "time_mix_r": ramp ** ratio_1_to_0}
 

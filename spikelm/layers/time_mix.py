@@ -29,13 +29,12 @@ class RWKV4TimeMix(nn.Module):
 
     def __init__(self, hidden_size: int, layer_id: int, num_layers: int):
         super().__init__()
-        D = hidden_size
+        D = self.hidden_size = hidden_size
         self.layer_id, self.num_layers = layer_id, num_layers
-        self.time_decay = nn.Parameter(torch.empty(D))
-        self.time_first = nn.Parameter(torch.empty(D))
-        self.time_mix_k = nn.Parameter(torch.empty(D))
-        self.time_mix_v = nn.Parameter(torch.empty(D))
-        self.time_mix_r = nn.Parameter(torch.empty(D))
+        # time_decay, time_first, time_mix_k/v/r: created with their RWKV-4 values, so a module
+        # built on its own (outside a PreTrainedModel's init) is usable too
+        for name, value in self.rwkv_init_values().items():
+            setattr(self, name, nn.Parameter(value))
         self.key = nn.Linear(D, D, bias=False)
         self.value = nn.Linear(D, D, bias=False)
         self.receptance = nn.Linear(D, D, bias=False)
@@ -43,7 +42,7 @@ class RWKV4TimeMix(nn.Module):
 
     def rwkv_init_values(self) -> dict[str, torch.Tensor]:
         """RWKV-4's initial decay, bonus and mix vectors (SpikeGPT ``RWKV_TimeMix.__init__``), by parameter name."""
-        D = self.time_decay.numel()
+        D = self.hidden_size
         ratio_0_to_1 = self.layer_id / max(self.num_layers - 1, 1)
         ratio_1_to_0 = 1.0 - self.layer_id / self.num_layers
         h = torch.arange(D, dtype=torch.float32)
