@@ -106,6 +106,8 @@ def cmd_train(argv: list[str]) -> int:
     val = summary["val"]
     speed = (f"{summary['train_seconds']:.0f} s training, {summary['tokens_per_s']:,.0f} tokens/s"
              if summary["tokens_per_s"] else "no steps left to train")
+    if summary.get("mfu"):
+        speed += f", MFU {100 * summary['mfu']:.1f}%"
     print(f"\ndone in {summary['wall_seconds']:.0f} s ({speed}): validation loss {val['loss']:.4f} nats/token, "
           f"{val['bpb']:.4f} bits/byte, perplexity {val['perplexity']:.2f}")
     print(f"model saved to {summary['final_dir']}")

@@ -16,6 +16,7 @@ import torch
 
 from .config import Recipe
 from .distributed import all_reduce_sum, barrier, init_distributed
+from .flops import model_flops_per_token, peak_flops
 from .rundir import atomic_dir, check_run_dir, prepare_run_dir
 from .export import MODEL_CONFIG
 from .model_init import build_model
@@ -214,6 +215,8 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
     if t.activation_checkpointing:
         model.activation_checkpointing_enable()  # recompute each block in the backward pass
     n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+    flops_per_token = model_flops_per_token(model, config, r.data.block_size)
+    peak = peak_flops(device, precision)
     if rank == 0:
         prepare_run_dir(run_dir, resume, overwrite)
         if not resume:
@@ -312,7 +315,8 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
             elapsed = time.time() - t_loop
             tok_s = tokens_seen / max(elapsed, 1e-9)
             rec = {"step": done, "loss": loss, "lr": scheduler.get_last_lr()[0], "tokens_per_s": tok_s,
-                   "epoch": order.epoch_of(done)}
+                   "elapsed_s": elapsed, "epoch": order.epoch_of(done),
+                   "mfu": flops_per_token * tok_s / (peak * world) if peak else None}
             stats = engine.module.model.spike_rates()
             # spike rates of the LIF sites vs. sparsity of adaptive-spiking projection inputs
             rates = {k: v for k, v in stats.items() if not k.endswith(".sparsity")}
@@ -353,6 +357,8 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
         "tokens_per_s": tokens_seen / max(train_time, 1e-9) if tokens_seen else None,
         "train_seconds": train_time, "val": last_eval, "parameters": n_params,
         "world_size": world, "precision": precision, "zero_stage": t.zero_stage,
+        "model_flops_per_token": flops_per_token,
+        "mfu": flops_per_token * tokens_seen / max(train_time, 1e-9) / (peak * world) if peak and tokens_seen else None,
         "stopped_by": stopped, "last_step": done,
     }
     if stopped:  # preempted: the checkpoint is the result; no "final" export of a partial run

@@ -1,0 +1,64 @@
+"""Model FLOPs per token and model FLOPs utilisation (MFU).
+
+MFU follows PaLM (Chowdhery et al. 2022, appendix B): the FLOPs the model needs per trained
+token, times tokens per second, over the hardware's peak. Recomputation (activation
+checkpointing) and the spiking neurons' elementwise work are not counted, so MFU compares
+runs and hardware, not kernels.
+
+Per trained token (forward + backward = 3 x forward):
+
+* every ``nn.Linear`` (all projections and the LM head): ``6 * in * out``;
+* softmax attention (``swa``; ``ssa``/``sdsa`` in their parallel form): ``12 * H * hd * T_ctx``
+  (PaLM's ``12 * L * H * Q * T`` per layer; ``T_ctx`` = the context, capped by the window);
+* linear attention (``gla``): ``12 * H * K * V`` (the state update ``k v^T`` and the readout
+  ``q S``, 2 FLOPs per multiply-add each, x3 for the backward);
+* WKV-4 and the neurons are elementwise, ``O(D)`` per token, and left out.
+"""
+from __future__ import annotations
+
+import torch
+
+PEAK_TFLOPS_16BIT = [
+    ("H200", 989.4), ("GH200", 989.4), ("H100 NVL", 835.5), ("H100 PCIe", 756.5), ("H100", 989.4),
+    ("A100", 312.0), ("L40S", 362.1), ("A10G", 70.0), ("L4", 121.0), ("RTX 4090", 165.2), ("V100", 125.0),
+]
+"""Dense bf16/fp16 tensor-core peak (TFLOP/s, no sparsity) by device-name fragment, from the
+vendors' data sheets; the first matching fragment wins (more specific names come first)."""
+
+
+def model_flops_per_token(model: torch.nn.Module, config, context: int) -> float:
+    """Training FLOPs per token (forward + backward) of a spikelm model, by the formula above.
+
+    Args:
+        model: the (possibly ZeRO-3-partitioned) model; Linear sizes are read from
+            ``in_features``/``out_features``, so partitioned weights count in full.
+        config: its ``SpikeLMConfig`` (``mixer_types``, heads, ``head_dim``, ``sliding_window``).
+        context: training sequence length ``T`` in tokens.
+
+    Returns:
+        FLOPs per token as a float (e.g. ~1.3e9 for the 216M SpikeGPT at T=1024).
+    """
+    flops = sum(6.0 * m.in_features * m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear))
+    heads = getattr(config, "num_attention_heads", None) or max(1, config.hidden_size // 64)
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    for kind in getattr(config, "mixer_types", None) or []:
+        if kind == "swa":
+            window = getattr(config, "sliding_window", None) or context
+            flops += 12.0 * heads * head_dim * min(context, window)
+        elif kind in ("ssa", "sdsa"):
+            flops += 12.0 * config.hidden_size * context
+        elif kind == "gla":
+            flops += 12.0 * heads * head_dim * head_dim
+    return flops
+
+
+def peak_flops(device: torch.device, precision: str) -> float | None:
+    """Peak FLOP/s of one ``device`` at ``precision`` ("bf16"/"fp16"), or None when unknown
+    (CPU, fp32, or a GPU missing from :data:`PEAK_TFLOPS_16BIT`)."""
+    if device.type != "cuda" or precision not in ("bf16", "fp16"):
+        return None
+    name = torch.cuda.get_device_name(device)
+    for fragment, tflops in PEAK_TFLOPS_16BIT:
+        if fragment in name:
+            return tflops * 1e12
+    return None
