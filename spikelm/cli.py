@@ -2,8 +2,12 @@
 
     spikelm train [RECIPE] [--resume | --overwrite] [--section.key VALUE ...]
     spikelm generate MODEL_DIR "prompt" [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--greedy]
-    spikelm eval MODEL_DIR FILE [FILE ...] [--block-size L] [--stride S] [--batch-size N] [--json]
-    spikelm export RUN_DIR OUT_DIR [--tag stepN]
+    spikelm eval MODEL FILE [FILE ...] [--block-size L] [--stride S] [--batch-size N] [--no-spikes] [--json]
+    spikelm export RUN_DIR OUT_DIR [--tag stepN] [--eval-json FILE] [--push-to-hub REPO_ID [--private]]
+    spikelm push MODEL_DIR REPO_ID [--private]
+    spikelm plot [RUN_DIR ...] [--eval EVAL.json ...] [--out DIR]
+
+MODEL is a Hugging Face directory or a Hub model id.
 
 RECIPE is a YAML file or the name of a shipped recipe (``spikelm train --list-recipes``);
 without one the default ``shakespeare`` recipe runs. Errors print one line and exit 2
@@ -143,53 +147,137 @@ def cmd_generate(argv: list[str]) -> int:
 
 
 def cmd_eval(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="spikelm eval", description="Loss, bits per byte and perplexity of a "
-                                "saved model on text files.")
-    p.add_argument("model_dir")
-    p.add_argument("files", nargs="+")
+    p = argparse.ArgumentParser(prog="spikelm eval", description="Loss, bits per byte and perplexity (full-context "
+                                "strided), spike statistics and an operation/energy estimate of a saved model "
+                                "(spikelm or any HF causal LM; a directory or a Hub id) on text files.")
+    p.add_argument("model_dir", help="HF model directory or Hub model id")
+    p.add_argument("files", nargs="+", help="text/json(l)/parquet files, or one Hub dataset name")
     p.add_argument("--block-size", type=int, default=None, help="tokens per window (default: the model's context)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--stride", type=int, default=None,
                    help="window step in tokens (default: the block size); smaller gives every token more left "
                         "context at block/stride times the compute")
     p.add_argument("--text-field", default="text")
+    p.add_argument("--split", default=None, help="split of a Hub dataset (default: validation, test, else train)")
+    p.add_argument("--no-spikes", action="store_true", help="skip the spike statistics and energy estimate")
+    p.add_argument("--spike-tokens", type=int, default=16384,
+                   help="tokens measured for spike statistics/energy (disjoint blocks from the start)")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="replace a config field at load time (JSON value), e.g. adaptive_spike_k=2")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     a = p.parse_args(argv)
+    overrides = {}
+    for item in a.override:
+        key, sep, val = item.partition("=")
+        if not sep or not key:
+            raise CLIError(f"--override expects KEY=VALUE, got {item!r}")
+        try:
+            overrides[key] = json.loads(val)
+        except json.JSONDecodeError:
+            overrides[key] = val
+    if a.spike_tokens < 1:
+        raise CLIError(f"--spike-tokens must be >= 1, got {a.spike_tokens}")
     from .eval.perplexity import evaluate_files
 
     try:
         res = evaluate_files(a.model_dir, a.files, block_size=a.block_size, batch_size=a.batch_size,
-                             text_field=a.text_field, stride=a.stride)
+                             text_field=a.text_field, stride=a.stride, spikes=not a.no_spikes,
+                             spike_max_tokens=a.spike_tokens, split=a.split, config_overrides=overrides)
     except (ValueError, FileNotFoundError) as e:
         raise CLIError(str(e)) from e
     if a.json:
         print(json.dumps(res))
-    else:
-        print(f"{res['tokens']} tokens, {res['bytes']} bytes: loss {res['loss']:.4f} nats/token, "
-              f"{res['bpb']:.4f} bits/byte, perplexity {res['perplexity']:.2f}")
-        if res.get("spike_rates"):
-            print("spike rate per site: " + ", ".join(f"{k} {v:.3f}" for k, v in res["spike_rates"].items()))
+        return 0
+    print(f"{res['tokens']} tokens, {res['bytes']} bytes: loss {res['loss']:.4f} nats/token, "
+          f"{res['bpb']:.4f} bits/byte, perplexity {res['perplexity']:.2f} "
+          f"(block {res['block_size']}, stride {res['stride']})")
+    sp, en = res.get("spikes") or {}, res.get("energy")
+    if sp.get("sites"):
+        ov = sp["overall"]
+        print(f"\nspikes (measured on {en['tokens']} tokens): rate {ov['spike_rate']:.4f}, sparsity "
+              f"{ov['sparsity']:.4f}, {ov['spikes_per_token']:.1f} spikes/token")
+        w = max(len(k) for k in sp["sites"])
+        print(f"  {'site':<{w}}  kind      rate    sparsity  dead    saturated  spikes/token")
+        for k, s in sp["sites"].items():
+            print(f"  {k:<{w}}  {s['kind']:<8}  {s['spike_rate']:.4f}  {s['sparsity']:.4f}    "
+                  f"{s['dead_fraction']:.4f}  {s['saturated_fraction']:.4f}     {s['spikes_per_token']:.1f}")
+    elif en is not None:
+        print("\nno spiking neurons: dense ANN")
+    if en is not None:
+        print(f"operations per token: {en['dense_macs_per_token']:,.0f} MACs dense (ANN "
+              f"{en['ann_energy_pj_per_token'] / 1e6:.4g} uJ); as SNN {en['snn_macs_per_token']:,.0f} MACs + "
+              f"{en['snn_acs_per_token']:,.0f} ACs ({en['snn_energy_pj_per_token'] / 1e6:.4g} uJ), ANN/SNN energy "
+              f"{en['energy_ratio']:.2f}x (45 nm: E_MAC {en['e_mac_pj']} pJ, E_AC {en['e_ac_pj']} pJ)")
     return 0
 
 
 def cmd_export(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="spikelm export", description="Consolidate a run's DeepSpeed checkpoint "
-                                "(any ZeRO stage) into a Hugging Face directory.")
+                                "(any ZeRO stage) into a Hugging Face directory with a model card and the "
+                                "modeling code for trust_remote_code loading; optionally upload it.")
     p.add_argument("run_dir", help="a run directory (or its checkpoints/ folder)")
     p.add_argument("out_dir", help="new directory to write (must not exist)")
     p.add_argument("--tag", default=None, help="checkpoint tag, e.g. step200 (default: the latest)")
+    p.add_argument("--eval-json", default=None, help="spikelm eval --json output to put in the model card")
+    p.add_argument("--license", default=None, help="SPDX license id for the model card, e.g. apache-2.0")
+    p.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="upload the directory to this Hub repo")
+    p.add_argument("--private", action="store_true", help="create the Hub repo private")
     a = p.parse_args(argv)
     from .train.export import export_checkpoint
 
+    ev = _read_eval_json(a.eval_json)
     try:
-        out = export_checkpoint(a.run_dir, a.out_dir, a.tag)
+        out = export_checkpoint(a.run_dir, a.out_dir, a.tag, eval_results=ev, license=a.license,
+                                repo_id=a.push_to_hub)
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         raise CLIError(str(e)) from e
     print(f"exported {a.run_dir} to {out}")
+    if a.push_to_hub:
+        _push(out, a.push_to_hub, a.private)
     return 0
 
 
-COMMANDS = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "export": cmd_export}
+def _read_eval_json(path: str | None) -> dict | None:
+    if path is None:
+        return None
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise CLIError(f"eval result {path} does not exist (write it with spikelm eval ... --json > FILE)") from None
+    except json.JSONDecodeError as e:
+        raise CLIError(f"{path} is not JSON ({e}); write it with spikelm eval ... --json > FILE") from None
+
+
+def _push(folder: Path, repo_id: str, private: bool) -> None:
+    from .hub import HubError, push_folder
+
+    try:
+        url = push_folder(folder, repo_id, private=private)
+    except (HubError, FileNotFoundError) as e:
+        retry = f"; retry with: spikelm push {folder} {repo_id}" if isinstance(e, HubError) else ""
+        raise CLIError(f"{e}{retry}") from e
+    print(f"uploaded {folder} to https://huggingface.co/{repo_id} ({url})")
+
+
+def cmd_push(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="spikelm push", description="Upload an exported Hugging Face directory to the "
+                                "Hub (the directory is never modified).")
+    p.add_argument("model_dir")
+    p.add_argument("repo_id", help="owner/name on the Hub")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    a = p.parse_args(argv)
+    _push(Path(a.model_dir), a.repo_id, a.private)
+    return 0
+
+
+def cmd_plot(argv: list[str]) -> int:
+    from .eval.plot_cli import cmd_plot as run
+
+    return run(argv)
+
+
+COMMANDS = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "export": cmd_export,
+            "push": cmd_push, "plot": cmd_plot}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,33 +1,29 @@
 """Text generation from a saved spikelm model through the Hugging Face pipeline."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 
 def check_model_dir(model_dir: str | Path) -> dict:
-    """Return the ``config.json`` of a spikelm HF directory.
+    """Return the ``config.json`` of a spikelm model: a local HF directory or a Hub id
+    (:func:`spikelm.hub.resolve_model`).
 
     Raises:
-        FileNotFoundError: the directory or its config.json does not exist.
+        FileNotFoundError: the directory or its config.json does not exist, or a Hub id cannot be
+            fetched (offline and not cached, no such repo).
         ValueError: the directory holds another kind of model (names the ``model_type`` found).
     """
-    d = Path(model_dir)
-    if not d.is_dir():
-        raise FileNotFoundError(f"model directory {d} does not exist")
-    cfg_path = d / "config.json"
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"{d} is not a Hugging Face model directory (no config.json); "
-                                "pass the 'final' folder of a run, e.g. runs/shakespeare/final")
-    cfg = json.loads(cfg_path.read_text())
+    from .hub.ids import resolve_model
+
+    name, cfg = resolve_model(model_dir)
     if cfg.get("model_type") != "spikelm":
-        raise ValueError(f"{d} holds a {cfg.get('model_type')!r} model, not a spikelm checkpoint "
+        raise ValueError(f"{name} holds a {cfg.get('model_type')!r} model, not a spikelm checkpoint "
                          "(model_type 'spikelm' expected)")
     return cfg
 
 
 def load_pipeline(model_dir: str | Path, device: str | None = None):
-    """``pipeline("text-generation")`` over a saved spikelm directory (model + tokenizer)."""
+    """``pipeline("text-generation")`` over a saved spikelm directory or Hub id (model + tokenizer)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .spikes import SpikeMonitor
+from .spikes import SpikeMonitor, summarize_sites
 
 E_MAC_PJ = 4.6  # 45 nm, fp32 multiply-accumulate (Horowitz 2014)
 E_AC_PJ = 0.9   # 45 nm, fp32 accumulate (Horowitz 2014)
@@ -38,7 +38,7 @@ def energy_pj(macs: float, acs: float = 0.0, e_mac: float = E_MAC_PJ, e_ac: floa
 
 @torch.no_grad()
 def energy_estimate(model: nn.Module, input_ids: torch.Tensor, batch_size: int = 16, e_mac: float = E_MAC_PJ,
-                    e_ac: float = E_AC_PJ) -> dict:
+                    e_ac: float = E_AC_PJ, spikes: bool = False) -> dict:
     """Measure MACs/ACs per token of every linear projection of ``model`` on ``input_ids [B, L]``.
 
     Args:
@@ -46,6 +46,8 @@ def energy_estimate(model: nn.Module, input_ids: torch.Tensor, batch_size: int =
         input_ids: int64 ``[B, L]``, unpadded.
         batch_size: rows per forward call.
         e_mac, e_ac: energies in pJ (defaults: 4.6 / 0.9, Horowitz 2014, 45 nm fp32).
+        spikes: also return the spike statistics measured in the same forward passes under
+            ``"spikes"`` (:func:`spikelm.eval.spikes.spike_statistics`'s result).
     Returns:
         ``{"tokens": B*L, "layers": {linear name: {"in", "out", "macs_per_token",
         "spike_input": bool, "input_rate", "acs_per_token"}}, "dense_macs_per_token" (all
@@ -87,7 +89,7 @@ def energy_estimate(model: nn.Module, input_ids: torch.Tensor, batch_size: int =
 
     handles = [m.register_forward_hook(linear_hook(n)) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     try:
-        with SpikeMonitor(model, on_spikes=on_spikes):
+        with SpikeMonitor(model, on_spikes=on_spikes) as mon:
             for s in range(0, input_ids.shape[0], batch_size):
                 model(input_ids=input_ids[s:s + batch_size].to(device), use_cache=False)
                 spike_outs.clear()
@@ -106,6 +108,9 @@ def energy_estimate(model: nn.Module, input_ids: torch.Tensor, batch_size: int =
         else:
             snn_mac += a["macs"] / tokens
     ann_e, snn_e = energy_pj(dense, 0.0, e_mac, e_ac), energy_pj(snn_mac, snn_ac, e_mac, e_ac)
-    return {"tokens": tokens, "layers": layers, "dense_macs_per_token": dense, "snn_macs_per_token": snn_mac,
+    out = {"tokens": tokens, "layers": layers, "dense_macs_per_token": dense, "snn_macs_per_token": snn_mac,
             "snn_acs_per_token": snn_ac, "ann_energy_pj_per_token": ann_e, "snn_energy_pj_per_token": snn_e,
             "energy_ratio": ann_e / snn_e if snn_e else float("inf"), "e_mac_pj": e_mac, "e_ac_pj": e_ac}
+    if spikes:
+        out["spikes"] = summarize_sites(mon.stats())
+    return out

@@ -140,52 +140,138 @@ def evaluate_stream(model, ids: torch.Tensor, byte_lengths: np.ndarray | None = 
             "spike_rates": {k: v / rate_w for k, v in rates.items()} if rate_w else {}}
 
 
-def tokenize_stream(files: list[str], tokenizer, text_field: str = "text") -> torch.Tensor:
+def _looks_like_hub_dataset(name: str) -> bool:
+    """``owner/name`` or ``name`` that is not an existing path and has no file extension."""
+    if not name or name.startswith((".", "/", "~")) or "\\" in name or Path(name).exists():
+        return False
+    parts = name.split("/")
+    return len(parts) <= 2 and all(parts) and "." not in parts[-1]
+
+
+def load_hub_texts(name: str, split: str | None = None, text_field: str = "text") -> list[str]:
+    """Texts of one split of the Hub dataset ``name`` (``datasets.load_dataset``; cache and
+    ``HF_HUB_OFFLINE`` honoured). ``split`` None: "validation", else "test", else "train".
+
+    Raises:
+        FileNotFoundError: the dataset cannot be fetched (offline and not cached, no such dataset).
+        ValueError: no such split, or no string column ``text_field`` (the columns are listed).
+    """
+    import datasets
+
+    try:
+        dd = datasets.load_dataset(name)
+    except (ConnectionError, FileNotFoundError, OSError, ValueError) as e:
+        offline = bool(datasets.config.HF_HUB_OFFLINE)
+        why = ("offline mode is on (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) and it is not in the local cache"
+               if offline else f"{type(e).__name__}: {' '.join(str(e).split())[:200]}")
+        raise FileNotFoundError(f"{name!r} is not a local file, so it was looked up as a Hugging Face Hub dataset, "
+                                f"but {why}") from None
+    if split is None:
+        split = next((s for s in ("validation", "test", "train") if s in dd), None)
+    if split not in dd:
+        raise ValueError(f"Hub dataset {name!r} has no split {split!r} (splits: {list(dd)})")
+    ds = dd[split]
+    if text_field not in ds.column_names:
+        raise ValueError(f"Hub dataset {name!r} has no column {text_field!r} (columns: {ds.column_names}); "
+                         "pass --text-field")
+    return [t for t in ds[text_field] if isinstance(t, str) and t]
+
+
+def tokenize_stream(files: list[str], tokenizer, text_field: str = "text", split: str | None = None) -> torch.Tensor:
     """Token ids ``[T]`` (int64) of ``files`` as one stream, EOS after every document
     (the tokenization of :func:`spikelm.data.pack_blocks`).
 
-    Raises FileNotFoundError / ValueError from :func:`spikelm.data.load_documents`.
+    ``files`` are local files; or one Hub dataset name (``owner/name``, when no such local path
+    exists), of which ``split`` is read (:func:`load_hub_texts`), one document per row.
+
+    Raises FileNotFoundError / ValueError from :func:`spikelm.data.load_documents` or
+    :func:`load_hub_texts`.
     """
     from ..data import load_documents, tokenize_documents
 
-    docs = load_documents(list(files), text_field=text_field, what="evaluation")
+    if len(files) == 1 and _looks_like_hub_dataset(str(files[0])):
+        from datasets import Dataset
+
+        texts = load_hub_texts(str(files[0]), split, text_field)
+        docs = Dataset.from_dict({"text": texts, "doc_end": [True] * len(texts)})
+    else:
+        docs = load_documents(list(files), text_field=text_field, what="evaluation")
     tokenized = tokenize_documents(docs, tokenizer)
     flat = [i for row in tokenized["input_ids"] for i in row]
     return torch.tensor(flat, dtype=torch.long)
 
 
+def measure_blocks(ids: torch.Tensor, block_size: int, max_tokens: int) -> torch.Tensor:
+    """Disjoint blocks ``[N, block_size]`` from the start of ``ids [T]`` covering at most
+    ``max_tokens`` tokens (at least one block, shorter when ``T < block_size``): the inputs of
+    the spike and energy measurements."""
+    L = min(block_size, int(ids.numel()))
+    n = max(1, min(int(ids.numel()) // L, max_tokens // L))
+    return ids[:n * L].reshape(n, L)
+
+
 @torch.no_grad()
 def evaluate_files(model_dir: str | Path, files: list[str], block_size: int | None = None, batch_size: int = 16,
-                   text_field: str = "text", stride: int | None = None, device: str | None = None) -> dict:
-    """Evaluate the model saved in ``model_dir`` (spikelm or any HF causal LM) on ``files``.
+                   text_field: str = "text", stride: int | None = None, device: str | None = None,
+                   spikes: bool = True, spike_max_tokens: int = 16384, split: str | None = None,
+                   config_overrides: dict | None = None) -> dict:
+    """Evaluate a saved model (spikelm or any HF causal LM; a local directory or a Hub id) on ``files``.
 
     Args:
-        model_dir: a directory with ``config.json``, weights and the tokenizer.
-        files: .txt / .json(l) / .parquet files (see :func:`spikelm.data.load_documents`).
+        model_dir: a directory with ``config.json``, weights and the tokenizer, or a Hub model id.
+        files: .txt / .json(l) / .parquet files (see :func:`spikelm.data.load_documents`), or one
+            Hub dataset name (:func:`tokenize_stream`).
         block_size: window length in tokens (default: the model's context length, else 1024).
         batch_size: windows per forward call.
-        text_field: text column of json/parquet files.
+        text_field: text column of json/parquet files and Hub datasets.
         stride: window step in tokens, ``1 <= stride <= block_size`` (default ``block_size``);
-            smaller strides give each token more context and cost ``block_size / stride``
+            smaller strides give each token more left context and cost ``block_size / stride``
             times more compute.
         device: torch device (default cuda when available).
+        spikes: also measure spike statistics and the operation/energy estimate on the first
+            ``spike_max_tokens`` tokens, as disjoint ``block_size`` blocks (one more forward pass).
+        spike_max_tokens: token budget of that measurement.
+        split: split of a Hub dataset (default validation, else test, else train).
+        config_overrides: config fields replaced at load time, e.g. ``{"adaptive_spike_k": 2.0}``
+            to measure the sparsity/quality trade-off of one model across k.
     Returns:
         ``{"loss": nats/token, "bpb": bits per UTF-8 byte, "perplexity", "tokens": scored
-        tokens, "bytes": UTF-8 bytes of those tokens, "block_size", "stride",
-        "spike_rates": {site: rate} (spikelm models only)}``.
+        tokens, "bytes": UTF-8 bytes of those tokens, "block_size", "stride", "model",
+        "model_type", "files", "adaptive_spike_k" (spikelm models with adaptive spiking, else
+        None), "spike_rates": {site: rate} (spikelm models' own counters)}``;
+        with ``spikes``: ``"spikes"`` (:func:`spikelm.eval.spikes.spike_statistics`; its
+        ``sites`` are empty for a model without spiking neurons) and ``"energy"``
+        (:func:`spikelm.eval.energy.energy_estimate` without its per-projection ``layers``).
     Raises:
-        FileNotFoundError: missing model directory or data file.
-        ValueError: bad block_size/stride, or data shorter than 2 tokens.
+        FileNotFoundError: missing model directory / unreachable Hub id, or missing data file.
+        ValueError: bad block_size/stride, data shorter than 2 tokens, or an override of a
+            field the model's config does not have.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import spikelm  # noqa: F401  (registers the Auto classes)
 
-    d = Path(model_dir)
-    if not (d / "config.json").is_file():
-        raise FileNotFoundError(f"{d} is not a Hugging Face model directory (no config.json)")
+    from ..hub.ids import resolve_model
+    from .energy import energy_estimate
+
+    name, cfg = resolve_model(model_dir)
+    overrides = dict(config_overrides or {})
+    unknown = sorted(set(overrides) - set(cfg))
+    if unknown:
+        raise ValueError(f"cannot override {unknown}: not fields of {name}'s config.json")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    tok = AutoTokenizer.from_pretrained(str(d))
-    model = AutoModelForCausalLM.from_pretrained(str(d)).to(device).eval()
-    ids = tokenize_stream(files, tok, text_field)
-    return evaluate_stream(model, ids, token_byte_lengths(tok), block_size, stride, batch_size)
+    tok = AutoTokenizer.from_pretrained(name)
+    model = AutoModelForCausalLM.from_pretrained(name, **overrides).to(device).eval()
+    ids = tokenize_stream(files, tok, text_field, split)
+    res = evaluate_stream(model, ids, token_byte_lengths(tok), block_size, stride, batch_size)
+    mc = model.config
+    res.update(model=str(model_dir), model_type=cfg.get("model_type"), files=[str(f) for f in files],
+               adaptive_spike_k=(mc.adaptive_spike_k if getattr(mc, "adaptive_spike_mode", "off") != "off" else None),
+               config_overrides=overrides)
+    if spikes:
+        blocks = measure_blocks(ids, res["block_size"], spike_max_tokens)
+        en = energy_estimate(model, blocks, batch_size=batch_size, spikes=True)
+        res["spikes"] = en.pop("spikes")
+        en.pop("layers")
+        res["energy"] = en
+    return res

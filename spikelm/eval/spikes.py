@@ -159,7 +159,11 @@ def spike_statistics(model: nn.Module, input_ids: torch.Tensor, batch_size: int 
     with SpikeMonitor(model) as mon:
         for s in range(0, input_ids.shape[0], batch_size):
             model(input_ids=input_ids[s:s + batch_size].to(device), use_cache=False)
-    sites = mon.stats()
+    return summarize_sites(mon.stats())
+
+
+def summarize_sites(sites: dict[str, dict]) -> dict:
+    """``{"sites", "layers", "overall"}`` of :meth:`SpikeMonitor.stats` (see :func:`spike_statistics`)."""
     overall = {}
     if sites:
         w = {n: s["tokens"] * s["neurons"] for n, s in sites.items()}

@@ -1,6 +1,7 @@
 """Consolidate a DeepSpeed checkpoint (any ZeRO stage) into a Hugging Face directory."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
@@ -50,8 +51,20 @@ def consolidated_state_dict(ckpt: Path, tag: str) -> dict[str, torch.Tensor]:
     return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
 
 
-def export_checkpoint(path: str | Path, out_dir: str | Path, tag: str | None = None) -> Path:
-    """Write ``out_dir`` (safetensors, config, tokenizer) from a run's DeepSpeed checkpoint, atomically.
+def export_checkpoint(path: str | Path, out_dir: str | Path, tag: str | None = None, eval_results: dict | None = None,
+                      license: str | None = None, repo_id: str | None = None) -> Path:
+    """Write ``out_dir`` from a run's DeepSpeed checkpoint, atomically: safetensors weights, config
+    (with ``auto_map``), tokenizer, the self-contained modeling code for ``trust_remote_code``
+    loading and a ``README.md`` model card (:func:`spikelm.hub.write_hf_extras`), plus the run's
+    ``training_summary.json`` when it has one.
+
+    Args:
+        path: a run directory or its ``checkpoints`` folder.
+        out_dir: the new directory (must not exist).
+        tag: checkpoint tag (default: the latest).
+        eval_results: ``spikelm eval --json`` output to put in the model card, or None.
+        license: SPDX license id for the model card, or None.
+        repo_id: Hub id named in the model card's examples (default: the directory name).
 
     Raises:
         FileNotFoundError: no checkpoint, config or tokenizer in the run directory.
@@ -77,7 +90,14 @@ def export_checkpoint(path: str | Path, out_dir: str | Path, tag: str | None = N
     if missing or unexpected:
         raise ValueError(f"checkpoint {ckpt / tag} does not fit {cfg_file}: missing {missing}, unexpected {unexpected}")
     tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    from ..hub import write_hf_extras
+
+    summary = run_dir / "final" / "training_summary.json"
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
+        if summary.is_file():
+            shutil.copyfile(summary, tmp / "training_summary.json")
+        write_hf_extras(tmp, run_dir=run_dir, eval_results=eval_results, license=license,
+                        repo_id=repo_id or out.name)
     return out

@@ -1,0 +1,46 @@
+"""Model arguments that are local directories or Hugging Face Hub ids."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def resolve_model(name: str | Path) -> tuple[str, dict]:
+    """``(name for from_pretrained, config.json as a dict)`` of a local model directory or a Hub id.
+
+    A local directory is used when it exists; otherwise a string of the form ``owner/name``
+    (or ``name``) is looked up on the Hub (``config.json`` through ``hf_hub_download``, which
+    uses the local cache and honours ``HF_HUB_OFFLINE``).
+
+    Raises:
+        FileNotFoundError: a local path that does not exist (and is not a Hub id), a directory
+            without ``config.json``, or a Hub id that cannot be fetched (offline and not cached,
+            no such repo, no access); the message says which.
+    """
+    s = str(name)
+    d = Path(s)
+    if d.is_dir():
+        cfg = d / "config.json"
+        if not cfg.is_file():
+            raise FileNotFoundError(f"{d} is not a Hugging Face model directory (no config.json); "
+                                    "pass the 'final' folder of a run, e.g. runs/shakespeare/final")
+        return s, json.loads(cfg.read_text())
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    looks_local = s.startswith((".", "/", "~")) or "\\" in s or s.count("/") > 1
+    try:
+        if looks_local:
+            raise HFValidationError("a path")
+        validate_repo_id(s)
+    except HFValidationError:
+        raise FileNotFoundError(f"model directory {s} does not exist (and {s!r} is not a Hub repo id)") from None
+    try:
+        path = hf_hub_download(s, "config.json")
+    except Exception as e:
+        why = ("offline mode is on (HF_HUB_OFFLINE=1) and it is not in the local cache" if constants.HF_HUB_OFFLINE
+               else f"{type(e).__name__}: {' '.join(str(e).split())[:200]}")
+        raise FileNotFoundError(f"{s!r} is not a local directory, so it was looked up as a Hugging Face Hub model "
+                                f"id, but {why}") from None
+    return s, json.loads(Path(path).read_text())
