@@ -251,8 +251,15 @@ def test_gpu_matches_torch_loop(dtype, bound, B, L, D):
     assert rel(a[0].float(), b[0]) < bound
     for p, q in zip(a[1], b[1]):
         assert rel(p, q) < 1e-4
-    for p, q in zip(a[2], b[2]):
-        assert rel(p.float(), q) < max(bound, 1e-4)
+    # Gradients of the initial state decay by exp(-w L): after L=1024 steps they are ~1e-35,
+    # where the reference's exponent floor (torch_loop.EXP_FLOOR = -80, e^-80 = 1.8e-35) and the
+    # GPU's flush of smaller exps to 0 disagree. A gradient below 1e-6 of the upstream gradient's
+    # size is numerically zero: compare with that floor.
+    floor = 1e-6 * gy.float().norm().item()
+    for name, p, q in zip(("w", "u", "k", "v", "aa", "bb", "pp"), a[2], b[2]):
+        p, q = p.double(), q.double()
+        err = (p - q).norm().item() / max(q.norm().item(), floor)
+        assert err < max(bound, 1e-4), f"grad of {name}: relative error {err:.3g}"
 
 
 @pytest.mark.parametrize("B,D", [(0, 4), (2, 0)])
