@@ -195,7 +195,8 @@ def _spikingjelly_nodes(device):
     """(backend, LIFNode) pairs for SpikingJelly's GPU backends that construct and run here."""
     try:
         from spikingjelly.activation_based import neuron, surrogate
-    except Exception:
+    except Exception as e:  # not installed, or a missing dependency of it
+        print(f"# spikingjelly unavailable: {type(e).__name__}: {e}", file=sys.stderr)
         return []
     found = []
     for backend in ("triton", "cupy"):
