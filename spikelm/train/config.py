@@ -11,17 +11,31 @@ from dataclasses import dataclass, field
 
 @dataclass
 class ModelConfig:
-    """Which network to build.
+    """Which network to build, and from which weights.
 
     Attributes:
-        flavour: a name from ``spikelm.models.FLAVOURS`` (``debug``, ``shakespeare``,
-            ``spikegpt-45m``, ``spikegpt-216m``).
-        overrides: any ``SpikeLMConfig`` field, e.g. ``{neuron: plif, hidden_size: 128}``.
-            ``vocab_size``, ``context_length`` and the special token ids come from the data.
+        arch: ``spikelm`` (the spiking LM, ``SpikeLMForCausalLM``) or ``llama`` (transformers'
+            ``LlamaForCausalLM``, the ANN baseline); see ``spikelm.train.archs``.
+        flavour: a size of that arch: for ``spikelm`` a name from ``spikelm.models.FLAVOURS``
+            (``debug``, ``shakespeare``, ``spikegpt-45m``, ...), for ``llama`` one of
+            ``spikelm.train.archs.LLAMA_FLAVOURS`` (``llama-debug``, ``llama-shakespeare``).
+            Ignored with ``init_from``.
+        overrides: fields of the arch's config class, e.g. ``{neuron: plif, hidden_size: 128}``.
+            ``vocab_size``, the context length and the special token ids come from the data.
+            With ``init_from`` they are applied over the loaded config (non-architectural
+            fields only make sense there, e.g. ``dropout``).
+        init_from: a Hugging Face model directory to start from instead of a random init
+            (continual pretraining, fine-tuning): a spikelm or llama directory is trained as
+            it is (its config, weights and, unless ``data.tokenizer`` is set, its tokenizer);
+            with ``convert_layout`` set, a Llama-family ANN directory is first converted by
+            ``spikelm.convert.convert_checkpoint`` into ``run_dir/converted``. Ignored on
+            ``--resume`` (the checkpoint holds the weights).
     """
 
+    arch: str = "spikelm"
     flavour: str = "shakespeare"
     overrides: dict = field(default_factory=dict)
+    init_from: str | None = None
 
 
 @dataclass
@@ -50,16 +64,23 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW with linear warmup and cosine decay to ``min_lr_ratio * lr``.
+    """AdamW with linear warmup, then ``schedule`` down to ``min_lr_ratio * lr``.
 
     Attributes:
         lr: peak learning rate. warmup_steps: linear warmup length in optimizer steps.
+        schedule: ``cosine`` (cosine decay from the end of warmup to ``max_steps``) or ``wsd``
+            (warmup-stable-decay: constant peak LR, then a linear decay over the last
+            ``decay_fraction`` of the steps; suits continual pretraining from ``init_from``,
+            as in SpikingBrain's short warmup + constant + decay, and MiniCPM's WSD).
+        decay_fraction: share of ``max_steps`` spent decaying under ``wsd``, in (0, 1].
         min_lr_ratio: final learning rate as a fraction of ``lr``.
         weight_decay, betas, eps: AdamW's. grad_clip: global gradient-norm clip (0 = off).
     """
 
     lr: float = 3e-3
     warmup_steps: int = 50
+    schedule: str = "cosine"
+    decay_fraction: float = 0.2
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.99)
@@ -129,14 +150,19 @@ class Recipe:
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+SCHEDULES = ("cosine", "wsd")
 
 
 def validate_recipe(r: Recipe) -> None:
     """Check values jsonargparse's types cannot; raise ``ValueError`` naming the key and what is accepted."""
-    from ..models import FLAVOURS
+    from .archs import ARCHS, flavours
 
+    if r.model.arch not in ARCHS:
+        raise ValueError(f"model.arch {r.model.arch!r} is unknown; accepted: {', '.join(ARCHS)}")
+    known = flavours(r.model.arch)
     checks = [
-        (r.model.flavour in FLAVOURS, f"model.flavour {r.model.flavour!r} is unknown; known: {', '.join(FLAVOURS)}"),
+        (r.model.init_from is not None or r.model.flavour in known,
+         f"model.flavour {r.model.flavour!r} is not a {r.model.arch} flavour; known: {', '.join(known)}"),
         (0 < r.data.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {r.data.val_fraction}"),
         (r.data.vocab_size >= 257, f"data.vocab_size must be >= 257 (256 bytes + end-of-text), got {r.data.vocab_size}"),
         (r.data.block_size >= 2, f"data.block_size must be >= 2, got {r.data.block_size}"),
@@ -144,6 +170,8 @@ def validate_recipe(r: Recipe) -> None:
         (r.optim.lr > 0, f"optim.lr must be > 0, got {r.optim.lr}"),
         (0 <= r.optim.min_lr_ratio <= 1, f"optim.min_lr_ratio must be in [0, 1], got {r.optim.min_lr_ratio}"),
         (r.optim.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {r.optim.warmup_steps}"),
+        (r.optim.schedule in SCHEDULES, f"optim.schedule {r.optim.schedule!r} is unknown; accepted: {', '.join(SCHEDULES)}"),
+        (0 < r.optim.decay_fraction <= 1, f"optim.decay_fraction must be in (0, 1], got {r.optim.decay_fraction}"),
         (r.optim.grad_clip >= 0, f"optim.grad_clip must be >= 0, got {r.optim.grad_clip}"),
         (r.train.max_steps >= 1, f"train.max_steps must be >= 1, got {r.train.max_steps}"),
         (r.train.micro_batch_size >= 1, f"train.micro_batch_size must be >= 1, got {r.train.micro_batch_size}"),

@@ -19,6 +19,7 @@ from .distributed import all_reduce_sum, barrier, init_distributed
 from .flops import model_flops_per_token, peak_flops
 from .rundir import atomic_dir, check_run_dir, prepare_run_dir
 from .export import MODEL_CONFIG
+from .archs import describe, flops_config
 from .model_init import build_model
 from .schedule import BatchOrder, lr_factor
 from .signals import StopRequest
@@ -87,12 +88,23 @@ def _log(rank: int, msg: str) -> None:
         print(msg, flush=True)
 
 
-def build_tokenizer(recipe: Recipe, run_dir: Path, resume: bool, rank: int, train_text):
+def _has_tokenizer(d: Path) -> bool:
+    return (d / "tokenizer.json").is_file() or (d / "tokenizer_config.json").is_file()
+
+
+def build_tokenizer(recipe: Recipe, run_dir: Path, resume: bool, rank: int, train_text, model_dir: Path | None = None,
+                    model_config=None):
     """The run's tokenizer, in memory (nothing is written here).
 
-    On resume: the one saved in ``run_dir/tokenizer``. Else the recipe's ``data.tokenizer``,
-    or a byte-level BPE trained on the train split only (never the validation text) on
-    rank 0 and broadcast to the other ranks.
+    On resume: the one saved in ``run_dir/tokenizer``. Starting from weights (``model_dir``,
+    with its ``model_config``): the recipe's ``data.tokenizer`` if set, else the model
+    directory's own. Else the recipe's ``data.tokenizer``, or a byte-level BPE trained on the
+    train split only (never the validation text) on rank 0 and broadcast to the other ranks.
+
+    Raises:
+        ValueError: starting from weights, the model directory has no tokenizer and none is
+            set, the recipe's tokenizer differs from the model directory's (vocabulary), or
+            it has more tokens than the model's ``vocab_size``.
     """
     import torch.distributed as dist
     from transformers import PreTrainedTokenizerFast
@@ -102,6 +114,22 @@ def build_tokenizer(recipe: Recipe, run_dir: Path, resume: bool, rank: int, trai
     saved = run_dir / "tokenizer"
     if resume and saved.is_dir():
         return load_tokenizer(str(saved))
+    if model_dir is not None:
+        own = load_tokenizer(str(model_dir)) if _has_tokenizer(model_dir) else None
+        if recipe.data.tokenizer is None and own is None:
+            raise ValueError(f"model.init_from {model_dir} holds no tokenizer; set data.tokenizer to the one the "
+                             "model was trained with")
+        tok = own if recipe.data.tokenizer is None else load_tokenizer(recipe.data.tokenizer)
+        if own is not None and tok is not own and tok.get_vocab() != own.get_vocab():
+            raise ValueError(f"data.tokenizer {recipe.data.tokenizer!r} does not match the tokenizer of "
+                             f"model.init_from {model_dir} ({len(tok)} vs {len(own)} tokens, different "
+                             "vocabularies); leave data.tokenizer unset to use the model's")
+        if len(tok) > model_config.vocab_size:
+            raise ValueError(f"the tokenizer has {len(tok)} tokens but the model in {model_dir} only "
+                             f"{model_config.vocab_size} embeddings; use the model's tokenizer")
+        if tok.model_max_length is None or tok.model_max_length > 10**8:
+            tok.model_max_length = recipe.data.block_size
+        return tok
     if recipe.data.tokenizer is not None:
         tok = load_tokenizer(recipe.data.tokenizer)
         if tok.model_max_length is None or tok.model_max_length > 10**8:
@@ -124,15 +152,69 @@ def build_tokenizer(recipe: Recipe, run_dir: Path, resume: bool, rank: int, trai
 
 
 def _model_config(recipe: Recipe, tok):
-    from ..models import flavour_config
+    """A fresh model's config: ``model.arch``/``flavour``/``overrides`` plus the data's vocabulary,
+    context and special token ids (``archs.build_config``)."""
+    from .archs import build_config
 
-    fixed = dict(vocab_size=len(tok), context_length=recipe.data.block_size, eos_token_id=tok.eos_token_id,
-                 bos_token_id=tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id,
-                 pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
-    clash = sorted(set(fixed) & set(recipe.model.overrides))
-    if clash:
-        raise ValueError(f"model.overrides may not set {clash}: they come from the tokenizer and data.block_size")
-    return flavour_config(recipe.model.flavour, **{**recipe.model.overrides, **fixed})
+    return build_config(recipe.model.arch, recipe.model.flavour, recipe.model.overrides, vocab_size=len(tok),
+                        context_length=recipe.data.block_size, eos_token_id=tok.eos_token_id,
+                        bos_token_id=tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id,
+                        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+
+
+def _context_length(config) -> int:
+    return config.context_length if config.model_type == "spikelm" else config.max_position_embeddings
+
+
+def load_config_file(path: Path):
+    """The HF config saved in a JSON file (``config.json`` or a run's ``model_config.json``),
+    as its own class (``SpikeLMConfig``, ``LlamaConfig``, ...)."""
+    from transformers import AutoConfig
+
+    from .. import models  # noqa: F401  (registers spikelm with AutoConfig)
+
+    d = json.loads(Path(path).read_text())
+    if "model_type" not in d:
+        raise ValueError(f"{path} has no model_type; not a Hugging Face model config")
+    return AutoConfig.for_model(d["model_type"]).__class__.from_json_file(str(path))
+
+
+def init_source(recipe: Recipe, rank: int) -> Path | None:
+    """The Hugging Face directory whose weights start the run (``model.init_from``), or None.
+
+    Raises:
+        FileNotFoundError: ``model.init_from`` is not a directory with a config.json.
+        ValueError: its model type is not ``model.arch`` (names the fix).
+    """
+    src = recipe.model.init_from
+    if src is None:
+        return None
+    d = Path(src)
+    if not (d / "config.json").is_file():
+        raise FileNotFoundError(f"model.init_from {src}: no such Hugging Face model directory (config.json "
+                                "missing); pass e.g. runs/shakespeare/final")
+    kind = json.loads((d / "config.json").read_text()).get("model_type")
+    if kind != recipe.model.arch:
+        raise ValueError(f"model.init_from {src} holds a {kind!r} model but model.arch is {recipe.model.arch!r}; "
+                         f"set model.arch: {kind} to train it as it is")
+    return d
+
+
+def _init_config(recipe: Recipe, model_dir: Path):
+    """The config of ``model_dir`` with ``model.overrides`` applied (any field but the vocabulary
+    size and special token ids), checked against ``data.block_size``."""
+    config = load_config_file(model_dir / "config.json")
+    fixed = sorted({"vocab_size", "eos_token_id", "bos_token_id", "pad_token_id"} & set(recipe.model.overrides))
+    if fixed:
+        raise ValueError(f"model.overrides may not set {fixed} with model.init_from: they belong to the weights")
+    for k, v in recipe.model.overrides.items():
+        if not hasattr(config, k):
+            raise ValueError(f"model.overrides.{k}: {type(config).__name__} has no field {k!r}")
+        setattr(config, k, v)
+    if recipe.data.block_size > _context_length(config):
+        raise ValueError(f"data.block_size {recipe.data.block_size} exceeds the context length "
+                         f"{_context_length(config)} of model.init_from {model_dir}; lower data.block_size")
+    return config
 
 
 @torch.no_grad()
@@ -201,21 +283,26 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
     train_files = resolve_files(r.data.train_files)
     val_files = resolve_files(r.data.val_files)
     train_text, val_text = load_text_splits(train_files, val_files, r.data.val_fraction, r.data.text_field)
-    tok = build_tokenizer(r, run_dir, resume, rank, train_text)
+    # resume: the run's own config (the checkpoint holds the weights); else init_from's or a fresh one
+    src = None if resume else init_source(r, rank)
+    config = load_config_file(run_dir / MODEL_CONFIG) if resume and (run_dir / MODEL_CONFIG).is_file() \
+        else _init_config(r, src) if src is not None else None
+    tok = build_tokenizer(r, run_dir, resume, rank, train_text, model_dir=src, model_config=config)
     train_blocks = PackedBlocks(pack_blocks(train_text, tok, r.data.block_size))
     val_blocks = PackedBlocks(pack_blocks(val_text, tok, r.data.block_size))
     val_stats = corpus_stats(val_text, tok)
     _log(rank, f"data: {len(train_blocks)} train / {len(val_blocks)} validation blocks of {r.data.block_size} tokens; "
                f"vocab {len(tok)}; validation {val_stats['bytes_per_token']:.3f} bytes/token")
 
-    config = _model_config(r, tok)
+    if config is None:
+        config = _model_config(r, tok)
     precision = _precision(r, device)
     ds_cfg = deepspeed_config(r, world, precision)
-    model = build_model(config, ds_cfg, t.zero_stage, t.seed)
+    model = build_model(config, ds_cfg, t.zero_stage, t.seed, weights_dir=src)
     if t.activation_checkpointing:
         model.activation_checkpointing_enable()  # recompute each block in the backward pass
     n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
-    flops_per_token = model_flops_per_token(model, config, r.data.block_size)
+    flops_per_token = model_flops_per_token(model, flops_config(config), r.data.block_size)
     peak = peak_flops(device, precision)
     if rank == 0:
         prepare_run_dir(run_dir, resume, overwrite)
@@ -224,8 +311,8 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
                 tok.save_pretrained(tmp)
             config.to_json_file(str(run_dir / MODEL_CONFIG))
     barrier()
-    _log(rank, f"model: {r.model.flavour} ({config.num_hidden_layers} layers, D={config.hidden_size}, "
-               f"neuron={config.neuron}), {n_params / 1e6:.2f}M parameters")
+    origin = f"weights of {src}" if src is not None else "resumed" if resume else r.model.flavour
+    _log(rank, f"model: {origin} ({describe(config)}), {n_params / 1e6:.2f}M parameters")
     o = r.optim
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
@@ -235,7 +322,8 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
 
     def make_scheduler(opt):  # built on the optimizer DeepSpeed wraps (ZeRO-3 regroups the parameters)
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, o.warmup_steps, t.max_steps,
-                                                                          o.min_lr_ratio))
+                                                                          o.min_lr_ratio, o.schedule,
+                                                                          o.decay_fraction))
 
     engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer,
                                                            lr_scheduler=make_scheduler, config=ds_cfg)
@@ -317,7 +405,8 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
             rec = {"step": done, "loss": loss, "lr": scheduler.get_last_lr()[0], "tokens_per_s": tok_s,
                    "elapsed_s": elapsed, "epoch": order.epoch_of(done),
                    "mfu": flops_per_token * tok_s / (peak * world) if peak else None}
-            stats = engine.module.model.spike_rates()
+            # spikelm only (an ANN baseline has no spikes)
+            stats = engine.module.model.spike_rates() if hasattr(engine.module.model, "spike_rates") else {}
             # spike rates of the LIF sites vs. sparsity of adaptive-spiking projection inputs
             rates = {k: v for k, v in stats.items() if not k.endswith(".sparsity")}
             sparsity = {k[:-len(".sparsity")]: v for k, v in stats.items() if k.endswith(".sparsity")}

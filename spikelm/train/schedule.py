@@ -6,14 +6,36 @@ import math
 import numpy as np
 
 
-def lr_factor(step: int, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> float:
-    """Multiplier of the peak LR at optimizer step ``step`` (0-based): linear warmup over
-    ``warmup_steps``, then cosine decay to ``min_lr_ratio`` at ``max_steps`` (Loshchilov &
-    Hutter 2017, as in nanoGPT)."""
+def lr_factor(step: int, warmup_steps: int, max_steps: int, min_lr_ratio: float, schedule: str = "cosine",
+              decay_fraction: float = 0.2) -> float:
+    """Multiplier of the peak LR at optimizer step ``step`` (0-based), in ``[min_lr_ratio, 1]``.
+
+    Linear warmup over ``warmup_steps``, then
+
+    * ``cosine``: cosine decay to ``min_lr_ratio`` at ``max_steps`` (Loshchilov & Hutter 2017,
+      as in nanoGPT);
+    * ``wsd`` (warmup-stable-decay; Hu et al. 2024, MiniCPM): the peak LR until the last
+      ``ceil(decay_fraction * max_steps)`` steps, then a linear decay reaching
+      ``min_lr_ratio`` at ``max_steps``. For continual pretraining (SpikingBrain: short
+      warmup, constant, then decay) the stable phase can be extended by resuming before
+      the decay starts.
+
+    Raises:
+        ValueError: unknown ``schedule``.
+    """
     if step < warmup_steps:
         return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
-    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    if schedule == "cosine":
+        progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    if schedule == "wsd":
+        decay_steps = min(max_steps - warmup_steps, math.ceil(decay_fraction * max_steps))
+        start = max_steps - decay_steps
+        if step < start or decay_steps <= 0:
+            return 1.0
+        progress = min(1.0, (step - start + 1) / decay_steps)
+        return 1.0 - (1 - min_lr_ratio) * progress
+    raise ValueError(f"unknown learning-rate schedule {schedule!r}; accepted: cosine, wsd")
 
 
 class BatchOrder:

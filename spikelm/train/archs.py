@@ -1,0 +1,104 @@
+"""Model architectures a recipe can train: spikelm's spiking LM, or a transformers Llama (ANN baseline).
+
+``model.arch`` picks the family and ``model.flavour`` a size within it:
+
+* ``spikelm``: :class:`spikelm.models.SpikeLMForCausalLM`, flavours ``spikelm.models.FLAVOURS``;
+* ``llama``: transformers' own ``LlamaForCausalLM`` (pre-norm RMSNorm, RoPE, full causal softmax
+  attention, SwiGLU MLP), flavours :data:`LLAMA_FLAVOURS`, each sized to match the parameter
+  count of the spikelm flavour of the same data, so every spiking result has an ANN reference.
+"""
+from __future__ import annotations
+
+ARCHS = ("spikelm", "llama")
+
+LLAMA_FLAVOURS: dict[str, dict] = {
+    # vs spikelm "debug" (D=32, 2 layers): 45,984 vs 46,656 parameters at vocab 300
+    "llama-debug": dict(hidden_size=32, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2,
+                        num_key_value_heads=2),
+    # vs spikelm "shakespeare" (D=256, 4 layers): 3,672,320 vs 3,682,304 parameters at vocab 512.
+    # Per layer: attention 4*256^2 = 262,144, SwiGLU 3*256*768 = 589,824, 2 RMSNorms 512
+    # (SpikeGPT: time-mix 4*256^2 + channel-mix 2*256*1024 + 256^2 = 851,968, plus 2,816 of
+    # LayerNorms and mixing/decay vectors); untied embedding and head 2*512*256 each.
+    "llama-shakespeare": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
+                              num_key_value_heads=4),
+}
+"""Llama sizes by name (``LlamaConfig`` fields); vocabulary, context and token ids come from the data."""
+
+
+def flavours(arch: str) -> dict[str, dict]:
+    """The flavour table of ``arch``. Raises ``ValueError`` for an unknown arch (lists the known ones)."""
+    if arch == "spikelm":
+        from ..models import FLAVOURS
+
+        return FLAVOURS
+    if arch == "llama":
+        return LLAMA_FLAVOURS
+    raise ValueError(f"model.arch {arch!r} is unknown; accepted: {', '.join(ARCHS)}")
+
+
+def build_config(arch: str, flavour: str, overrides: dict, vocab_size: int, context_length: int,
+                 eos_token_id: int, bos_token_id: int, pad_token_id: int):
+    """The HF config (``SpikeLMConfig`` or ``LlamaConfig``) of a flavour with ``overrides``.
+
+    Args:
+        arch, flavour: see the module docstring. overrides: fields of the arch's config class.
+        vocab_size, context_length (tokens), eos/bos/pad_token_id: from the tokenizer and data;
+            ``context_length`` becomes Llama's ``max_position_embeddings``.
+
+    Raises:
+        ValueError: unknown arch or flavour (lists the known ones), or ``overrides`` naming a
+            field that comes from the data.
+    """
+    table = flavours(arch)
+    if flavour not in table:
+        raise ValueError(f"model.flavour {flavour!r} is not a {arch} flavour; known: {', '.join(table)}")
+    fixed = dict(vocab_size=vocab_size, eos_token_id=eos_token_id, bos_token_id=bos_token_id,
+                 pad_token_id=pad_token_id)
+    fixed["context_length" if arch == "spikelm" else "max_position_embeddings"] = context_length
+    clash = sorted(set(fixed) & set(overrides))
+    if clash:
+        raise ValueError(f"model.overrides may not set {clash}: they come from the tokenizer and data.block_size")
+    if arch == "spikelm":
+        from ..models import flavour_config
+
+        return flavour_config(flavour, **{**overrides, **fixed})
+    from transformers import LlamaConfig
+
+    return LlamaConfig(**{"tie_word_embeddings": False, **table[flavour], **overrides, **fixed})
+
+
+def causal_lm_class(config):
+    """The ``*ForCausalLM`` class of a config: ``SpikeLMForCausalLM`` or ``LlamaForCausalLM``.
+
+    Raises:
+        ValueError: any other ``model_type`` (the trainer supports spikelm and llama).
+    """
+    if config.model_type == "spikelm":
+        from ..models import SpikeLMForCausalLM
+
+        return SpikeLMForCausalLM
+    if config.model_type == "llama":
+        from transformers import LlamaForCausalLM
+
+        return LlamaForCausalLM
+    raise ValueError(f"model_type {config.model_type!r} cannot be trained here; supported: spikelm, llama "
+                     "(convert other Llama-family checkpoints with model.convert_layout)")
+
+
+def flops_config(config):
+    """A config view for :func:`spikelm.train.flops.model_flops_per_token`: a Llama's layers are
+    full causal softmax attention, counted like ``swa`` with a window of the whole context."""
+    if config.model_type == "spikelm":
+        return config
+    from types import SimpleNamespace
+
+    heads = config.num_attention_heads
+    return SimpleNamespace(hidden_size=config.hidden_size, num_attention_heads=heads,
+                           head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
+                           mixer_types=["swa"] * config.num_hidden_layers, sliding_window=None)
+
+
+def describe(config) -> str:
+    """One line for the log: layers, width and the neuron (spikelm) or ``ANN`` (llama)."""
+    kind = f"neuron={config.neuron}" if config.model_type == "spikelm" else "ANN"
+    return f"{config.model_type}, {config.num_hidden_layers} layers, D={config.hidden_size}, {kind}"
