@@ -10,6 +10,25 @@ from dataclasses import dataclass, field
 
 
 @dataclass
+class LoraConfig:
+    """LoRA adapters (Hu et al. 2021) through ``spikelm.finetune.apply_lora``: the base weights
+    are frozen and only the adapters train (and sit in the optimizer).
+
+    Attributes:
+        r: adapter rank; 0 = no LoRA (full fine-tuning / training).
+        alpha: scaling numerator (the update is ``alpha / r * B A``).
+        dropout: dropout on the adapter input, in [0, 1).
+        target_modules: linear modules to adapt, by name suffix (e.g. ``[key, value]``);
+            None = ``spikelm.finetune.DEFAULT_LORA_TARGETS`` (every projection of the blocks).
+    """
+
+    r: int = 0
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: list[str] | None = None
+
+
+@dataclass
 class ModelConfig:
     """Which network to build, and from which weights.
 
@@ -30,12 +49,19 @@ class ModelConfig:
             with ``convert_layout`` set, a Llama-family ANN directory is first converted by
             ``spikelm.convert.convert_checkpoint`` into ``run_dir/converted``. Ignored on
             ``--resume`` (the checkpoint holds the weights).
+        lora: LoRA adapters (``r > 0``); the final export is the merged model, with the
+            adapter alone in ``final/adapter``. Needs ``train.zero_stage`` 0-2.
     """
 
     arch: str = "spikelm"
     flavour: str = "shakespeare"
     overrides: dict = field(default_factory=dict)
     init_from: str | None = None
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+    def __post_init__(self):
+        if isinstance(self.lora, dict):  # from jsonargparse's as_dict()
+            self.lora = LoraConfig(**self.lora)
 
 
 @dataclass
@@ -43,16 +69,25 @@ class DataConfig:
     """Corpus, tokenizer and blocks.
 
     Attributes:
-        train_files: local text (.txt), jsonl/json or parquet files, or a hub dataset name.
-        val_files: validation files; None splits off the last ``val_fraction`` of the train bytes.
+        format: ``text`` (documents packed into blocks, every token a target) or
+            ``instructions`` (jsonl records ``{"prompt", "response"}`` or ``{"messages": [...]}``,
+            rendered with the tokenizer's chat template, ``spikelm.finetune.DEFAULT_CHAT_TEMPLATE``
+            when it has none; the loss, training and validation, is on the response tokens only).
+        train_files: local text (.txt), jsonl/json or parquet files, or a hub dataset name;
+            ``builtin:NAME`` is a shipped corpus folder, ``builtin:NAME/FILE`` one of its files.
+        val_files: validation files; None splits off the last ``val_fraction`` of the train bytes
+            (``instructions``: of the train records).
         val_fraction: share of the bytes held out when ``val_files`` is None, in (0, 1).
         text_field: the text column of json/parquet data.
         tokenizer: a tokenizer directory (or hub id) to load; None trains a byte-level BPE
             of ``vocab_size`` on the train split and saves it with the model.
         vocab_size: size of the trained BPE vocabulary (ignored when ``tokenizer`` is set).
         block_size: tokens per training sequence (the model's context length).
+        packing: ``instructions`` rows: ``pad`` (one example per row, right-padded) or ``pack``
+            (whole examples back to back, never split across rows).
     """
 
+    format: str = "text"
     train_files: list[str] = field(default_factory=lambda: ["builtin:tinyshakespeare"])
     val_files: list[str] | None = None
     val_fraction: float = 0.1
@@ -60,6 +95,7 @@ class DataConfig:
     tokenizer: str | None = None
     vocab_size: int = 512
     block_size: int = 128
+    packing: str = "pad"
 
 
 @dataclass
@@ -151,6 +187,7 @@ class Recipe:
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCHEDULES = ("cosine", "wsd")
+DATA_FORMATS = ("text", "instructions")
 
 
 def validate_recipe(r: Recipe) -> None:
@@ -163,6 +200,15 @@ def validate_recipe(r: Recipe) -> None:
     checks = [
         (r.model.init_from is not None or r.model.flavour in known,
          f"model.flavour {r.model.flavour!r} is not a {r.model.arch} flavour; known: {', '.join(known)}"),
+        (r.data.format in DATA_FORMATS, f"data.format {r.data.format!r} is unknown; accepted: {', '.join(DATA_FORMATS)}"),
+        (r.data.packing in ("pad", "pack"), f"data.packing must be pad or pack, got {r.data.packing!r}"),
+        (r.data.format == "text" or r.model.init_from is not None or r.data.tokenizer is not None,
+         "data.format instructions needs a trained tokenizer: set model.init_from (its tokenizer) or data.tokenizer"),
+        (r.model.lora.r >= 0, f"model.lora.r must be >= 0 (0 = no LoRA), got {r.model.lora.r}"),
+        (0 <= r.model.lora.dropout < 1, f"model.lora.dropout must be in [0, 1), got {r.model.lora.dropout}"),
+        (r.model.lora.r == 0 or r.train.zero_stage < 3,
+         "model.lora needs train.zero_stage 0, 1 or 2 (only the adapters are trained, so ZeRO-2 already shards "
+         "all optimizer state and gradients)"),
         (0 < r.data.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {r.data.val_fraction}"),
         (r.data.vocab_size >= 257, f"data.vocab_size must be >= 257 (256 bytes + end-of-text), got {r.data.vocab_size}"),
         (r.data.block_size >= 2, f"data.block_size must be >= 2, got {r.data.block_size}"),

@@ -37,6 +37,9 @@ def resolve_files(files: list[str] | None) -> list[str] | None:
         if f.startswith("builtin:"):
             name = f.split(":", 1)[1]
             folder = BUILTIN_DATA / name
+            if "/" in name and folder.is_file():  # builtin:NAME/FILE
+                out.append(str(folder))
+                continue
             if not folder.is_dir():
                 known = sorted(p.name for p in BUILTIN_DATA.iterdir() if p.is_dir()) if BUILTIN_DATA.is_dir() else []
                 raise FileNotFoundError(f"unknown builtin corpus {name!r}; shipped: {', '.join(known) or 'none'}")
@@ -217,11 +220,50 @@ def _init_config(recipe: Recipe, model_dir: Path):
     return config
 
 
+def make_batch(rows, indices, device) -> dict:
+    """Model inputs of the rows ``indices`` of a split (``PackedBlocks`` or ``InstructionDataset``).
+
+    Text blocks (``[block_size + 1]`` token ids): ``input_ids = block[:-1]`` and
+    ``labels = shift_labels = block[1:]`` (already shifted: the model does not shift again).
+    Instruction rows (dicts of ``[block_size]`` tensors): ``input_ids``, ``attention_mask`` and
+    ``labels`` aligned with the inputs (-100 on prompt and padding; the model shifts them).
+    Returns a dict of ``[B, L]`` int64 tensors on ``device``, for ``model(**batch)``.
+    """
+    items = [rows[i] for i in indices]
+    if isinstance(items[0], dict):
+        return {k: torch.stack([it[k] for it in items]).to(device) for k in ("input_ids", "attention_mask", "labels")}
+    x = torch.stack(items).to(device)
+    targets = x[:, 1:].contiguous()
+    return {"input_ids": x[:, :-1], "labels": targets, "shift_labels": targets}
+
+
+def _targets(batch: dict) -> tuple[torch.Tensor, slice]:
+    """``(targets [B, L'], positions)``: the next-token targets of a batch and the slice of the
+    logits (along L) that predict them; -100 marks positions without a target."""
+    if "shift_labels" in batch:
+        return batch["shift_labels"], slice(None)
+    return batch["labels"][:, 1:], slice(None, -1)
+
+
+def target_bytes_per_token(rows, tok) -> float:
+    """UTF-8 bytes per target token of an instruction split: the response text (special tokens
+    such as the closing eos decode to nothing) over the number of labelled targets."""
+    n_bytes = n_tok = 0
+    for i in range(len(rows)):
+        labels = rows[i]["labels"][1:]
+        ids = labels[labels != -100].tolist()
+        n_tok += len(ids)
+        n_bytes += len(tok.decode(ids, skip_special_tokens=True).encode("utf-8"))
+    return n_bytes / max(n_tok, 1)
+
+
 @torch.no_grad()
 def evaluate(model, blocks, rank: int, world_size: int, batch_size: int, device, max_batches: int | None,
              bytes_per_token: float) -> dict:
-    """Mean validation loss (nats/token) over the split (or its first ``max_batches`` batches),
-    sharded over ranks, with bits per byte ``loss / ln 2 / bytes_per_token`` and perplexity."""
+    """Mean validation loss (nats/token) over the targets of the split (or its first
+    ``max_batches`` batches), sharded over ranks, with bits per byte
+    ``loss / ln 2 / bytes_per_token`` and perplexity. Text: every token of every block;
+    instructions: the response tokens only (masked loss on held-out pairs)."""
     model.eval()
     n = len(blocks)
     starts = list(range(0, n, batch_size))
@@ -229,12 +271,14 @@ def evaluate(model, blocks, rank: int, world_size: int, batch_size: int, device,
         starts = starts[:max_batches]
     total, count = 0.0, 0
     for s in starts[rank::world_size]:
-        x = torch.stack([blocks[i] for i in range(s, min(s + batch_size, n))]).to(device)
-        logits = model(input_ids=x[:, :-1], use_cache=False).logits.float()
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1),
-                                                 reduction="sum")
+        batch = make_batch(blocks, range(s, min(s + batch_size, n)), device)
+        targets, pos = _targets(batch)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                       use_cache=False).logits[:, pos].float()
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                                 reduction="sum", ignore_index=-100)
         total += loss.item()
-        count += x[:, 1:].numel()
+        count += int((targets != -100).sum())
     total, count = all_reduce_sum([total, float(count)], device)
     model.train()
     loss = total / max(count, 1)
@@ -243,7 +287,12 @@ def evaluate(model, blocks, rank: int, world_size: int, batch_size: int, device,
 
 
 def export_hf(engine, model, tok, out_dir: Path, zero_stage: int, rank: int, extra: dict) -> None:
-    """Write a Hugging Face directory (safetensors, config, tokenizer, training summary) atomically."""
+    """Write a Hugging Face directory (safetensors, config, tokenizer, training summary) atomically.
+
+    A LoRA model (peft, ZeRO 0-2) is written merged (``spikelm.finetune.merge_lora`` on a copy:
+    a standalone model), with the adapter alone (peft's ``adapter_config.json`` +
+    ``adapter_model.safetensors``, naming the base model directory) and the tokenizer in
+    ``out_dir/adapter``."""
     if zero_stage == 3:
         state = engine._zero3_consolidated_16bit_state_dict()
     else:
@@ -251,9 +300,64 @@ def export_hf(engine, model, tok, out_dir: Path, zero_stage: int, rank: int, ext
     if rank != 0:
         return
     with atomic_dir(out_dir) as tmp:
+        if hasattr(model, "peft_config"):
+            import copy
+
+            from ..finetune import merge_lora
+
+            model.save_pretrained(tmp / "adapter")
+            tok.save_pretrained(tmp / "adapter")
+            model = merge_lora(copy.deepcopy(model))
         model.save_pretrained(tmp, state_dict=state)
         tok.save_pretrained(tmp)
         (tmp / "training_summary.json").write_text(json.dumps(extra, indent=2) + "\n")
+
+
+def spike_rates(module) -> dict[str, float]:
+    """``SpikeLMModel.spike_rates()`` of the last forward pass of a (possibly peft-wrapped) causal
+    LM; ``{}`` for a model without spikes (the Llama ANN baseline)."""
+    base = module.get_base_model() if hasattr(module, "get_base_model") else module
+    backbone = getattr(base, "model", None)
+    return backbone.spike_rates() if hasattr(backbone, "spike_rates") else {}
+
+
+def instruction_splits(recipe: Recipe, train_files: list[str], val_files: list[str] | None, tok):
+    """``(train, val, warnings)``: :class:`spikelm.finetune.InstructionDataset` rows of
+    ``data.block_size`` tokens (``data.packing``) from the jsonl ``train_files`` and ``val_files``
+    (None: the last ``data.val_fraction`` of the train records). Gives ``tok`` a chat template
+    when it has none (``ensure_chat_template``), so it is saved with the model.
+
+    Raises:
+        FileNotFoundError: a missing file. ValueError: a file that is not jsonl, no usable
+            record, or fewer than 2 records to split.
+    """
+    from ..finetune import InstructionDataset, ensure_chat_template, read_jsonl
+
+    ensure_chat_template(tok)
+    warnings: list[str] = []
+
+    def records(files):
+        out = []
+        for f in files:
+            if not f.endswith(".jsonl"):
+                raise ValueError(f"data.format instructions reads .jsonl files, got {f}")
+            recs, warns = read_jsonl(f)
+            out += recs
+            warnings.extend(warns)
+        return out
+
+    train_recs = records(train_files)
+    if val_files is None:
+        if len(train_recs) < 2:
+            raise ValueError(f"{len(train_recs)} instruction record(s) in {train_files}: too few to split off a "
+                             "validation part; give data.val_files")
+        n_val = max(1, round(len(train_recs) * recipe.data.val_fraction))
+        train_recs, val_recs = train_recs[:-n_val], train_recs[-n_val:]
+    else:
+        val_recs = records(val_files)
+    kw = dict(max_length=recipe.data.block_size, packing=recipe.data.packing)
+    train_ds, val_ds = InstructionDataset(train_recs, tok, **kw), InstructionDataset(val_recs, tok, **kw)
+    return train_ds, val_ds, warnings + train_ds.warnings + val_ds.warnings
 
 
 def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict:
@@ -282,27 +386,47 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
     # before anything is written to the run directory.
     train_files = resolve_files(r.data.train_files)
     val_files = resolve_files(r.data.val_files)
-    train_text, val_text = load_text_splits(train_files, val_files, r.data.val_fraction, r.data.text_field)
+    text = r.data.format == "text"
+    train_text, val_text = load_text_splits(train_files, val_files, r.data.val_fraction, r.data.text_field) \
+        if text else (None, None)
     # resume: the run's own config (the checkpoint holds the weights); else init_from's or a fresh one
     src = None if resume else init_source(r, rank)
     config = load_config_file(run_dir / MODEL_CONFIG) if resume and (run_dir / MODEL_CONFIG).is_file() \
         else _init_config(r, src) if src is not None else None
     tok = build_tokenizer(r, run_dir, resume, rank, train_text, model_dir=src, model_config=config)
-    train_blocks = PackedBlocks(pack_blocks(train_text, tok, r.data.block_size))
-    val_blocks = PackedBlocks(pack_blocks(val_text, tok, r.data.block_size))
-    val_stats = corpus_stats(val_text, tok)
-    _log(rank, f"data: {len(train_blocks)} train / {len(val_blocks)} validation blocks of {r.data.block_size} tokens; "
-               f"vocab {len(tok)}; validation {val_stats['bytes_per_token']:.3f} bytes/token")
+    if text:
+        train_blocks = PackedBlocks(pack_blocks(train_text, tok, r.data.block_size))
+        val_blocks = PackedBlocks(pack_blocks(val_text, tok, r.data.block_size))
+        val_bytes_per_token = corpus_stats(val_text, tok)["bytes_per_token"]
+        unit = "blocks"
+    else:
+        train_blocks, val_blocks, warnings = instruction_splits(r, train_files, val_files, tok)
+        for w in warnings:
+            _log(rank, f"data warning: {w}")
+        val_bytes_per_token = target_bytes_per_token(val_blocks, tok)
+        unit = "padded instruction rows" if r.data.packing == "pad" else "packed instruction rows"
+    _log(rank, f"data: {len(train_blocks)} train / {len(val_blocks)} validation {unit} of {r.data.block_size} tokens; "
+               f"vocab {len(tok)}; validation {val_bytes_per_token:.3f} bytes/token")
 
     if config is None:
         config = _model_config(r, tok)
     precision = _precision(r, device)
     ds_cfg = deepspeed_config(r, world, precision)
+    if src is not None:
+        config._name_or_path = str(src.resolve())  # a LoRA adapter names its base model by it
     model = build_model(config, ds_cfg, t.zero_stage, t.seed, weights_dir=src)
     if t.activation_checkpointing:
         model.activation_checkpointing_enable()  # recompute each block in the backward pass
     n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
     flops_per_token = model_flops_per_token(model, flops_config(config), r.data.block_size)
+    lora = r.model.lora
+    if lora.r:
+        from ..finetune import apply_lora
+
+        torch.manual_seed(t.seed)  # the adapters' init, the same on every rank
+        model = apply_lora(model, r=lora.r, alpha=lora.alpha, dropout=lora.dropout,
+                           target_modules=lora.target_modules)
+    n_trainable = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad)
     peak = peak_flops(device, precision)
     if rank == 0:
         prepare_run_dir(run_dir, resume, overwrite)
@@ -312,10 +436,12 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
             config.to_json_file(str(run_dir / MODEL_CONFIG))
     barrier()
     origin = f"weights of {src}" if src is not None else "resumed" if resume else r.model.flavour
-    _log(rank, f"model: {origin} ({describe(config)}), {n_params / 1e6:.2f}M parameters")
+    _log(rank, f"model: {origin} ({describe(config)}), {n_params / 1e6:.2f}M parameters"
+               + (f"; LoRA r={lora.r}: {n_trainable / 1e6:.3f}M trainable" if lora.r else ""))
     o = r.optim
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    # only trainable parameters (with LoRA: the adapters) go to the optimizer
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}],
                                   lr=o.lr, betas=tuple(o.betas), eps=o.eps)
@@ -378,9 +504,7 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
             micro = order.rank_micro_batches(step, rank, world, t.micro_batch_size)
             loss_sum = 0.0
             for mb in micro:
-                x = torch.stack([train_blocks[i] for i in mb]).to(device)
-                targets = x[:, 1:].contiguous()
-                out = engine(input_ids=x[:, :-1], labels=targets, shift_labels=targets, use_cache=False)
+                out = engine(**make_batch(train_blocks, mb, device), use_cache=False)
                 engine.backward(out.loss)
                 engine.step()
                 loss_sum += out.loss.item()
@@ -405,8 +529,7 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
             rec = {"step": done, "loss": loss, "lr": scheduler.get_last_lr()[0], "tokens_per_s": tok_s,
                    "elapsed_s": elapsed, "epoch": order.epoch_of(done),
                    "mfu": flops_per_token * tok_s / (peak * world) if peak else None}
-            # spikelm only (an ANN baseline has no spikes)
-            stats = engine.module.model.spike_rates() if hasattr(engine.module.model, "spike_rates") else {}
+            stats = spike_rates(engine.module)
             # spike rates of the LIF sites vs. sparsity of adaptive-spiking projection inputs
             rates = {k: v for k, v in stats.items() if not k.endswith(".sparsity")}
             sparsity = {k[:-len(".sparsity")]: v for k, v in stats.items() if k.endswith(".sparsity")}
@@ -424,7 +547,7 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
             bar.update(1)
             if (t.eval_every and done % t.eval_every == 0) or done == t.max_steps:
                 last_eval = evaluate(engine.module, val_blocks, rank, world, t.micro_batch_size, device,
-                                     t.eval_max_batches, val_stats["bytes_per_token"])
+                                     t.eval_max_batches, val_bytes_per_token)
                 rec.update({f"val_{k}": v for k, v in last_eval.items()})
                 if writer is not None:
                     writer.add_scalar("val/loss", last_eval["loss"], done)
@@ -444,7 +567,7 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
     summary = {
         "steps": t.max_steps, "tokens_per_step": tokens_per_step,
         "tokens_per_s": tokens_seen / max(train_time, 1e-9) if tokens_seen else None,
-        "train_seconds": train_time, "val": last_eval, "parameters": n_params,
+        "train_seconds": train_time, "val": last_eval, "parameters": n_params, "trainable_parameters": n_trainable,
         "world_size": world, "precision": precision, "zero_stage": t.zero_stage,
         "model_flops_per_token": flops_per_token,
         "mfu": flops_per_token * tokens_seen / max(train_time, 1e-9) / (peak * world) if peak and tokens_seen else None,
@@ -458,7 +581,7 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
         return summary
     if last_eval is None and start_step >= t.max_steps:
         summary["val"] = evaluate(engine.module, val_blocks, rank, world, t.micro_batch_size, device,
-                                  t.eval_max_batches, val_stats["bytes_per_token"])
+                                  t.eval_max_batches, val_bytes_per_token)
     export_hf(engine, engine.module, tok, run_dir / "final", t.zero_stage, rank, summary)
     barrier()
     if writer is not None:

@@ -18,7 +18,8 @@ def corpus(tmp_path):
 def recipe(corpus, tmp_path):
     def make(**train_kw):
         kw = dict(run_dir=str(tmp_path / "run"), max_steps=6, micro_batch_size=2, grad_accum=2,
-                  eval_every=3, checkpoint_every=3, log_every=1, sample_tokens=0)
+                  eval_every=3, checkpoint_every=3, log_every=1, sample_tokens=0,
+                  threads=1)  # one torch thread: 2-thread OpenMP on a shared 2-core CPU stalls (5-10x slower)
         kw.update(train_kw)
         return Recipe(model=ModelConfig(flavour="debug"),
                       data=DataConfig(train_files=[str(corpus)], vocab_size=280, block_size=16),

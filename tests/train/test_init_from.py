@@ -19,7 +19,8 @@ def test_ann_debug_recipe_trains_a_llama(corpus, tmp_path):
     r = load_recipe("ann-debug", [f"--data.train_files=[{corpus}]", "--data.block_size=16", "--data.vocab_size=280",
                                   f"--train.run_dir={tmp_path / 'ann'}", "--train.max_steps=10",
                                   "--train.eval_every=0", "--train.checkpoint_every=0", "--train.log_every=1",
-                                  "--optim.lr=1e-2", "--optim.warmup_steps=2", "--train.sample_tokens=0"])
+                                  "--optim.lr=1e-2", "--optim.warmup_steps=2", "--train.sample_tokens=0",
+                                  "--train.threads=1"])
     assert r.model.arch == "llama"
     summary = train(r)
     losses = [x["loss"] for x in _recs(tmp_path / "ann")]
@@ -44,7 +45,7 @@ def source(tmp_path_factory):
                  data=DataConfig(train_files=[str(d / "corpus.txt")], vocab_size=280, block_size=16),
                  optim=OptimConfig(lr=1e-2, warmup_steps=2),
                  train=TrainConfig(run_dir=str(d / "run"), max_steps=4, micro_batch_size=2, grad_accum=2,
-                                   eval_every=0, checkpoint_every=0, log_every=1, sample_tokens=0)))
+                                   eval_every=0, checkpoint_every=0, log_every=1, sample_tokens=0, threads=1)))
     return d / "run" / "final", _recs(d / "run")[0]["loss"]
 
 

@@ -18,6 +18,12 @@ def _meta_model(r):
 def test_recipe_builds_its_model(name):
     r = load_recipe(name, [])
     if r.model.init_from is not None:  # fine-tuning recipes: the model comes from a directory
+        from pathlib import Path
+
+        from spikelm.train.loop import resolve_files
+
+        files = resolve_files(r.data.train_files) + resolve_files(r.data.val_files or [])
+        assert files and all(Path(f).is_file() for f in files), files
         return
     cfg, model = _meta_model(r)
     n = sum(p.numel() for p in model.parameters())

@@ -1,0 +1,39 @@
+"""``spikelm finetune MODEL_DIR [RECIPE] [--resume | --overwrite] [--section.key VALUE ...]``.
+
+Fine-tuning is training that starts from a saved model: ``spikelm train RECIPE
+--model.init_from MODEL_DIR``. RECIPE defaults to ``finetune-shakespeare-qa`` (full
+fine-tuning on the shipped Shakespeare QA pairs); ``finetune-shakespeare-qa-lora`` trains LoRA
+adapters instead (``model.lora``). MODEL_DIR is a Hugging Face directory of a spikelm or
+llama model with its tokenizer, e.g. ``runs/shakespeare/final``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+DEFAULT_FINETUNE_RECIPE = "finetune-shakespeare-qa"
+
+
+def cmd_finetune(argv: list[str]) -> int:
+    """Run ``spikelm finetune``; returns the exit status (0).
+
+    Raises:
+        spikelm.cli.CLIError: no MODEL_DIR, MODEL_DIR without a config.json, ``--model.init_from``
+            given as well, plus every error of ``spikelm train`` (bad recipe, run directory, data).
+    """
+    from ..cli import CLIError, cmd_train
+
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0
+    model_dir, rest = argv[0], argv[1:]
+    if model_dir.startswith("-"):
+        raise CLIError(f"the first argument must be the model directory to fine-tune, got {model_dir!r}; "
+                       "usage: spikelm finetune MODEL_DIR [RECIPE] [--section.key VALUE ...]")
+    if not (Path(model_dir) / "config.json").is_file():
+        raise CLIError(f"{model_dir} is not a Hugging Face model directory (no config.json); pass the 'final' "
+                       "folder of a run, e.g. runs/shakespeare/final")
+    if any(a == "--model.init_from" or a.startswith("--model.init_from=") for a in rest):
+        raise CLIError("--model.init_from is MODEL_DIR for spikelm finetune; do not give it twice")
+    recipe = rest[0] if rest and not rest[0].startswith("-") else DEFAULT_FINETUNE_RECIPE
+    overrides = rest[1:] if rest and not rest[0].startswith("-") else rest
+    return cmd_train([recipe, *overrides, f"--model.init_from={model_dir}"])
