@@ -49,6 +49,17 @@ class ModelConfig:
             with ``convert_layout`` set, a Llama-family ANN directory is first converted by
             ``spikelm.convert.convert_checkpoint`` into ``run_dir/converted``. Ignored on
             ``--resume`` (the checkpoint holds the weights).
+        convert_layout: with ``init_from`` a Llama-family ANN (Llama, Qwen2/3, Mistral):
+            convert it to spikelm first, with this layout (``softmax``, ``hybrid`` = SpikingBrain's
+            GLA/SWA interleave, ``linear``, or a per-layer ``gla,swa,...`` list). None = no
+            conversion (the directory is trained as it is). Rank 0 converts into
+            ``run_dir/converted`` (reused when it holds the same conversion) while the others
+            wait, so a conversion longer than ``train.collective_timeout_s`` needs a larger
+            timeout, or run ``spikelm convert`` first and give its output as ``init_from``.
+        convert_spiking: adaptive spiking of the converted model: ``off`` (an ANN), ``ste``
+            (spiking with a straight-through gradient, for training) or ``expanded``.
+        convert_window: sliding-window size of the converted SWA layers (None: the converter's
+            default, SpikingBrain's 4096 capped at the source's context).
         lora: LoRA adapters (``r > 0``); the final export is the merged model, with the
             adapter alone in ``final/adapter``. Needs ``train.zero_stage`` 0-2.
     """
@@ -57,6 +68,9 @@ class ModelConfig:
     flavour: str = "shakespeare"
     overrides: dict = field(default_factory=dict)
     init_from: str | None = None
+    convert_layout: str | None = None
+    convert_spiking: str = "ste"
+    convert_window: int | None = None
     lora: LoraConfig = field(default_factory=LoraConfig)
 
     def __post_init__(self):
@@ -204,6 +218,10 @@ def validate_recipe(r: Recipe) -> None:
         (r.data.packing in ("pad", "pack"), f"data.packing must be pad or pack, got {r.data.packing!r}"),
         (r.data.format == "text" or r.model.init_from is not None or r.data.tokenizer is not None,
          "data.format instructions needs a trained tokenizer: set model.init_from (its tokenizer) or data.tokenizer"),
+        (r.model.convert_layout is None or r.model.init_from is not None,
+         "model.convert_layout needs model.init_from (the ANN directory to convert)"),
+        (r.model.convert_layout is None or r.model.arch == "spikelm",
+         f"model.convert_layout converts to spikelm, but model.arch is {r.model.arch!r}; set model.arch: spikelm"),
         (r.model.lora.r >= 0, f"model.lora.r must be >= 0 (0 = no LoRA), got {r.model.lora.r}"),
         (0 <= r.model.lora.dropout < 1, f"model.lora.dropout must be in [0, 1), got {r.model.lora.dropout}"),
         (r.model.lora.r == 0 or r.train.zero_stage < 3,

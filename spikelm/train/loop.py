@@ -182,12 +182,64 @@ def load_config_file(path: Path):
     return AutoConfig.for_model(d["model_type"]).__class__.from_json_file(str(path))
 
 
-def init_source(recipe: Recipe, rank: int) -> Path | None:
-    """The Hugging Face directory whose weights start the run (``model.init_from``), or None.
+CONVERTED = "converted"
+"""Folder of the run directory holding ``model.init_from`` converted to spikelm (``model.convert_layout``)."""
+
+
+def init_dir(recipe: Recipe, run_dir: Path) -> Path | None:
+    """Where the starting weights of a run are read from: ``run_dir/converted`` with
+    ``model.convert_layout``, else ``model.init_from`` (None without it). No checks."""
+    if recipe.model.init_from is None:
+        return None
+    return run_dir / CONVERTED if recipe.model.convert_layout is not None else Path(recipe.model.init_from)
+
+
+def _convert(recipe: Recipe, src: Path, out: Path, rank: int) -> None:
+    """Rank 0 converts the ANN ``src`` into ``out`` (reusing an ``out`` that holds the same
+    conversion) while the others wait; an error on rank 0 is raised on every rank."""
+    import shutil
+
+    import torch.distributed as dist
+
+    m = recipe.model
+    error = [None]
+    if rank == 0:
+        try:
+            from ..convert import REPORT_NAME, convert_checkpoint
+
+            want = {"source": str(src.resolve()), "layout": m.convert_layout, "spiking": m.convert_spiking}
+            report = out / REPORT_NAME
+            same = report.is_file() and all(json.loads(report.read_text()).get(k) == v for k, v in want.items()) \
+                and m.convert_window in (None, json.loads(report.read_text()).get("window"))
+            if not same:
+                if out.exists():  # another conversion: derived data, regenerated from the source
+                    shutil.rmtree(out)
+                created = not out.parent.exists()
+                try:
+                    convert_checkpoint(src.resolve(), out, layout=m.convert_layout, spiking=m.convert_spiking,
+                                       window=m.convert_window, seed=recipe.train.seed)
+                except BaseException:
+                    if created:  # leave no run directory behind for a source that cannot be converted
+                        shutil.rmtree(out.parent, ignore_errors=True)
+                    raise
+        except (ValueError, OSError) as e:  # ConversionError is a ValueError; OSError: files
+            error = [f"model.init_from {src}: conversion to spikelm failed: {e}"]
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast_object_list(error, src=0)
+    if error[0] is not None:
+        raise ValueError(error[0])
+
+
+def init_source(recipe: Recipe, rank: int, run_dir: Path) -> Path | None:
+    """The Hugging Face directory whose weights start the run, or None without ``model.init_from``.
+
+    With ``model.convert_layout``, the ANN in ``model.init_from`` is first converted by
+    ``spikelm.convert.convert_checkpoint`` into ``run_dir/converted`` (see :func:`_convert`).
 
     Raises:
         FileNotFoundError: ``model.init_from`` is not a directory with a config.json.
-        ValueError: its model type is not ``model.arch`` (names the fix).
+        ValueError: its model type is not ``model.arch`` (names the fix), a spikelm model with
+            ``model.convert_layout``, or a failed conversion (the converter's message).
     """
     src = recipe.model.init_from
     if src is None:
@@ -197,9 +249,15 @@ def init_source(recipe: Recipe, rank: int) -> Path | None:
         raise FileNotFoundError(f"model.init_from {src}: no such Hugging Face model directory (config.json "
                                 "missing); pass e.g. runs/shakespeare/final")
     kind = json.loads((d / "config.json").read_text()).get("model_type")
+    if recipe.model.convert_layout is not None:
+        if kind == "spikelm":
+            raise ValueError(f"model.init_from {src} is already a spikelm model; drop model.convert_layout")
+        _convert(recipe, d, run_dir / CONVERTED, rank)
+        return run_dir / CONVERTED
     if kind != recipe.model.arch:
+        hint = " or model.convert_layout (e.g. hybrid) to convert it to spikelm" if kind != "spikelm" else ""
         raise ValueError(f"model.init_from {src} holds a {kind!r} model but model.arch is {recipe.model.arch!r}; "
-                         f"set model.arch: {kind} to train it as it is")
+                         f"set model.arch: {kind} to train it as it is{hint}")
     return d
 
 
@@ -390,7 +448,7 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
     train_text, val_text = load_text_splits(train_files, val_files, r.data.val_fraction, r.data.text_field) \
         if text else (None, None)
     # resume: the run's own config (the checkpoint holds the weights); else init_from's or a fresh one
-    src = None if resume else init_source(r, rank)
+    src = None if resume else init_source(r, rank, run_dir)
     config = load_config_file(run_dir / MODEL_CONFIG) if resume and (run_dir / MODEL_CONFIG).is_file() \
         else _init_config(r, src) if src is not None else None
     tok = build_tokenizer(r, run_dir, resume, rank, train_text, model_dir=src, model_config=config)
@@ -412,8 +470,8 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
         config = _model_config(r, tok)
     precision = _precision(r, device)
     ds_cfg = deepspeed_config(r, world, precision)
-    if src is not None:
-        config._name_or_path = str(src.resolve())  # a LoRA adapter names its base model by it
+    if init_dir(r, run_dir) is not None:  # a LoRA adapter names its base model by it
+        config._name_or_path = str(init_dir(r, run_dir).resolve())
     model = build_model(config, ds_cfg, t.zero_stage, t.seed, weights_dir=src)
     if t.activation_checkpointing:
         model.activation_checkpointing_enable()  # recompute each block in the backward pass
