@@ -14,7 +14,8 @@ class SwiGLU(nn.Module):
     projection inputs (SpikingBrain report, Eqs. 19-23; identity when
     ``config.adaptive_spike_mode == "off"``).
 
-    Args: config (``hidden_size`` D, ``intermediate_size`` I, ``adaptive_spike_*``).
+    Args: config (``hidden_size`` D, ``intermediate_size`` I, ``mlp_bias`` (biases on the three
+    projections, Llama's ``mlp_bias``), ``adaptive_spike_*``).
     ``forward(x [B, L, D], state, mask [B, L] | None) -> (out [B, L, D], ())``: no state
     (token-wise), so ``state_size = 0``.
     """
@@ -24,11 +25,12 @@ class SwiGLU(nn.Module):
     def __init__(self, config):
         super().__init__()
         D, inter = config.hidden_size, config.intermediate_size
+        bias = getattr(config, "mlp_bias", False)
         self.in_spike = spiking_input(config)
-        self.gate_proj = nn.Linear(D, inter, bias=False)
-        self.up_proj = nn.Linear(D, inter, bias=False)
+        self.gate_proj = nn.Linear(D, inter, bias=bias)
+        self.up_proj = nn.Linear(D, inter, bias=bias)
         self.down_spike = spiking_input(config)
-        self.down_proj = nn.Linear(inter, D, bias=False)
+        self.down_proj = nn.Linear(inter, D, bias=bias)
         self.spike_rates: dict[str, torch.Tensor] = {}
 
     def forward(self, x: torch.Tensor, state: tuple | None = None, mask: torch.Tensor | None = None):

@@ -1,6 +1,8 @@
 """Sliding-window softmax attention with RoPE, grouped-query heads and a ring-buffer KV cache."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -8,13 +10,45 @@ from torch import nn
 from .common import spiking_input
 
 
-def rope_cos_sin(pos: torch.Tensor, dim: int, theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_inv_freq(dim: int, theta: float = 10000.0, rope_type: str = "default", params: dict | None = None,
+                  device=None) -> torch.Tensor:
+    """RoPE inverse frequencies ``[dim/2]`` float32, computed as transformers does.
+
+    ``rope_type``: ``"default"`` ``theta^(-2i/dim)`` (Su et al. 2021); ``"linear"`` the same
+    divided by ``params["factor"]`` (position interpolation, Chen et al. 2023); ``"llama3"``
+    Llama-3.1's scaling (frequencies with wavelength above ``original_max_position_embeddings /
+    low_freq_factor`` divided by ``factor``, those below ``.../high_freq_factor`` kept, a smooth
+    interpolation between). Raises ValueError for another ``rope_type``.
+    """
+    inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim))
+    params = params or {}
+    if rope_type == "default":
+        return inv_freq
+    if rope_type == "linear":
+        return inv_freq / params["factor"]
+    if rope_type == "llama3":
+        factor, lo, hi = params["factor"], params["low_freq_factor"], params["high_freq_factor"]
+        old = params["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > old / lo, inv_freq / factor, inv_freq)
+        smooth = (old / wavelen - lo) / (hi - lo)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < old / hi) * ~(wavelen > old / lo)
+        return torch.where(medium, smoothed, scaled)
+    raise ValueError(f"unknown rope_type {rope_type!r}; accepted: default, linear, llama3")
+
+
+def rope_cos_sin(pos: torch.Tensor, dim: int, theta: float = 10000.0,
+                 inv_freq: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotary embedding tables (Su et al. 2021, RoFormer; the Llama "rotate half" layout).
 
-    Args: ``pos [B, L]`` integer positions, ``dim`` the (even) head dim, ``theta`` the base.
+    Args: ``pos [B, L]`` integer positions, ``dim`` the (even) head dim, ``theta`` the base,
+    ``inv_freq [dim/2]`` precomputed frequencies (:func:`rope_inv_freq`; overrides ``theta``).
     Returns: ``(cos, sin)``, each ``[B, L, 1, dim]`` float32.
     """
-    inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, device=pos.device, dtype=torch.float32) / dim))
+    if inv_freq is None:
+        inv_freq = rope_inv_freq(dim, theta, device=pos.device)
+    inv_freq = inv_freq.to(pos.device)
     freqs = pos.float()[..., None] * inv_freq                      # [B, L, dim/2]
     emb = torch.cat([freqs, freqs], -1)[:, :, None, :]
     return emb.cos(), emb.sin()
@@ -33,7 +67,8 @@ class SlidingWindowAttention(nn.Module):
 
     ``q, k, v = W_q s(x), W_k s(x), W_v s(x)`` (``s`` = adaptive spiking, identity when off;
     optional q/k/v biases), RoPE on q and k at each token's position, then
-    ``softmax(q k^T / sqrt(Dh) + mask) v`` with ``torch.nn.functional.scaled_dot_product_attention``
+    ``softmax(q k^T / sqrt(Dh) + mask) v`` (with ``attention_qk_norm``, q and k are RMS-normalised
+    per head before RoPE, as Qwen3) with ``torch.nn.functional.scaled_dot_product_attention``
     (``enable_gqa``: ``H`` query heads share ``H_kv`` key/value heads, Ainslie et al. 2023) and
     ``out = W_o s(o)``. A query at position ``p`` sees the keys at positions
     ``p - W < p' <= p`` (Mistral-style sliding window; SpikingBrain-7B's odd layers, W = 4096).
@@ -50,7 +85,8 @@ class SlidingWindowAttention(nn.Module):
     Args:
         config: ``SpikeLMConfig`` (``hidden_size``, ``num_attention_heads``,
             ``num_key_value_heads``, ``head_dim`` (even), ``sliding_window``, ``rope_theta``,
-            ``attention_bias``, ``adaptive_spike_*``).
+            ``rope_type``/``rope_params``, ``attention_bias``, ``attention_out_bias``,
+            ``attention_qk_norm``, ``layer_norm_eps``, ``adaptive_spike_*``).
     State (tuple): ``(k_cache [B, W, H_kv, Dh], v_cache [B, W, H_kv, Dh]`` in the activation
     dtype (keys stored after RoPE), ``pos [B]`` int64 = real tokens seen so far).
     """
@@ -64,13 +100,18 @@ class SlidingWindowAttention(nn.Module):
         if self.head_dim % 2:
             raise ValueError(f"RoPE needs an even head_dim, got {self.head_dim}")
         self.window, self.theta = config.sliding_window, config.rope_theta
+        self.rope_type = getattr(config, "rope_type", "default")
+        self.rope_params = dict(getattr(config, "rope_params", None) or {})
         bias = config.attention_bias
         self.in_spike = spiking_input(config)
         self.q_proj = nn.Linear(D, self.heads * self.head_dim, bias=bias)
         self.k_proj = nn.Linear(D, self.kv_heads * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(D, self.kv_heads * self.head_dim, bias=bias)
         self.o_spike = spiking_input(config)
-        self.o_proj = nn.Linear(self.heads * self.head_dim, D, bias=False)
+        self.o_proj = nn.Linear(self.heads * self.head_dim, D, bias=getattr(config, "attention_out_bias", False))
+        qk_norm = getattr(config, "attention_qk_norm", False)
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=config.layer_norm_eps) if qk_norm else None
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=config.layer_norm_eps) if qk_norm else None
         self.spike_rates: dict[str, torch.Tensor] = {}
 
     def init_state(self, batch: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -86,6 +127,8 @@ class SlidingWindowAttention(nn.Module):
         q = self.q_proj(u).view(B, L, H, Dh)
         k = self.k_proj(u).view(B, L, Hk, Dh)
         v = self.v_proj(u).view(B, L, Hk, Dh)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         real = torch.ones(B, L, dtype=torch.bool, device=x.device) if mask is None else mask.bool()
         fresh = state is None  # nothing cached: attend over this call's tokens only
         if state is None:
@@ -93,7 +136,8 @@ class SlidingWindowAttention(nn.Module):
         k_cache, v_cache, pos0 = state
         rank = real.long().cumsum(1) - 1                                   # rank among this call's real tokens
         pos = pos0[:, None] + rank.clamp_min(0)                            # [B, L]
-        cos, sin = rope_cos_sin(pos, Dh, self.theta)
+        cos, sin = rope_cos_sin(pos, Dh, inv_freq=rope_inv_freq(Dh, self.theta, self.rope_type, self.rope_params,
+                                                                x.device))
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         # keys: the cached slots (positions derived from pos0) followed by the new tokens
         slot = torch.arange(W, device=x.device)

@@ -15,6 +15,11 @@ SPIKING_NORMS = ("layernorm", "batchnorm")
 ADAPTIVE_SPIKE_MODES = ("off", "ste", "expanded")
 SPIKE_ENCODINGS = ("binary", "ternary", "bitwise")
 GLA_FEATURE_MAPS = ("relu", "none")
+ROPE_TYPES = ("default", "linear", "llama3")
+"""RoPE frequency schemes of swa: the original (Su et al. 2021), position interpolation
+(``"linear"``: frequencies divided by ``factor``, Chen et al. 2023) and Llama-3.1's scaling."""
+_ROPE_PARAMS = {"default": (), "linear": ("factor",),
+                "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}
 
 
 def _per_layer(name: str, value, default, n: int, accepted: tuple[str, ...]) -> list[str]:
@@ -75,7 +80,24 @@ class SpikeLMConfig(PretrainedConfig):
         sliding_window: swa window ``W`` in tokens (a query sees itself and the W-1 before it);
             also the size of its ring-buffer KV cache. SpikingBrain-7B: 4096.
         rope_theta: RoPE base of swa.
+        rope_type: RoPE frequency scheme of swa, from :data:`ROPE_TYPES` (default ``"default"``,
+            the unscaled RoPE); ``"linear"`` and ``"llama3"`` are the transformers schemes of the
+            same names.
+        rope_params: the scheme's parameters, as in a transformers ``rope_parameters`` dict:
+            ``{"factor"}`` for ``"linear"``; ``{"factor", "low_freq_factor", "high_freq_factor",
+            "original_max_position_embeddings"}`` for ``"llama3"``; ignored for ``"default"``.
         attention_bias: biases on the q/k/v projections of gla and swa (Qwen2-style).
+        attention_out_bias: a bias on the o projection of gla and swa (Llama/Qwen3 with
+            ``attention_bias=True``); default False.
+        attention_qk_norm: per-head RMSNorm (over ``head_dim``, eps ``layer_norm_eps``) of q and k
+            right after their projections, before RoPE (swa) or the feature map (gla); Qwen3's
+            ``q_norm`` / ``k_norm``. Default False.
+        mlp_bias: biases on the gate/up/down projections of swiglu (Llama's ``mlp_bias``); default False.
+        gla_num_key_value_heads: key/value heads of gla (grouped-query: each k/v head serves
+            ``num_attention_heads / gla_num_key_value_heads`` consecutive query heads, and its
+            ``k``, ``v`` and gate are repeated for them, so every query head still has its own
+            state). None (default) means ``num_attention_heads`` (no sharing). Set by
+            ``spikelm convert`` to the source's KV heads so GQA projections are reused as they are.
         gla_gate_low_rank_dim: rank of the gla gate ``g = logsigmoid(W_g2 W_g1 x) / normalizer``.
         gla_gate_logit_normalizer: the normalizer (16 in SpikingBrain / fla).
         gla_feature_map: ``"relu"`` (SpikingBrain) or ``"none"`` on q and k.
@@ -110,7 +132,10 @@ class SpikeLMConfig(PretrainedConfig):
                  spike_embedding: bool = False, norm_type: str = "layernorm", embed_norm: bool | None = None,
                  num_attention_heads: int | None = None, num_key_value_heads: int | None = None,
                  head_dim: int | None = None, sliding_window: int = 4096, rope_theta: float = 10000.0,
-                 attention_bias: bool = False, gla_gate_low_rank_dim: int = 16, gla_gate_logit_normalizer: float = 16.0,
+                 rope_type: str = "default", rope_params: dict | None = None,
+                 attention_bias: bool = False, attention_out_bias: bool = False, attention_qk_norm: bool = False,
+                 mlp_bias: bool = False, gla_num_key_value_heads: int | None = None,
+                 gla_gate_low_rank_dim: int = 16, gla_gate_logit_normalizer: float = 16.0,
                  gla_feature_map: str = "relu", gla_output_gate: bool = False, ssa_scale: float = 0.125,
                  ssa_v_th: float = 0.5, spiking_norm: str = "layernorm", adaptive_spike_mode: str = "off",
                  adaptive_spike_k: float = 3.0, adaptive_spike_max_count: int | None = None,
@@ -149,6 +174,16 @@ class SpikeLMConfig(PretrainedConfig):
             raise ValueError(f"head_dim must be >= 1, got {head_dim}")
         if "swa" in uses and head_dim % 2:
             raise ValueError(f"swa applies RoPE, which needs an even head_dim, got {head_dim}")
+        _choice("rope_type", rope_type, ROPE_TYPES)
+        rope_params = dict(rope_params or {})
+        missing = [k for k in _ROPE_PARAMS[rope_type] if k not in rope_params]
+        if missing:
+            raise ValueError(f"rope_type {rope_type!r} needs rope_params {list(_ROPE_PARAMS[rope_type])}; "
+                             f"missing {missing}")
+        gla_kv = gla_num_key_value_heads if gla_num_key_value_heads is not None else heads
+        if gla_kv < 1 or heads % gla_kv:
+            raise ValueError(f"num_attention_heads ({heads}) must be a positive multiple of gla_num_key_value_heads "
+                             f"({gla_kv})")
         if sliding_window < 1:
             raise ValueError(f"sliding_window must be >= 1, got {sliding_window}")
         if gla_gate_low_rank_dim < 1 or not gla_gate_logit_normalizer > 0:
@@ -177,6 +212,9 @@ class SpikeLMConfig(PretrainedConfig):
         self.embed_norm = mixer_types[0] == "rwkv4" if embed_norm is None else bool(embed_norm)
         self.num_attention_heads, self.num_key_value_heads, self.head_dim = heads, kv_heads, head_dim
         self.sliding_window, self.rope_theta, self.attention_bias = sliding_window, rope_theta, attention_bias
+        self.rope_type, self.rope_params = rope_type, rope_params
+        self.attention_out_bias, self.attention_qk_norm = attention_out_bias, attention_qk_norm
+        self.mlp_bias, self.gla_num_key_value_heads = mlp_bias, gla_kv
         self.gla_gate_low_rank_dim = gla_gate_low_rank_dim
         self.gla_gate_logit_normalizer = gla_gate_logit_normalizer
         self.gla_feature_map, self.gla_output_gate = gla_feature_map, gla_output_gate

@@ -1,0 +1,348 @@
+"""Convert a Hugging Face Llama-family causal LM checkpoint into a spikelm checkpoint.
+
+What is reused, what is new (SpikingBrain technical report, Pan et al. 2025, arXiv:2509.05276,
+Sec. 3-4: the 7B model is converted from Qwen2.5-7B by keeping the embeddings, norms, MLP and
+the attention projections and re-purposing softmax attention as linear / sliding-window
+attention; GLA from Yang et al. 2024, arXiv:2312.06635):
+
+* embeddings, every RMSNorm, the SwiGLU MLP, the q/k/v/o projections (with their biases and
+  Qwen3's per-head q/k norms) and the LM head are copied tensor for tensor (same dtype);
+* a layer kept as softmax attention becomes spikelm's sliding-window attention (``swa``) with
+  the source's RoPE (theta, ``linear``/``llama3`` scaling) and grouped-query heads; with a window
+  no smaller than the source's it computes exactly what the source computes;
+* a layer turned into spiking gated linear attention (``gla``) reuses q/k/v/o as they are (KV
+  heads shared by their query-head groups, ``gla_num_key_value_heads``) and gets new
+  parameters, initialised so the layer starts close to the softmax layer it replaces:
+
+  - **gate** ``g = logsigmoid(W_g2 W_g1 u + b_g) / 16``: ``W_g2 = 0`` and ``b_g`` constant, so
+    at the start every channel decays by the same ``exp(-1 / gla_memory)`` per token, whatever
+    the input: an exponential memory of ``gla_memory`` tokens (default 512; see below). Softmax
+    attention forgets nothing inside its window, so the gate starts near 1 (long memory) rather
+    than fla's random init (a data-dependent decay between about 0.95 and 0.97 per token, a
+    memory of ~25 tokens). ``W_g1`` gets the usual ``N(0, initializer_range)``; because
+    ``W_g2 = 0`` it does not change the initial output, and the gradient of ``W_g2`` (which
+    depends on ``W_g1 u``) is non-zero from the first step, so the gate learns to become
+    data-dependent (the LoRA-style zero init of one factor).
+  - **per-head output norm** ``RMSNorm_head`` (``g_norm``): linear attention without softmax's
+    denominator has an output scale that grows with the context; the head norm removes it.
+    Its weight is set to the RMS that softmax attention's output would have if each query
+    attended to one token: ``sqrt(mean_c E[v_c^2])`` with ``E[v_c^2] = sum_j W_v[c, j]^2 w_j^2
+    + b_c^2`` (``w`` the weight of the layer's ``input_layernorm``, whose output has unit RMS per
+    token, so ``E[u_j^2] ~= w_j^2``). The default RMSNorm weight 1 would instead give every
+    head unit RMS, typically orders of magnitude above what ``o_proj`` was trained on.
+
+  Measured on a 4-layer Llama (D=128) trained on tiny Shakespeare for this purpose
+  (``tests/convert/gla_init_measure.py``): converting layer 1 (the rest kept exact) raises the
+  validation loss from the table there; these init choices are the ones that keep it lowest
+  among the alternatives tried, and the module's tests check that they beat fla's default
+  init on a trained model.
+* adaptive spiking neurons (SpikingBrain report Eqs. 19-23, ``adaptive_spike_mode``) are
+  inserted on the inputs of every q/k/v/gate, o, MLP-in and MLP-down projection (``spiking``:
+  ``off`` for none);
+* the tokenizer files are copied byte for byte (and ``generation_config.json``).
+
+Streaming: the source is read one safetensors shard at a time (``safe_open``), written as one
+output shard per input shard, so peak memory is about one shard, not the model.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import torch
+
+from ..models.configuration_spikelm import SpikeLMConfig
+from .mapping import (
+    ConversionError,
+    arch_spec,
+    convert_config,
+    gate_bias_for_memory,
+    map_tensor,
+    source_windows,
+)
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                   "tokenizer.model", "added_tokens.json", "chat_template.jinja", "chat_template.json")
+EXTRA_FILES = ("generation_config.json",)
+REPORT_NAME = "conversion_report.json"
+DEFAULT_GLA_MEMORY = 512.0
+
+
+def _source_shards(src: Path) -> dict[str, str]:
+    """``{tensor name: shard file name}`` from ``model.safetensors.index.json`` or a single ``model.safetensors``.
+
+    Raises:
+        ConversionError: no safetensors checkpoint in ``src`` (e.g. only ``pytorch_model.bin``).
+        FileNotFoundError: a shard named in the index is missing (names the file and a tensor in it).
+    """
+    index = src / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+    elif (src / "model.safetensors").is_file():
+        from safetensors import safe_open
+
+        with safe_open(src / "model.safetensors", framework="pt") as f:
+            weight_map = {k: "model.safetensors" for k in f}
+    else:
+        extra = " (found PyTorch .bin weights: re-save with save_pretrained, which writes safetensors)" \
+            if any(src.glob("pytorch_model*.bin")) else ""
+        raise ConversionError(f"no model.safetensors or model.safetensors.index.json in {src}{extra}")
+    for name, file in weight_map.items():
+        if not (src / file).is_file():
+            raise FileNotFoundError(f"shard {file} (holding tensor {name}, per model.safetensors.index.json) is "
+                                    f"missing from {src}")
+    return weight_map
+
+
+def _expected_shapes(config: SpikeLMConfig) -> dict[str, tuple[int, ...]]:
+    """Parameter shapes of ``SpikeLMForCausalLM(config)``, built on the meta device (no memory)."""
+    from ..models.modeling_spikelm import SpikeLMForCausalLM
+
+    with torch.device("meta"):
+        model = SpikeLMForCausalLM(config)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if config.tie_word_embeddings:
+        shapes.pop("head.weight", None)
+    return shapes
+
+
+def _tokenizer_vocab(tok_dir: Path) -> tuple[int, list[str]]:
+    """``(len(tokenizer), tokenizer files)`` of ``tok_dir``. Raises ConversionError when it has none."""
+    files = [f for f in TOKENIZER_FILES if (tok_dir / f).is_file()]
+    if not any(f in files for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+        raise ConversionError(f"no tokenizer (tokenizer.json, tokenizer.model or vocab.json) in {tok_dir}; pass "
+                              "tokenizer_dir= (--tokenizer DIR) pointing at the model's tokenizer")
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    return len(tok), files
+
+
+def gla_init_tensors(config: SpikeLMConfig, layer: int, v_weight: torch.Tensor, v_bias: torch.Tensor | None,
+                     ln_weight: torch.Tensor, memory: float = DEFAULT_GLA_MEMORY, norm_init: str = "v_rms",
+                     seed: int = 0) -> dict[str, torch.Tensor]:
+    """New parameters of a GLA layer converted from softmax attention (see the module docstring).
+
+    Args:
+        config: the converted model's config (``hidden_size`` D, heads H, ``head_dim`` K,
+            ``gla_gate_low_rank_dim`` r, ``gla_gate_logit_normalizer``, ``initializer_range``).
+        layer: layer index (names, and the seed of ``W_g1``).
+        v_weight: source ``v_proj.weight [H_kv*K, D]``; v_bias ``[H_kv*K]`` or None;
+        ln_weight: the layer's ``input_layernorm.weight [D]``.
+        memory: initial gate memory in tokens (per-token decay ``exp(-1/memory)``).
+        norm_init: ``"v_rms"`` (head-norm weight = estimated RMS of v) or ``"ones"``.
+        seed: base seed of ``W_g1`` (deterministic conversions).
+    Returns:
+        ``{name: tensor}`` in ``v_weight.dtype``: ``g_proj.0.weight [r, D]``,
+        ``g_proj.1.weight [H*K, r]`` (zeros), ``g_proj.1.bias [H*K]``, ``g_norm.weight [K]``.
+    Raises:
+        ValueError: an unknown ``norm_init`` or ``memory <= 0``.
+    """
+    if not memory > 0:
+        raise ValueError(f"gla memory must be > 0 tokens, got {memory}")
+    D, H, K, r = config.hidden_size, config.num_attention_heads, config.head_dim, config.gla_gate_low_rank_dim
+    dtype = v_weight.dtype
+    gen = torch.Generator().manual_seed(seed * 100003 + layer)
+    w1 = torch.randn(r, D, generator=gen) * config.initializer_range
+    bias = gate_bias_for_memory(memory, config.gla_gate_logit_normalizer) if math.isfinite(memory) else 30.0
+    if norm_init == "v_rms":
+        ev2 = (v_weight.float() ** 2 * ln_weight.float()[None, :] ** 2).sum(1)
+        if v_bias is not None:
+            ev2 = ev2 + v_bias.float() ** 2
+        scale = float(ev2.mean().sqrt())
+    elif norm_init == "ones":
+        scale = 1.0
+    else:
+        raise ValueError(f"unknown gla norm init {norm_init!r}; accepted: v_rms, ones")
+    p = f"model.blocks.{layer}.att."
+    return {p + "g_proj.0.weight": w1.to(dtype), p + "g_proj.1.weight": torch.zeros(H * K, r, dtype=dtype),
+            p + "g_proj.1.bias": torch.full((H * K,), bias, dtype=dtype),
+            p + "g_norm.weight": torch.full((K,), scale, dtype=dtype)}
+
+
+def convert_checkpoint(src_dir: str | Path, out_dir: str | Path, *, layout: str = "hybrid", spiking: str = "ste",
+                       window: int | None = None, tokenizer_dir: str | Path | None = None,
+                       gla_memory: float = DEFAULT_GLA_MEMORY, gla_norm_init: str = "v_rms",
+                       gla_gate_low_rank_dim: int = 16, seed: int = 0, config_overrides: dict | None = None) -> dict:
+    """Convert an HF Llama/Qwen2/Qwen3/Mistral causal-LM checkpoint directory into a spikelm one.
+
+    Reads ``src_dir/config.json``, the safetensors weights (``model.safetensors.index.json`` and
+    its shards, or one ``model.safetensors``; one shard in memory at a time) and the tokenizer;
+    writes ``out_dir`` atomically (``spikelm.train.rundir.atomic_dir``): ``config.json`` (a
+    :class:`~spikelm.SpikeLMConfig`), one ``model-XXXXX-of-YYYYY.safetensors`` per source shard (+
+    index; a single ``model.safetensors`` for a one-file source), the tokenizer files, and
+    ``conversion_report.json``. Tensors keep their dtype; new GLA tensors take the dtype of the
+    layer's ``v_proj``. The result loads with ``AutoModelForCausalLM.from_pretrained(out_dir)``
+    after ``import spikelm``.
+
+    Exactness: ``layout="softmax", spiking="off"`` (window at least the source's) gives a model
+    whose logits equal the source's up to float rounding.
+
+    Args:
+        src_dir: the HF checkpoint directory.
+        out_dir: the new directory (must not exist).
+        layout: ``"softmax" | "hybrid" | "linear"`` or a per-layer ``"gla,swa,..."`` list
+            (:func:`spikelm.convert.mapping.layer_mixers`).
+        spiking: ``"off" | "ste" | "expanded"`` adaptive spiking on projection inputs.
+        window: SWA window (default: see :func:`spikelm.convert.convert_config`).
+        tokenizer_dir: where the tokenizer is (default ``src_dir``).
+        gla_memory: initial GLA gate memory in tokens (per-token decay ``exp(-1/gla_memory)``).
+        gla_norm_init: ``"v_rms"`` or ``"ones"`` (GLA head-norm weight; module docstring).
+        gla_gate_low_rank_dim: rank of the GLA gate.
+        seed: seed of the random GLA gate factor ``W_g1``.
+        config_overrides: extra ``SpikeLMConfig`` fields (e.g. ``adaptive_spike_k``).
+    Returns:
+        The report (also written as ``conversion_report.json``): ``tensors`` maps every source
+        tensor name to ``{"to": [spikelm names], "file", "shape", "dtype", "note"}`` (``to`` empty
+        and ``note`` the reason when a tensor is not used), ``new_tensors`` maps each new
+        parameter to how it was initialised, plus ``mixer_types``, ``window``, ``exact`` and the
+        tokenizer's vocabulary size.
+    Raises:
+        FileExistsError: ``out_dir`` exists.
+        FileNotFoundError: no ``config.json``; a shard named in the index is missing (names it
+            and a tensor in it).
+        ConversionError (a ValueError): unsupported architecture (names the supported ones),
+            RoPE type or layout; a tensor whose shape differs from what the config implies (names
+            it, expected and found); a tensor listed in the index but absent from its shard; an
+            unknown tensor; a tensor the model needs but the source lacks; a tokenizer with more
+            tokens than the model's embedding rows (both numbers); no tokenizer.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from ..train.rundir import atomic_dir
+
+    src, out = Path(src_dir), Path(out_dir)
+    if out.exists():
+        raise FileExistsError(f"output directory {out} already exists; choose a new one (convert never overwrites)")
+    if not (src / "config.json").is_file():
+        raise FileNotFoundError(f"no config.json in {src}: not a Hugging Face checkpoint directory")
+    raw = json.loads((src / "config.json").read_text())
+    arch_spec(raw.get("model_type"), raw.get("architectures"))
+    from transformers import AutoConfig
+
+    src_cfg = AutoConfig.from_pretrained(src)
+    config = convert_config(src_cfg, layout=layout, spiking=spiking, window=window,
+                            gla_gate_low_rank_dim=gla_gate_low_rank_dim, **(config_overrides or {}))
+    n_layers, tied = config.num_hidden_layers, config.tie_word_embeddings
+    weight_map = _source_shards(src)
+    vocab, tok_files = _tokenizer_vocab(Path(tokenizer_dir) if tokenizer_dir is not None else src)
+    if vocab > config.vocab_size:
+        raise ConversionError(f"vocabulary mismatch: the tokenizer has {vocab} tokens but the model's embedding "
+                              f"(model.embed_tokens.weight, vocab_size) has only {config.vocab_size} rows")
+    expected = _expected_shapes(config)
+    gla_layers = [i for i, m in enumerate(config.mixer_types) if m == "gla"]
+    # the small input-norm weights GLA init needs, read up front (they may sit in another shard)
+    ln_weights: dict[int, torch.Tensor] = {}
+    for i in gla_layers:
+        name = f"model.layers.{i}.input_layernorm.weight"
+        if name in weight_map:
+            with safe_open(src / weight_map[name], framework="pt") as f:
+                ln_weights[i] = f.get_tensor(name)
+    files = sorted(set(weight_map.values()))
+    n_out = len(files)
+    out_names = {f: ("model.safetensors" if n_out == 1 else f"model-{k + 1:05d}-of-{n_out:05d}.safetensors")
+                 for k, f in enumerate(files)}
+    report_tensors: dict[str, dict] = {}
+    new_tensors: dict[str, str] = {}
+    written: dict[str, str] = {}
+    total_size = 0
+    mixers = config.mixer_types
+    with atomic_dir(out) as tmp:
+        for file in files:
+            listed = sorted(k for k, v in weight_map.items() if v == file)
+            tensors: dict[str, torch.Tensor] = {}
+            with safe_open(src / file, framework="pt") as f:
+                present = set(f.keys())
+                lost = [k for k in listed if k not in present]
+                if lost:
+                    raise ConversionError(f"tensor {lost[0]} is listed in model.safetensors.index.json for {file} "
+                                          f"but that file does not hold it ({len(lost)} such tensors)")
+                for name in sorted(present):
+                    dest, note = map_tensor(name, n_layers, tied)
+                    t = f.get_tensor(name)
+                    entry = {"to": [], "file": file, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch."),
+                             "note": note}
+                    report_tensors[name] = entry
+                    if dest is None:
+                        continue
+                    if dest not in expected:
+                        raise ConversionError(f"tensor {name} maps to {dest}, which the converted model does not have "
+                                              f"(config/tensor disagreement, e.g. a bias the config does not declare)")
+                    if tuple(t.shape) != expected[dest]:
+                        raise ConversionError(f"shape mismatch for tensor {name}: the config implies "
+                                              f"{list(expected[dest])} (for {dest}), the checkpoint has {list(t.shape)}")
+                    if dest in written:
+                        raise ConversionError(f"tensor {name} maps to {dest}, already written from another tensor")
+                    layer = int(dest.split(".")[2]) if dest.startswith("model.blocks.") else None
+                    if layer is not None and ".att." in dest:
+                        entry["note"] = f"copied into {mixers[layer]} layer {layer}"
+                        group = config.num_attention_heads // config.gla_num_key_value_heads
+                        if mixers[layer] == "gla" and group > 1 and dest.endswith(("k_proj.weight", "v_proj.weight",
+                                                                                   "k_proj.bias", "v_proj.bias")):
+                            entry["note"] += (f" (grouped-query: each of its {config.gla_num_key_value_heads} heads "
+                                              f"serves {group} query heads)")
+                    tensors[dest] = t.contiguous()
+                    entry["to"] = [dest]
+                    written[dest] = out_names[file]
+                    if name == "model.embed_tokens.weight" and tied:
+                        entry["to"].append("head.weight")
+                        entry["note"] = "copied; head.weight is tied to it (tie_word_embeddings)"
+                    if layer is not None and mixers[layer] == "gla" and dest.endswith("att.v_proj.weight"):
+                        if layer not in ln_weights:
+                            raise ConversionError(f"model.layers.{layer}.input_layernorm.weight is missing from the "
+                                                  "source; it is needed for the GLA init of that layer")
+                        vb = f"model.layers.{layer}.self_attn.v_proj.bias"
+                        v_bias = None
+                        if vb in weight_map:
+                            with safe_open(src / weight_map[vb], framework="pt") as fb:
+                                v_bias = fb.get_tensor(vb)
+                        new = gla_init_tensors(config, layer, t, v_bias, ln_weights[layer], gla_memory, gla_norm_init,
+                                               seed)
+                        for k, v in new.items():
+                            tensors[k] = v
+                            written[k] = out_names[file]
+                        decay = math.exp(-1.0 / gla_memory)
+                        p = f"model.blocks.{layer}.att."
+                        new_tensors[p + "g_proj.0.weight"] = f"N(0, {config.initializer_range}) (seed {seed})"
+                        new_tensors[p + "g_proj.1.weight"] = "zeros (gate starts input-independent)"
+                        new_tensors[p + "g_proj.1.bias"] = (f"{float(new[p + 'g_proj.1.bias'][0]):.4f}: per-token decay "
+                                                            f"{decay:.5f} (memory {gla_memory:g} tokens)")
+                        new_tensors[p + "g_norm.weight"] = (f"{float(new[p + 'g_norm.weight'][0]):.4g} "
+                                                            f"({gla_norm_init}: estimated RMS of the layer's v)")
+            for dest, t in tensors.items():
+                total_size += t.numel() * t.element_size()
+            save_file(tensors, str(tmp / out_names[file]), metadata={"format": "pt"})
+            del tensors
+        missing = sorted(set(expected) - set(written))
+        if missing:
+            raise ConversionError(f"the source lacks {len(missing)} tensor(s) the converted model needs, e.g. "
+                                  f"{missing[:3]} (check the checkpoint is complete and matches its config.json)")
+        if n_out > 1:
+            index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(written.items()))}
+            (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        config.save_pretrained(tmp)
+        tok_src = Path(tokenizer_dir) if tokenizer_dir is not None else src
+        for f in tok_files:
+            shutil.copy2(tok_src / f, tmp / f)
+        for f in EXTRA_FILES:
+            if (src / f).is_file():
+                shutil.copy2(src / f, tmp / f)
+        # exact: each layer sees what the source's did (windows compared up to the context length)
+        ctx = config.context_length
+        same_window = all(min(w or ctx, ctx) == min(config.sliding_window, ctx) for w in source_windows(src_cfg))
+        report = {
+            "source": str(src), "source_model_type": src_cfg.model_type,
+            "source_architectures": list(getattr(src_cfg, "architectures", None) or []),
+            "layout": layout, "mixer_types": list(config.mixer_types), "spiking": spiking,
+            "window": config.sliding_window,
+            "exact": spiking == "off" and all(m == "swa" for m in mixers) and same_window,
+            "gla_init": {"memory_tokens": gla_memory, "norm_init": gla_norm_init, "seed": seed} if gla_layers else None,
+            "tokenizer": {"vocab": vocab, "files": tok_files, "embedding_rows": config.vocab_size},
+            "output_files": sorted(set(written.values())),
+            "tensors": dict(sorted(report_tensors.items())), "new_tensors": dict(sorted(new_tensors.items())),
+        }
+        (tmp / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
+    return report
