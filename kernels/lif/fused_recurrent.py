@@ -44,13 +44,10 @@ from .torch_loop import LIFTorchFunction
 __all__ = ["lif_fused_recurrent"]
 
 _SURROGATE_ID = {"atan": 0, "sigmoid": 1}
-_TAU_BLOCK_MIN = 32  # smallest BLOCK of any CUDA config: bounds the number of tau partial sums
-# (BLOCK, num_warps, CHUNK): small blocks spread a narrow N (tokens x channels) over more SMs;
-# with N ~ 10^4 there is about one warp per SM, so only loading many steps ahead (large CHUNK)
-# keeps enough bytes in flight to approach the memory bandwidth (Little's law).
+_TAU_BLOCK_MIN = 64  # smallest BLOCK of any CUDA config: bounds the number of tau partial sums
+# (BLOCK, num_warps, CHUNK): small blocks spread a narrow N (tokens x channels) over more SMs
 _CUDA_CONFIGS = [
-    (32, 1, 32), (32, 1, 64), (64, 1, 16), (64, 1, 32), (128, 1, 8),
-    (256, 2, 8), (512, 4, 8), (1024, 4, 8), (1024, 8, 4), (2048, 8, 4),
+    (64, 1, 16), (128, 1, 8), (256, 2, 8), (512, 4, 8), (1024, 4, 8), (1024, 8, 4), (2048, 8, 4),
 ]
 _CUDA_CHUNK = 8  # steps loaded ahead per chunk when block_size is given on CUDA
 _CPU_CHUNK = 4   # same for the interpreter (tests monkeypatch it)
