@@ -428,6 +428,10 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
     import deepspeed
     from tqdm.auto import tqdm
 
+    from .config import validate_recipe
+
+    validate_recipe(recipe)  # also for recipes built in Python (the CLI validates before)
+
     from ..data import PackedBlocks, corpus_stats, load_text_splits, pack_blocks
     t_start = time.time()
     r, t = recipe, recipe.train

@@ -67,6 +67,7 @@ def test_lora_trains_only_adapters_merges_and_resumes(base, tmp_path):
     steps = dict(max_steps=6, eval_every=3, checkpoint_every=3)
     summary = train(_ft_recipe(base_dir, run, lora=lora, lr=5e-2, **steps))
     assert summary["val"]["loss"] < before - 0.1, (before, summary["val"])
+    assert _recs(run)[-1]["spike_rate"] is not None  # read through the peft wrapper
     # adapters only: 3 targets x 2 layers x ... of A [4, in] + B [out, 4]
     src = AutoModelForCausalLM.from_pretrained(base_dir)
     lin = {n: m for n, m in src.named_modules() if n.rsplit(".", 1)[-1] in ("key", "value", "receptance")}
@@ -99,6 +100,20 @@ def test_lora_trains_only_adapters_merges_and_resumes(base, tmp_path):
     train(_ft_recipe(base_dir, run, lora=lora, lr=5e-2, **steps), resume=True)
     assert [r["loss"] for r in _recs(run)] == pytest.approx([r["loss"] for r in full], abs=1e-6)
     assert (run / "final" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_packed_rows_and_a_split_off_validation(base, tmp_path):
+    r = _ft_recipe(base[0], tmp_path / "pack", max_steps=2, eval_every=0, checkpoint_every=0)
+    r.data.packing, r.data.val_files, r.data.val_fraction = "pack", None, 0.2
+    summary = train(r)
+    tok = AutoTokenizer.from_pretrained(tmp_path / "pack" / "final")
+    from spikelm.finetune import read_jsonl
+
+    recs = read_jsonl(shakespeare_qa_path("train"))[0]
+    val = InstructionDataset(recs[-40:], tok, max_length=128, packing="pack")  # the last 20% of 200
+    assert len(val) < 40 and summary["val"]["tokens"] == val.num_target_tokens()
+    assert summary["val"]["loss"] == pytest.approx(response_loss(
+        AutoModelForCausalLM.from_pretrained(tmp_path / "pack" / "final"), val)["loss"], abs=1e-4)
 
 
 def test_instruction_data_errors(base, tmp_path):

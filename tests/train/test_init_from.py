@@ -1,5 +1,6 @@
 """ANN baseline (model.arch llama), init_from (continual pretraining from a saved model), WSD schedule."""
 import json
+import math
 import shutil
 
 import pytest
@@ -138,3 +139,56 @@ def test_wsd_schedule():
     assert all(a > b for a, b in zip(f[80:], f[81:]))
     with pytest.raises(ValueError, match="schedule"):
         lr_factor(50, 10, 100, 0.1, "step")
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    """A small random transformers Llama (GQA, 64-token context) saved with a BPE tokenizer of the test corpus."""
+    from transformers import LlamaConfig
+
+    from spikelm.data import train_bpe_tokenizer_from_iterator
+
+    from .conftest import LINES
+
+    d = tmp_path_factory.mktemp("llama")
+    tok = train_bpe_tokenizer_from_iterator(LINES * 40, 280, 64)
+    torch.manual_seed(5)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)
+    LlamaForCausalLM(cfg).save_pretrained(d, max_shard_size="40KB")  # sharded: index + several files
+    tok.save_pretrained(d)
+    return d
+
+
+def test_init_from_an_ann_converts_it_exactly(recipe, llama_dir, tmp_path):
+    """softmax layout, no spiking: the converted spikelm model is the Llama (exact conversion), so the
+    first training loss is the Llama's loss on that batch; the conversion is kept in run_dir/converted."""
+    r = recipe(run_dir=str(tmp_path / "conv"), max_steps=2, eval_every=0, checkpoint_every=0)
+    r.model.init_from = str(llama_dir)
+    r.model.convert_layout, r.model.convert_spiking = "softmax", "off"
+    train(r)
+    assert json.loads((tmp_path / "conv" / "converted" / "config.json").read_text())["model_type"] == "spikelm"
+    first = _recs(tmp_path / "conv")[0]["loss"]
+    assert first == pytest.approx(_first_batch_loss(llama_dir, r), abs=1e-4)
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "conv" / "final").config.mixer_types == ["swa", "swa"]
+    # SpikingBrain's hybrid layout with spiking trains from the same directory
+    r = recipe(run_dir=str(tmp_path / "hyb"), max_steps=2, eval_every=0, checkpoint_every=0)
+    r.model.init_from, r.model.convert_layout = str(llama_dir), "hybrid"
+    train(r)
+    assert json.loads((tmp_path / "hyb" / "converted" / "conversion_report.json").read_text())["spiking"] == "ste"
+    assert all(math.isfinite(x["loss"]) for x in _recs(tmp_path / "hyb"))
+
+
+def test_init_from_conversion_errors(recipe, llama_dir, source, tmp_path):
+    r = recipe(run_dir=str(tmp_path / "bad"))
+    r.model.init_from, r.model.convert_layout = str(llama_dir), "zigzag"
+    with pytest.raises(ValueError, match="conversion to spikelm failed.*zigzag"):
+        train(r)
+    assert not (tmp_path / "bad").exists()
+    r.model.init_from = str(source[0])
+    with pytest.raises(ValueError, match="already a spikelm model"):
+        train(r)
+    r.model.init_from, r.model.convert_layout = str(llama_dir), None
+    with pytest.raises(ValueError, match="convert_layout"):
+        train(r)  # a llama directory with model.arch spikelm and no conversion
