@@ -3,6 +3,8 @@ converted and checked against the transformers models they came from."""
 from __future__ import annotations
 
 import json
+import math
+import re
 import shutil
 from pathlib import Path
 
@@ -102,18 +104,72 @@ def test_expanded_spiking_and_linear_layout(hf_models, tmp_path):
     assert entry["to"] == ["model.embeddings.weight", "head.weight"]
 
 
-def test_gla_init_starts_with_long_memory_and_the_scale_of_v(hf_models, tmp_path):
+def test_gla_init_gate_memory_and_the_scale_of_v(hf_models, tmp_path):
     src, ann = hf_models["llama"]
     convert_checkpoint(src, tmp_path / "out", layout="hybrid", spiking="off", gla_memory=100.0)
     att = _load(tmp_path / "out").model.blocks[0].att
     x = torch.randn(2, 5, 64)
-    g = torch.nn.functional.logsigmoid(att.g_proj(x)) / att.normalizer
-    assert torch.allclose(g.exp(), torch.full_like(g, torch.exp(torch.tensor(-1 / 100.0)).item()), atol=1e-6)
+    with torch.no_grad():
+        g = torch.nn.functional.logsigmoid(att.g_proj(x)) / att.normalizer
+    assert torch.allclose(g.exp(), torch.full_like(g, math.exp(-1 / 100.0)), atol=1e-6)  # input-independent decay
     src_layer = ann.model.layers[0]
-    v = src_layer.self_attn.v_proj(src_layer.input_layernorm(torch.randn(4096, 64)))
+    with torch.no_grad():
+        v = src_layer.self_attn.v_proj(src_layer.input_layernorm(torch.randn(4096, 64)))
     rms_v = v.pow(2).mean().sqrt().item()
     assert torch.all(att.g_norm.weight == att.g_norm.weight[0])
     assert abs(att.g_norm.weight[0].item() / rms_v - 1) < 0.1  # the weight-only estimate of v's RMS
+
+
+def test_gla_norm_init_brings_the_output_scale_near_the_softmax_layer(hf_models, tmp_path):
+    """Converted layer 0 vs. the source's attention on the same normed input: the v_rms head-norm
+    init is much closer in scale (and in output) than RMSNorm's default weight of 1."""
+    src, ann = hf_models["llama"]
+    sl = ann.model.layers[0]
+    h = sl.input_layernorm(torch.randn(2, 48, 64))
+    pos = torch.arange(48)[None].expand(2, -1)
+    with torch.no_grad():
+        ref = sl.self_attn(h, position_embeddings=ann.model.rotary_emb(h, pos), attention_mask=None)[0]
+    res = {}
+    for norm in ("ones", "v_rms"):
+        convert_checkpoint(src, tmp_path / norm, layout="linear", spiking="off", gla_norm_init=norm)
+        with torch.no_grad():
+            out = _load(tmp_path / norm).model.blocks[0].att(h)[0]
+        res[norm] = (float((out - ref).norm() / ref.norm()), float(out.pow(2).mean().sqrt() / ref.pow(2).mean().sqrt()))
+    assert res["v_rms"][0] < res["ones"][0] / 3
+    assert abs(math.log(res["v_rms"][1])) < abs(math.log(res["ones"][1])) / 2
+
+
+def test_bf16_source_keeps_its_dtype(tokenizer_dir, tmp_path):
+    from safetensors import safe_open
+
+    src, ann = save_hf("qwen3", tmp_path, tokenizer_dir)
+    ann.to(torch.bfloat16).save_pretrained(tmp_path / "bf16", max_shard_size="60KB")
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(src / f, tmp_path / "bf16" / f)
+    out = tmp_path / "out"
+    report = convert_checkpoint(tmp_path / "bf16", out, layout="hybrid", spiking="ste")
+    assert {t["dtype"] for t in report["tensors"].values()} == {"bfloat16"}
+    for f in report["output_files"]:
+        with safe_open(out / f, framework="pt") as st:
+            assert {st.get_tensor(k).dtype for k in st.keys()} == {torch.bfloat16}  # noqa: SIM118
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    model = _load(out)
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.randint(0, TOKENIZER_VOCAB, (1, 10))).logits.float()).all()
+
+
+def test_single_file_source(tokenizer_dir, tmp_path):
+    """A checkpoint saved as one model.safetensors (no index) converts to one file too."""
+    src, ann = save_hf("llama", tmp_path, tokenizer_dir)
+    ann.save_pretrained(tmp_path / "one")
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(src / f, tmp_path / "one" / f)
+    report = convert_checkpoint(tmp_path / "one", tmp_path / "out", layout="softmax", spiking="off")
+    assert report["output_files"] == ["model.safetensors"]
+    assert set(report["tensors"]) == set(ann.state_dict())
+    ids = torch.randint(0, TOKENIZER_VOCAB, (1, 20))
+    with torch.no_grad():
+        assert (ann(ids).logits - _load(tmp_path / "out")(ids).logits).abs().max() < 1e-4
 
 
 def test_report_file_and_no_partial_output(hf_models, tmp_path):
@@ -152,9 +208,10 @@ def test_missing_shard_names_tensor_and_file(hf_models, tmp_path):
     src = tmp_path / "src"
     shutil.copytree(hf_models["llama"][0], src)
     weight_map = json.loads((src / "model.safetensors.index.json").read_text())["weight_map"]
-    name, file = sorted(weight_map.items())[3]
+    file = sorted(set(weight_map.values()))[3]
+    name = next(k for k, v in weight_map.items() if v == file)
     (src / file).unlink()
-    with pytest.raises(FileNotFoundError, match=rf"{file}.*{name.replace('.', '[.]')}|{file}"):
+    with pytest.raises(FileNotFoundError, match=rf"shard {re.escape(file)} \(holding tensor {re.escape(name)},"):
         convert_checkpoint(src, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
