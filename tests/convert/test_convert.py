@@ -63,7 +63,7 @@ def test_the_window_matters_for_mistral(hf_models, tmp_path):
     assert diff[:, :8].max() < 1e-4 and diff[:, 8:].max() > 1e-3
 
 
-@pytest.mark.parametrize("kind", ["qwen2", "qwen3"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_full_conversion_loads_and_generates_through_the_pipeline(kind, hf_models, tmp_path):
     from transformers import AutoTokenizer, pipeline
 
