@@ -1,6 +1,9 @@
-"""Command line: ``spikelm train | generate | eval``.
+"""Command line: ``spikelm train | finetune | convert | generate | eval | export | push | plot``.
 
     spikelm train [RECIPE] [--resume | --overwrite] [--section.key VALUE ...]
+    spikelm finetune MODEL_DIR [RECIPE] [--resume | --overwrite] [--section.key VALUE ...]
+    spikelm convert SRC_DIR OUT_DIR [--layout softmax|hybrid|linear|gla,swa,...] [--spiking off|ste|expanded]
+                    [--window W] [--tokenizer DIR] [--gla-memory T] [--gla-norm-init v_rms|ones] [--json]
     spikelm generate MODEL_DIR "prompt" [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--greedy]
     spikelm eval MODEL FILE [FILE ...] [--block-size L] [--stride S] [--batch-size N] [--no-spikes] [--json]
     spikelm export RUN_DIR OUT_DIR [--tag stepN] [--eval-json FILE] [--push-to-hub REPO_ID [--private]]
@@ -276,8 +279,23 @@ def cmd_plot(argv: list[str]) -> int:
     return run(argv)
 
 
-COMMANDS = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "export": cmd_export,
-            "push": cmd_push, "plot": cmd_plot}
+def cmd_finetune(argv: list[str]) -> int:
+    """``spikelm finetune``: ``train`` with ``model.init_from`` and a fine-tuning recipe
+    (default ``finetune-shakespeare-qa``); see ``spikelm.train.finetune_cli``."""
+    from .train.finetune_cli import cmd_finetune as run
+
+    return run(argv)
+
+
+def cmd_convert(argv: list[str]) -> int:
+    """``spikelm convert``: a Llama-family HF checkpoint -> a spikelm checkpoint (``spikelm.convert``)."""
+    from .convert.cli import cmd_convert as run
+
+    return run(argv)
+
+
+COMMANDS = {"train": cmd_train, "finetune": cmd_finetune, "convert": cmd_convert, "generate": cmd_generate,
+            "eval": cmd_eval, "export": cmd_export, "push": cmd_push, "plot": cmd_plot}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,8 +5,8 @@ from pathlib import Path
 
 
 def check_model_dir(model_dir: str | Path) -> dict:
-    """Return the ``config.json`` of a spikelm model: a local HF directory or a Hub id
-    (:func:`spikelm.hub.resolve_model`).
+    """Return the ``config.json`` of a spikelm model (or of a transformers causal LM such as the
+    ANN baseline): a local HF directory or a Hub id (:func:`spikelm.hub.resolve_model`).
 
     Raises:
         FileNotFoundError: the directory or its config.json does not exist, or a Hub id cannot be
@@ -15,10 +15,13 @@ def check_model_dir(model_dir: str | Path) -> dict:
     """
     from .hub.ids import resolve_model
 
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
     name, cfg = resolve_model(model_dir)
-    if cfg.get("model_type") != "spikelm":
-        raise ValueError(f"{name} holds a {cfg.get('model_type')!r} model, not a spikelm checkpoint "
-                         "(model_type 'spikelm' expected)")
+    kind = cfg.get("model_type")
+    if kind != "spikelm" and kind not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ValueError(f"{name} holds a {kind!r} model, not a causal language model (a spikelm checkpoint, "
+                         "or a transformers causal LM such as the llama ANN baseline, is expected)")
     return cfg
 
 
@@ -55,7 +58,7 @@ def generate_text(model_dir: str | Path, prompt: str, max_new_tokens: int = 200,
         raise ValueError(f"temperature must be > 0 (use --greedy for greedy decoding), got {temperature}")
     pipe = load_pipeline(model_dir)
     n = len(pipe.tokenizer(prompt, add_special_tokens=False)["input_ids"])
-    ctx = cfg.get("context_length")
+    ctx = cfg.get("context_length") or cfg.get("max_position_embeddings")
     if ctx and n > ctx:
         raise ValueError(f"the prompt is {n} tokens but the model's context is {ctx} tokens; shorten the prompt")
     set_seed(seed)

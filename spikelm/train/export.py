@@ -71,9 +71,9 @@ def export_checkpoint(path: str | Path, out_dir: str | Path, tag: str | None = N
         FileExistsError: ``out_dir`` exists (never overwritten).
         ValueError: the weights do not fit the saved config (names the tensors).
     """
-    from transformers import AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..models import SpikeLMConfig, SpikeLMForCausalLM
+    from .. import models  # noqa: F401  (registers spikelm with the Auto classes)
 
     run_dir, ckpt, tag = find_checkpoint(path, tag)
     out = Path(out_dir)
@@ -83,9 +83,15 @@ def export_checkpoint(path: str | Path, out_dir: str | Path, tag: str | None = N
     for f in (cfg_file, tok_dir):
         if not f.exists():
             raise FileNotFoundError(f"{f} is missing: export needs the run directory written by `spikelm train`")
-    config = SpikeLMConfig.from_json_file(str(cfg_file))
-    model = SpikeLMForCausalLM(config)
+    from .loop import load_config_file  # lazy: loop imports this module
+
+    config = load_config_file(cfg_file)  # SpikeLMConfig, or LlamaConfig for an ANN baseline run
+    model = AutoModelForCausalLM.from_config(config)
     sd = consolidated_state_dict(ckpt, tag)
+    if any(k.startswith("base_model.model.") for k in sd):
+        raise ValueError(f"checkpoint {ckpt / tag} is a LoRA run (peft adapter weights): its merged model is "
+                         f"{run_dir / 'final'} and the adapter {run_dir / 'final' / 'adapter'}; export a full "
+                         "fine-tuning or pretraining run, or resume the LoRA run to its end")
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
         raise ValueError(f"checkpoint {ckpt / tag} does not fit {cfg_file}: missing {missing}, unexpected {unexpected}")
@@ -98,6 +104,7 @@ def export_checkpoint(path: str | Path, out_dir: str | Path, tag: str | None = N
         tok.save_pretrained(tmp)
         if summary.is_file():
             shutil.copyfile(summary, tmp / "training_summary.json")
-        write_hf_extras(tmp, run_dir=run_dir, eval_results=eval_results, license=license,
-                        repo_id=repo_id or out.name)
+        if config.model_type == "spikelm":
+            write_hf_extras(tmp, run_dir=run_dir, eval_results=eval_results, license=license,
+                            repo_id=repo_id or out.name)
     return out

@@ -369,6 +369,11 @@ def export_hf(engine, model, tok, out_dir: Path, zero_stage: int, rank: int, ext
         model.save_pretrained(tmp, state_dict=state)
         tok.save_pretrained(tmp)
         (tmp / "training_summary.json").write_text(json.dumps(extra, indent=2) + "\n")
+        if getattr(model.config, "model_type", None) == "spikelm":
+            from ..hub import write_hf_extras
+
+            # model card + self-contained modeling code (auto_map) for users without spikelm
+            write_hf_extras(tmp, run_dir=out_dir.parent)
 
 
 def spike_rates(module) -> dict[str, float]:

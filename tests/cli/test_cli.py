@@ -75,12 +75,13 @@ def test_run_dir_with_a_run_is_not_overwritten(capsys, tmp_path):
     assert (run / "metrics.jsonl").read_text() == "{}\n"
 
 
-def test_generate_rejects_non_spikelm_dir(capsys, tmp_path):
+def test_generate_rejects_a_dir_without_a_causal_lm(capsys, tmp_path):
     err = _err(capsys, ["generate", str(tmp_path), "hi"])
     assert "no config.json" in err
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    # a llama (the ANN baseline) is accepted; an image model is not
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "resnet"}))
     err = _err(capsys, ["generate", str(tmp_path), "hi"])
-    assert "'llama'" in err and "spikelm" in err
+    assert "'resnet'" in err and "causal language model" in err
 
 
 def test_generate_rejects_prompt_longer_than_context(capsys, model_dir):

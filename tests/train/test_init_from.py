@@ -31,6 +31,16 @@ def test_ann_debug_recipe_trains_a_llama(corpus, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "ann" / "final")
     assert isinstance(model, LlamaForCausalLM) and model.config.max_position_embeddings == 16
     assert sum(p.numel() for p in model.parameters()) == summary["parameters"]
+    # `spikelm export` of the ANN run's checkpoint: a plain Llama directory with the same weights
+    from spikelm.generation import generate_text
+    from spikelm.train.export import export_checkpoint
+
+    out = export_checkpoint(tmp_path / "ann", tmp_path / "exported")
+    again = AutoModelForCausalLM.from_pretrained(out)
+    assert isinstance(again, LlamaForCausalLM) and not (out / "README.md").exists()
+    ids = torch.tensor([[3, 5, 7, 11]])
+    torch.testing.assert_close(again(ids).logits, model(ids).logits, rtol=1e-4, atol=1e-4)
+    assert generate_text(out, "the", max_new_tokens=4, greedy=True).startswith("the")
 
 
 @pytest.fixture(scope="module")
