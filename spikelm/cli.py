@@ -4,7 +4,7 @@
     spikelm finetune MODEL_DIR [RECIPE] [--resume | --overwrite] [--section.key VALUE ...]
     spikelm convert SRC_DIR OUT_DIR [--layout softmax|hybrid|linear|gla,swa,...] [--spiking off|ste|expanded]
                     [--window W] [--tokenizer DIR] [--gla-memory T] [--gla-norm-init v_rms|ones] [--json]
-    spikelm generate MODEL_DIR "prompt" [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--greedy]
+    spikelm generate MODEL_DIR "prompt" [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--greedy] [--chat]
     spikelm eval MODEL FILE [FILE ...] [--block-size L] [--stride S] [--batch-size N] [--no-spikes] [--json]
     spikelm export RUN_DIR OUT_DIR [--tag stepN] [--eval-json FILE] [--push-to-hub REPO_ID [--private]]
     spikelm push MODEL_DIR REPO_ID [--private]
@@ -138,12 +138,14 @@ def cmd_generate(argv: list[str]) -> int:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--greedy", action="store_true", help="greedy decoding (ignores temperature/top-k/top-p)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--chat", action="store_true", help="the prompt is a user message: render it with the "
+                   "tokenizer's chat template (fine-tuned models) and print only the reply")
     a = p.parse_args(argv)
     from .generation import generate_text
 
     try:
         print(generate_text(a.model_dir, a.prompt, max_new_tokens=a.max_new_tokens, temperature=a.temperature,
-                            top_k=a.top_k, top_p=a.top_p, greedy=a.greedy, seed=a.seed))
+                            top_k=a.top_k, top_p=a.top_p, greedy=a.greedy, seed=a.seed, chat=a.chat))
     except (ValueError, FileNotFoundError) as e:
         raise CLIError(str(e)) from e
     return 0

@@ -40,12 +40,17 @@ def load_pipeline(model_dir: str | Path, device: str | None = None):
 
 
 def generate_text(model_dir: str | Path, prompt: str, max_new_tokens: int = 200, temperature: float = 0.8,
-                  top_k: int = 50, top_p: float = 1.0, greedy: bool = False, seed: int = 0) -> str:
+                  top_k: int = 50, top_p: float = 1.0, greedy: bool = False, seed: int = 0,
+                  chat: bool = False) -> str:
     """Prompt + continuation generated with the recurrent state as cache.
+
+    With ``chat=True`` the prompt is one user message rendered by the tokenizer's chat template
+    (e.g. a model from ``spikelm finetune``) and only the assistant's reply is returned.
 
     Raises:
         ValueError: empty prompt, a prompt longer than the model's context (``context_length``),
-            non-positive ``max_new_tokens`` or ``temperature``; plus :func:`check_model_dir`'s errors.
+            non-positive ``max_new_tokens`` or ``temperature``, ``chat`` with a tokenizer that has
+            no chat template; plus :func:`check_model_dir`'s errors.
     """
     from transformers import set_seed
 
@@ -57,11 +62,22 @@ def generate_text(model_dir: str | Path, prompt: str, max_new_tokens: int = 200,
     if not greedy and not temperature > 0:
         raise ValueError(f"temperature must be > 0 (use --greedy for greedy decoding), got {temperature}")
     pipe = load_pipeline(model_dir)
-    n = len(pipe.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    messages = [{"role": "user", "content": prompt}]
+    if chat:
+        if not pipe.tokenizer.chat_template:
+            raise ValueError(f"{model_dir} has no chat template in its tokenizer; drop --chat, or fine-tune it with "
+                             "`spikelm finetune` (which saves one)")
+        text = pipe.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        n = len(pipe.tokenizer(text, add_special_tokens=False)["input_ids"])
+    else:
+        n = len(pipe.tokenizer(prompt, add_special_tokens=False)["input_ids"])
     ctx = cfg.get("context_length") or cfg.get("max_position_embeddings")
     if ctx and n > ctx:
         raise ValueError(f"the prompt is {n} tokens but the model's context is {ctx} tokens; shorten the prompt")
     set_seed(seed)
     kw = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p)
+    if chat:
+        out = pipe(messages, max_new_tokens=max_new_tokens, **kw)
+        return out[0]["generated_text"][-1]["content"]
     out = pipe(prompt, max_new_tokens=max_new_tokens, return_full_text=True, **kw)
     return out[0]["generated_text"]

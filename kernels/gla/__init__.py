@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..dispatch import use_triton
-from .fused_recurrent import check_gla_inputs
+from .checks import check_gla_inputs
 from .naive import gla_init_state, gla_naive
 from .torch_chunk import gla_torch_chunk
 

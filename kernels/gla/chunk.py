@@ -45,7 +45,7 @@ import triton
 import triton.language as tl
 
 from ..dispatch import triton_kernel
-from .fused_recurrent import check_gla_inputs, gate_grad
+from .checks import check_gla_inputs, gate_grad
 
 __all__ = ["gla_chunk"]
 

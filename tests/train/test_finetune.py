@@ -45,7 +45,7 @@ def _recs(run_dir):
     return [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_full_finetuning_lowers_the_held_out_answer_loss(base, tmp_path):
+def test_full_finetuning_lowers_the_held_out_answer_loss(base, tmp_path, capsys):
     base_dir, before = base
     summary = train(_ft_recipe(base_dir, tmp_path / "ft"))
     # the loop's validation is the masked loss on the held-out answers: the same number
@@ -58,6 +58,18 @@ def test_full_finetuning_lowers_the_held_out_answer_loss(base, tmp_path):
     assert summary["val"]["loss"] < before - 0.5, (before, summary["val"])
     assert summary["trainable_parameters"] == summary["parameters"]
     assert tok.chat_template  # the template the data was rendered with ships with the model
+    # `spikelm generate --chat`: the question as a user message, only the reply printed; the
+    # same text as the pipeline on a messages list
+    from transformers import pipeline
+
+    from spikelm.cli import main
+
+    q = "Who says: \"To think upon you.\"?"
+    pipe = pipeline("text-generation", model=str(tmp_path / "ft" / "final"))
+    want = pipe([{"role": "user", "content": q}], max_new_tokens=8, do_sample=False)[0]["generated_text"][-1]["content"]
+    capsys.readouterr()
+    assert main(["generate", str(tmp_path / "ft" / "final"), q, "--chat", "--greedy", "--max-new-tokens", "8"]) == 0
+    assert capsys.readouterr().out.strip() == want.strip()
 
 
 def test_lora_trains_only_adapters_merges_and_resumes(base, tmp_path):
