@@ -7,6 +7,7 @@
     spikelm generate MODEL_DIR "prompt" [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--greedy] [--chat]
     spikelm eval MODEL FILE [FILE ...] [--block-size L] [--stride S] [--batch-size N] [--no-spikes] [--json]
     spikelm export RUN_DIR OUT_DIR [--tag stepN] [--eval-json FILE] [--push-to-hub REPO_ID [--private]]
+    spikelm export ADAPTER_DIR OUT_DIR --merge-lora [--base BASE_DIR]
     spikelm push MODEL_DIR REPO_ID [--private]
     spikelm plot [RUN_DIR ...] [--eval EVAL.json ...] [--out DIR]
 
@@ -220,9 +221,13 @@ def cmd_export(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="spikelm export", description="Consolidate a run's DeepSpeed checkpoint "
                                 "(any ZeRO stage) into a Hugging Face directory with a model card and the "
                                 "modeling code for trust_remote_code loading; optionally upload it.")
-    p.add_argument("run_dir", help="a run directory (or its checkpoints/ folder)")
+    p.add_argument("run_dir", help="a run directory (or its checkpoints/ folder); with --merge-lora: a LoRA "
+                   "adapter directory (e.g. RUN/final/adapter)")
     p.add_argument("out_dir", help="new directory to write (must not exist)")
     p.add_argument("--tag", default=None, help="checkpoint tag, e.g. step200 (default: the latest)")
+    p.add_argument("--merge-lora", action="store_true", help="RUN_DIR is a LoRA adapter: merge it into its base "
+                   "model (--base, default: the one named in adapter_config.json) as a standalone directory")
+    p.add_argument("--base", default=None, help="with --merge-lora: the base model directory")
     p.add_argument("--eval-json", default=None, help="spikelm eval --json output to put in the model card")
     p.add_argument("--license", default=None, help="SPDX license id for the model card, e.g. apache-2.0")
     p.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="upload the directory to this Hub repo")
@@ -232,8 +237,13 @@ def cmd_export(argv: list[str]) -> int:
 
     ev = _read_eval_json(a.eval_json)
     try:
-        out = export_checkpoint(a.run_dir, a.out_dir, a.tag, eval_results=ev, license=a.license,
-                                repo_id=a.push_to_hub)
+        if a.merge_lora:
+            from .finetune.lora import merge_adapter_dir
+
+            out = merge_adapter_dir(a.run_dir, a.base, a.out_dir)
+        else:
+            out = export_checkpoint(a.run_dir, a.out_dir, a.tag, eval_results=ev, license=a.license,
+                                    repo_id=a.push_to_hub)
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         raise CLIError(str(e)) from e
     print(f"exported {a.run_dir} to {out}")

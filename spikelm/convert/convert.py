@@ -345,6 +345,9 @@ def convert_checkpoint(src_dir: str | Path, out_dir: str | Path, *, layout: str 
             index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(written.items()))}
             (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
         config.save_pretrained(tmp)
+        from ..hub import write_remote_code
+
+        write_remote_code(tmp)  # auto_map + self-contained modeling code: loads without spikelm installed
         tok_src = Path(tokenizer_dir) if tokenizer_dir is not None else src
         for f in tok_files:
             shutil.copy2(tok_src / f, tmp / f)

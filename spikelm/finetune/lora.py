@@ -185,6 +185,10 @@ def _write_merged(model, tokenizer, out_dir: str | os.PathLike) -> Path:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        if model.config.model_type == "spikelm":
+            from ..hub import write_hf_extras
+
+            write_hf_extras(tmp)  # model card + modeling code (auto_map) for users without spikelm
     return out
 
 

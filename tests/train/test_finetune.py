@@ -94,10 +94,19 @@ def test_lora_trains_only_adapters_merges_and_resumes(base, tmp_path):
         else:
             assert torch.equal(w, after_sd[name]), name  # frozen: embeddings, norms, neurons, head, decays
     # the adapter alone, merged onto the base it names, gives the same model
-    remerged = AutoModelForCausalLM.from_pretrained(merge_adapter_dir(run / "final" / "adapter", None, tmp_path / "m"))
+    # (`spikelm export ADAPTER OUT --merge-lora`, base from adapter_config.json; the same as
+    # merge_adapter_dir with an explicit base)
+    from spikelm.cli import main
+
+    assert main(["export", str(run / "final" / "adapter"), str(tmp_path / "m"), "--merge-lora"]) == 0
+    assert (tmp_path / "m" / "README.md").is_file() and "auto_map" in (tmp_path / "m" / "config.json").read_text()
+    remerged = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    explicit = AutoModelForCausalLM.from_pretrained(merge_adapter_dir(run / "final" / "adapter", base_dir,
+                                                                      tmp_path / "m2"))
     ids = torch.randint(0, 280, (2, 20))
     with torch.no_grad():
         assert torch.allclose(merged(ids).logits, remerged(ids).logits, atol=1e-5)
+        assert torch.equal(remerged(ids).logits, explicit(ids).logits)
     # the merged directory generates through the HF pipeline with its chat template
     pipe = pipeline("text-generation", model=str(run / "final"))
     prompt = pipe.tokenizer.apply_chat_template([{"role": "user", "content": "Who says: \"Speak, speak.\"?"}],
