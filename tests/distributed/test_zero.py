@@ -1,4 +1,5 @@
 """Two CPU ranks (gloo) under ZeRO 1/2/3 reproduce a one-rank run with the same global batch."""
+import json
 import subprocess
 import sys
 
@@ -66,3 +67,23 @@ def test_two_nodes_on_localhost(corpus, tmp_path):
     assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
     assert (run / "checkpoints" / "latest").read_text().strip() == "step4"
     assert len(losses(run)) == 4
+
+
+def test_accelerate_launch_with_the_shipped_config(one_rank, tmp_path):
+    """`accelerate launch --config_file launch/accelerate.yaml` places the ranks (torch.distributed
+    environment); spikelm's DeepSpeed engine does the rest: the same losses as one rank."""
+    from pathlib import Path
+
+    from .conftest import free_port
+
+    corpus, base = one_rank
+    run = tmp_path / "run"
+    cfg = Path(__file__).resolve().parents[2] / "launch" / "accelerate.yaml"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(cfg), "--num_processes", "2",
+           "--main_process_port", str(free_port()), "-m", "spikelm.cli",
+           *train_args(corpus, run, **{"train.zero_stage": 2, "train.grad_accum": 1})]
+    out = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads((run / "final" / "training_summary.json").read_text())["world_size"] == 2
+    for a, b in zip(base, losses(run), strict=True):
+        assert abs(a - b) < 1e-4 * max(1.0, abs(a)), (base, losses(run))
