@@ -19,16 +19,19 @@ from .loading import (
     tiny_shakespeare_path,
 )
 from .packing import PackedBlocks, corpus_stats, pack_blocks, tokenize_documents
+from .streaming import StreamingBlocks, open_stream
 from .tokenizer import load_tokenizer, train_bpe_tokenizer, train_bpe_tokenizer_from_iterator
 
 __all__ = [
     "ACCEPTED_EXTENSIONS",
     "COMPRESSION_EXTENSIONS",
     "PackedBlocks",
+    "StreamingBlocks",
     "corpus_stats",
     "load_documents",
     "load_text_splits",
     "load_tokenizer",
+    "open_stream",
     "pack_blocks",
     "split_by_bytes",
     "tiny_shakespeare_path",

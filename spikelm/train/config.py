@@ -99,6 +99,13 @@ class DataConfig:
         block_size: tokens per training sequence (the model's context length).
         packing: ``instructions`` rows: ``pad`` (one example per row, right-padded) or ``pack``
             (whole examples back to back, never split across rows).
+        streaming: read ``train_files`` as a stream (``spikelm.data.streaming``): tokenized on
+            the fly, each rank reading only its ``stream_shards`` share; needs ``val_files`` and a
+            trained tokenizer (``tokenizer`` or ``model.init_from``). For corpora too large to
+            tokenize up front (OpenWebText and up).
+        stream_shards: the number of streams S: a multiple of every world size the run will
+            use, dividing the global batch (micro_batch_size x grad_accum x ranks).
+        shuffle_buffer: blocks in each stream's seeded shuffle buffer (0 = stream order).
     """
 
     format: str = "text"
@@ -110,6 +117,9 @@ class DataConfig:
     vocab_size: int = 512
     block_size: int = 128
     packing: str = "pad"
+    streaming: bool = False
+    stream_shards: int = 8
+    shuffle_buffer: int = 1000
 
 
 @dataclass
@@ -216,6 +226,15 @@ def validate_recipe(r: Recipe) -> None:
          f"model.flavour {r.model.flavour!r} is not a {r.model.arch} flavour; known: {', '.join(known)}"),
         (r.data.format in DATA_FORMATS, f"data.format {r.data.format!r} is unknown; accepted: {', '.join(DATA_FORMATS)}"),
         (r.data.packing in ("pad", "pack"), f"data.packing must be pad or pack, got {r.data.packing!r}"),
+        (not r.data.streaming or r.data.format == "text", "data.streaming reads text documents; it does not "
+         "apply to data.format instructions (small enough to load)"),
+        (not r.data.streaming or bool(r.data.val_files), "data.streaming needs data.val_files (a held-out set "
+         "that is loaded whole; the stream's length is unknown, so no val_fraction can be split off)"),
+        (not r.data.streaming or r.data.tokenizer is not None or r.model.init_from is not None,
+         "data.streaming needs a trained tokenizer: set data.tokenizer (or model.init_from); "
+         "a BPE cannot be trained on a stream"),
+        (r.data.stream_shards >= 1 and r.data.shuffle_buffer >= 0,
+         "data.stream_shards must be >= 1 and data.shuffle_buffer >= 0"),
         (r.data.format == "text" or r.model.init_from is not None or r.data.tokenizer is not None,
          "data.format instructions needs a trained tokenizer: set model.init_from (its tokenizer) or data.tokenizer"),
         (r.model.convert_layout is None or r.model.init_from is not None,

@@ -437,7 +437,7 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
 
     validate_recipe(recipe)  # also for recipes built in Python (the CLI validates before)
 
-    from ..data import PackedBlocks, corpus_stats, load_text_splits, pack_blocks
+    from ..data import PackedBlocks, corpus_stats, load_documents, load_text_splits, pack_blocks
     t_start = time.time()
     r, t = recipe, recipe.train
     if t.threads:
@@ -454,14 +454,26 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
     train_files = resolve_files(r.data.train_files)
     val_files = resolve_files(r.data.val_files)
     text = r.data.format == "text"
-    train_text, val_text = load_text_splits(train_files, val_files, r.data.val_fraction, r.data.text_field) \
-        if text else (None, None)
+    if r.data.streaming:  # the train split is read as a stream below; the held-out set is loaded
+        train_text, val_text = None, load_documents(val_files, r.data.text_field, "validation")
+    else:
+        train_text, val_text = load_text_splits(train_files, val_files, r.data.val_fraction, r.data.text_field) \
+            if text else (None, None)
     # resume: the run's own config (the checkpoint holds the weights); else init_from's or a fresh one
     src = None if resume else init_source(r, rank, run_dir)
     config = load_config_file(run_dir / MODEL_CONFIG) if resume and (run_dir / MODEL_CONFIG).is_file() \
         else _init_config(r, src) if src is not None else None
     tok = build_tokenizer(r, run_dir, resume, rank, train_text, model_dir=src, model_config=config)
-    if text:
+    if r.data.streaming:
+        from ..data.streaming import StreamingBlocks, open_stream
+
+        train_blocks = StreamingBlocks(open_stream(train_files, r.data.text_field), tok, r.data.block_size,
+                                       r.data.stream_shards, t.micro_batch_size * t.grad_accum * world, rank, world,
+                                       t.seed, r.data.shuffle_buffer)
+        val_blocks = PackedBlocks(pack_blocks(val_text, tok, r.data.block_size))
+        val_bytes_per_token = corpus_stats(val_text, tok)["bytes_per_token"]
+        unit = "blocks"
+    elif text:
         train_blocks = PackedBlocks(pack_blocks(train_text, tok, r.data.block_size))
         val_blocks = PackedBlocks(pack_blocks(val_text, tok, r.data.block_size))
         val_bytes_per_token = corpus_stats(val_text, tok)["bytes_per_token"]
@@ -472,7 +484,8 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
             _log(rank, f"data warning: {w}")
         val_bytes_per_token = target_bytes_per_token(val_blocks, tok)
         unit = "padded instruction rows" if r.data.packing == "pad" else "packed instruction rows"
-    _log(rank, f"data: {len(train_blocks)} train / {len(val_blocks)} validation {unit} of {r.data.block_size} tokens; "
+    n_train = f"{r.data.stream_shards} streams of" if r.data.streaming else len(train_blocks)
+    _log(rank, f"data: {n_train} train / {len(val_blocks)} validation {unit} of {r.data.block_size} tokens; "
                f"vocab {len(tok)}; validation {val_bytes_per_token:.3f} bytes/token")
 
     if config is None:
@@ -530,7 +543,8 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
         torch.set_rng_state(client["rng_cpu"])
         _log(rank, f"resumed from {ckpt_dir} at step {start_step}")
 
-    order = BatchOrder(len(train_blocks), t.micro_batch_size * t.grad_accum * world, t.seed)
+    order = train_blocks if r.data.streaming else \
+        BatchOrder(len(train_blocks), t.micro_batch_size * t.grad_accum * world, t.seed)
     writer = None
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter

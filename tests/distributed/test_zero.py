@@ -87,3 +87,24 @@ def test_accelerate_launch_with_the_shipped_config(one_rank, tmp_path):
     assert json.loads((run / "final" / "training_summary.json").read_text())["world_size"] == 2
     for a, b in zip(base, losses(run), strict=True):
         assert abs(a - b) < 1e-4 * max(1.0, abs(a)), (base, losses(run))
+
+
+def test_streamed_data_two_ranks_match_one_rank(corpus, tmp_path):
+    """data.streaming: each rank reads only its streams, and 2 ranks see the same global batches
+    (so the same losses) as 1 rank."""
+    from spikelm.data import load_documents, train_bpe_tokenizer_from_iterator
+
+    tok = train_bpe_tokenizer_from_iterator(load_documents([str(corpus)])["text"], 280, 16)
+    tok.save_pretrained(tmp_path / "tok")
+    stream = {"data.streaming": "true", "data.stream_shards": 2, "data.shuffle_buffer": 8,
+              "data.val_files": f"[{corpus}]", "data.tokenizer": str(tmp_path / "tok"),
+              "train.grad_accum": 1, "train.zero_stage": 2}
+    one = subprocess.run([sys.executable, "-m", "spikelm.cli", *train_args(corpus, tmp_path / "one",
+                          **{**stream, "train.micro_batch_size": 4})], env=env(), capture_output=True, text=True,
+                         timeout=240)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = torchrun(train_args(corpus, tmp_path / "two", **stream))  # 2 ranks x micro-batch 2
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "data: 2 streams of train" in one.stdout and "data: 2 streams of train" in two.stdout
+    for a, b in zip(losses(tmp_path / "one"), losses(tmp_path / "two"), strict=True):
+        assert abs(a - b) < 1e-4 * max(1.0, abs(a)), (losses(tmp_path / "one"), losses(tmp_path / "two"))
