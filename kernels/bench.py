@@ -198,17 +198,24 @@ def _spikingjelly_nodes(device):
     except Exception as e:  # not installed, or a missing dependency of it
         print(f"# spikingjelly unavailable: {type(e).__name__}: {e}", file=sys.stderr)
         return []
-    found = []
-    for backend in ("triton", "cupy"):
+    found, no_backend_kw = [], True
+    # SpikingJelly <= 0.0.0.0.14: LIFNode(backend="triton"/"cupy"); 2.x dispatches itself and
+    # has no backend argument (then one "auto" node)
+    for backend in ("triton", "cupy", None):
+        if backend is None and not (no_backend_kw and not found):
+            break
+        kw = dict(tau=2.0, decay_input=True, v_threshold=1.0, v_reset=0.0, surrogate_function=surrogate.ATan(),
+                  detach_reset=False, step_mode="m")
+        if backend is not None:
+            kw["backend"] = backend
         try:
-            node = neuron.LIFNode(tau=2.0, decay_input=True, v_threshold=1.0, v_reset=0.0,
-                                  surrogate_function=surrogate.ATan(), detach_reset=False,
-                                  step_mode="m", backend=backend).to(device)
+            node = neuron.LIFNode(**kw).to(device)
             node(torch.zeros(2, 8, device=device))
             _sj_reset(node)
-            found.append((backend, node))
+            found.append((backend or "auto", node))
         except Exception as e:  # backend missing or unsupported here
-            print(f"# spikingjelly backend {backend!r} unavailable: {type(e).__name__}: {e}", file=sys.stderr)
+            no_backend_kw = no_backend_kw and isinstance(e, TypeError) and "backend" in str(e)
+            print(f"# spikingjelly backend {backend or 'auto'!r} unavailable: {type(e).__name__}: {e}", file=sys.stderr)
     return found
 
 
