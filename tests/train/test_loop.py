@@ -101,3 +101,15 @@ def test_activation_checkpointing_gives_the_same_losses(recipe, tmp_path):
     m.activation_checkpointing_enable()
     assert m.model.gradient_checkpointing  # the flag the model's forward reads
     assert [a["loss"] for a in plain] == pytest.approx([b["loss"] for b in recomputed], rel=1e-6)
+
+
+@pytest.mark.parametrize("stage,params", [(2, False), (3, True)])
+def test_offload_gives_the_same_losses(recipe, tmp_path, stage, params):
+    """ZeRO-Offload (optimizer states, and under ZeRO-3 the parameters, kept in CPU memory and
+    stepped there): the same training as without it."""
+    train(recipe(max_steps=3, eval_every=0, checkpoint_every=0, zero_stage=stage))
+    base = [r["loss"] for r in _losses(tmp_path / "run")]
+    train(recipe(max_steps=3, eval_every=0, checkpoint_every=0, zero_stage=stage, offload_optimizer=True,
+                 offload_params=params, run_dir=str(tmp_path / "off")))
+    off = [r["loss"] for r in _losses(tmp_path / "off")]
+    assert off == pytest.approx(base, rel=1e-5, abs=1e-6)
