@@ -44,3 +44,30 @@ def resolve_model(name: str | Path) -> tuple[str, dict]:
         raise FileNotFoundError(f"{s!r} is not a local directory, so it was looked up as a Hugging Face Hub model "
                                 f"id, but {why}") from None
     return s, json.loads(Path(path).read_text())
+
+
+MODEL_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.py"]
+"""What :func:`local_model_dir` fetches of a Hub model: config, weights (safetensors only),
+tokenizer files, chat template, and remote code."""
+
+
+def local_model_dir(name: str | Path) -> Path:
+    """A local directory holding the model ``name``: the directory itself, or the Hub model
+    ``name`` downloaded into the Hugging Face cache (``snapshot_download``; offline it is taken
+    from the cache) for ``model.init_from`` / ``spikelm finetune``, which read the files.
+
+    Raises:
+        FileNotFoundError: as :func:`resolve_model` (missing directory, no config.json, a Hub
+            id that cannot be fetched); the message says which.
+    """
+    s, _ = resolve_model(name)
+    d = Path(s)
+    if d.is_dir():
+        return d
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(s, allow_patterns=MODEL_FILES))
+    except Exception as e:
+        raise FileNotFoundError(f"could not download the Hub model {s!r}: {type(e).__name__}: "
+                                f"{' '.join(str(e).split())[:200]}") from None

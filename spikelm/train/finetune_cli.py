@@ -8,7 +8,6 @@ llama model with its tokenizer, e.g. ``runs/shakespeare/final``.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 DEFAULT_FINETUNE_RECIPE = "finetune-shakespeare-qa"
 
@@ -29,9 +28,12 @@ def cmd_finetune(argv: list[str]) -> int:
     if model_dir.startswith("-"):
         raise CLIError(f"the first argument must be the model directory to fine-tune, got {model_dir!r}; "
                        "usage: spikelm finetune MODEL_DIR [RECIPE] [--section.key VALUE ...]")
-    if not (Path(model_dir) / "config.json").is_file():
-        raise CLIError(f"{model_dir} is not a Hugging Face model directory (no config.json); pass the 'final' "
-                       "folder of a run, e.g. runs/shakespeare/final")
+    from ..hub.ids import resolve_model
+
+    try:  # a local directory or a Hub model id
+        resolve_model(model_dir)
+    except FileNotFoundError as e:
+        raise CLIError(f"{e}; pass the 'final' folder of a run, e.g. runs/shakespeare/final") from None
     if any(a == "--model.init_from" or a.startswith("--model.init_from=") for a in rest):
         raise CLIError("--model.init_from is MODEL_DIR for spikelm finetune; do not give it twice")
     recipe = rest[0] if rest and not rest[0].startswith("-") else DEFAULT_FINETUNE_RECIPE

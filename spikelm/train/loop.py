@@ -237,17 +237,21 @@ def init_source(recipe: Recipe, rank: int, run_dir: Path) -> Path | None:
     ``spikelm.convert.convert_checkpoint`` into ``run_dir/converted`` (see :func:`_convert`).
 
     Raises:
-        FileNotFoundError: ``model.init_from`` is not a directory with a config.json.
+        FileNotFoundError: ``model.init_from`` is neither a directory with a config.json nor a
+            Hub model id that can be fetched (offline: not in the cache).
         ValueError: its model type is not ``model.arch`` (names the fix), a spikelm model with
             ``model.convert_layout``, or a failed conversion (the converter's message).
     """
     src = recipe.model.init_from
     if src is None:
         return None
-    d = Path(src)
-    if not (d / "config.json").is_file():
-        raise FileNotFoundError(f"model.init_from {src}: no such Hugging Face model directory (config.json "
-                                "missing); pass e.g. runs/shakespeare/final")
+    from ..hub.ids import local_model_dir
+
+    try:  # a local directory, or a Hub model id (downloaded into the HF cache)
+        d = local_model_dir(src)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"model.init_from: {e}; pass a model directory, e.g. runs/shakespeare/final, "
+                                "or a Hub model id") from None
     kind = json.loads((d / "config.json").read_text()).get("model_type")
     if recipe.model.convert_layout is not None:
         if kind == "spikelm":

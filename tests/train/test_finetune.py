@@ -150,8 +150,13 @@ def test_finetune_cli(base, tmp_path, capsys):
     from spikelm.cli import CLIError
     from spikelm.train.finetune_cli import cmd_finetune
 
-    with pytest.raises(CLIError, match="config.json"):
+    with pytest.raises(CLIError, match="does not exist"):
         cmd_finetune([str(tmp_path / "nowhere")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CLIError, match="no config.json"):
+        cmd_finetune([str(tmp_path / "empty")])
+    with pytest.raises(CLIError, match="Hub model id.*offline"):  # a Hub id: tests run offline
+        cmd_finetune(["someone/some-spiking-model"])
     with pytest.raises(CLIError, match="init_from"):
         cmd_finetune([str(base[0]), "--model.init_from=x"])
     run = tmp_path / "cli"

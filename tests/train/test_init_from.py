@@ -202,3 +202,10 @@ def test_init_from_conversion_errors(recipe, llama_dir, source, tmp_path):
     r.model.init_from, r.model.convert_layout = str(llama_dir), None
     with pytest.raises(ValueError, match="convert_layout"):
         train(r)  # a llama directory with model.arch spikelm and no conversion
+
+
+def test_init_from_a_hub_id_is_looked_up_and_explained_offline(recipe):
+    r = recipe()
+    r.model.init_from = "someone/some-spiking-model"  # not a local path: a Hub model id (tests run offline)
+    with pytest.raises(FileNotFoundError, match="model.init_from.*Hub model id.*offline"):
+        train(r)
