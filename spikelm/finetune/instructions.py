@@ -97,10 +97,13 @@ def read_jsonl(path: str | os.PathLike, *, on_error: str = "skip") -> tuple[list
     warnings: list[str] = []
     n_lines = 0
     try:
-        text = p.read_text(encoding="utf-8")
+        text = p.read_text(encoding="utf-8-sig")  # -sig: a leading byte-order mark is not part of line 1
     except UnicodeDecodeError as e:
         raise ValueError(f"{p} is not UTF-8 text: {e}") from e
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    # split on "\n" only: str.splitlines() also splits on U+2028, U+0085, ..., which JSON strings
+    # may hold unescaped
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         n_lines += 1

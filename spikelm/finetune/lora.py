@@ -16,6 +16,7 @@ import os
 import re
 from pathlib import Path
 
+import torch
 from torch import nn
 
 __all__ = ["DEFAULT_LORA_TARGETS", "apply_lora", "linear_module_names", "merge_adapter_dir", "merge_lora",
@@ -36,8 +37,22 @@ non-linear module (neurons, norms, embeddings). Suffixes absent from a model's l
 
 
 def linear_module_names(model: nn.Module) -> list[str]:
-    """Full names of the ``nn.Linear`` modules of ``model`` (e.g. ``model.blocks.0.att.key``), in module order."""
-    return [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    """Full names of the ``nn.Linear`` modules of ``model`` (e.g. ``model.blocks.0.att.key``), in
+    module order, without those whose weight is shared with another module (a head tied to the
+    token embedding): merging an adapter into a shared weight would change the other module too."""
+    shared = _shared_weight_linears(model)
+    return [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and name not in shared]
+
+
+def _shared_weight_linears(model: nn.Module) -> set[str]:
+    """Names of ``nn.Linear`` modules whose weight tensor another module also holds (tied weights)."""
+    owners: dict[int, list[str]] = {}
+    for name, m in model.named_modules():
+        w = getattr(m, "weight", None)
+        if isinstance(w, torch.Tensor):
+            owners.setdefault(id(w), []).append(name)
+    return {n for names in owners.values() if len(names) > 1 for n in names
+            if isinstance(model.get_submodule(n), nn.Linear)}
 
 
 def _suffixes(names: list[str]) -> list[str]:
@@ -104,6 +119,11 @@ def resolve_lora_targets(model: nn.Module, target_modules: str | list[str] | tup
             raise ValueError(f"LoRA target {t!r} matches no module of the model; linear modules (name "
                              f"suffixes): {available}")
         bad = [n for n in hits if n not in linear]
+        tied = sorted(set(bad) & _shared_weight_linears(model))
+        if tied:
+            raise ValueError(f"LoRA target {t!r} matches {tied[0]}, whose weight is shared with another module (e.g. "
+                             "an LM head tied to the token embedding, tie_word_embeddings): merging the adapter "
+                             f"would change that module too; choose from: {available}")
         if bad:
             kind = type(model.get_submodule(bad[0])).__name__
             raise ValueError(f"LoRA target {t!r} matches {bad[0]} ({kind}), not an nn.Linear; LoRA goes on the "

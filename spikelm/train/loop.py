@@ -207,10 +207,12 @@ def _convert(recipe: Recipe, src: Path, out: Path, rank: int) -> None:
         try:
             from ..convert import REPORT_NAME, convert_checkpoint
 
-            want = {"source": str(src.resolve()), "layout": m.convert_layout, "spiking": m.convert_spiking}
-            report = out / REPORT_NAME
-            same = report.is_file() and all(json.loads(report.read_text()).get(k) == v for k, v in want.items()) \
-                and m.convert_window in (None, json.loads(report.read_text()).get("window"))
+            # reuse an earlier conversion only for the very same request (the window as asked,
+            # None included, and the seed of the new GLA parameters)
+            want = {"source": str(src.resolve()), "layout": m.convert_layout, "spiking": m.convert_spiking,
+                    "window": m.convert_window, "seed": recipe.train.seed}
+            request = out.parent / (out.name + ".request.json")
+            same = (out / REPORT_NAME).is_file() and request.is_file() and json.loads(request.read_text()) == want
             if not same:
                 if out.exists():  # another conversion: derived data, regenerated from the source
                     shutil.rmtree(out)
@@ -218,6 +220,7 @@ def _convert(recipe: Recipe, src: Path, out: Path, rank: int) -> None:
                 try:
                     convert_checkpoint(src.resolve(), out, layout=m.convert_layout, spiking=m.convert_spiking,
                                        window=m.convert_window, seed=recipe.train.seed)
+                    request.write_text(json.dumps(want, indent=2) + "\n")
                 except BaseException:
                     if created:  # leave no run directory behind for a source that cannot be converted
                         shutil.rmtree(out.parent, ignore_errors=True)
@@ -418,7 +421,7 @@ def instruction_splits(recipe: Recipe, train_files: list[str], val_files: list[s
         if len(train_recs) < 2:
             raise ValueError(f"{len(train_recs)} instruction record(s) in {train_files}: too few to split off a "
                              "validation part; give data.val_files")
-        n_val = max(1, round(len(train_recs) * recipe.data.val_fraction))
+        n_val = min(len(train_recs) - 1, max(1, round(len(train_recs) * recipe.data.val_fraction)))
         train_recs, val_recs = train_recs[:-n_val], train_recs[-n_val:]
     else:
         val_recs = records(val_files)
@@ -496,8 +499,9 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
         config = _model_config(r, tok)
     precision = _precision(r, device)
     ds_cfg = deepspeed_config(r, world, precision)
-    if init_dir(r, run_dir) is not None:  # a LoRA adapter names its base model by it
-        config._name_or_path = str(init_dir(r, run_dir).resolve())
+    base = init_dir(r, run_dir)  # a LoRA adapter names its base model by it: a local directory as an
+    if base is not None:         # absolute path, a Hub id as the id (not its cache snapshot)
+        config._name_or_path = str(base.resolve()) if base.is_dir() else r.model.init_from
     model = build_model(config, ds_cfg, t.zero_stage, t.seed, weights_dir=src)
     if t.activation_checkpointing:
         model.activation_checkpointing_enable()  # recompute each block in the backward pass

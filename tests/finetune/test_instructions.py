@@ -240,3 +240,14 @@ def test_shipped_qa_set_is_reproducible_small_and_fits_the_default_context(tok):
     assert not {key(r) for r in train} & {key(r) for r in val}
     ds = InstructionDataset(shakespeare_qa_path("train"), tok, max_length=MAX_LEN)
     assert ds.warnings == [] and ds.num_examples == 200 and ds.num_truncated == 0
+
+
+def test_read_jsonl_keeps_records_with_unicode_line_separators_and_a_bom(tmp_path):
+    """JSON strings may hold U+2028 / U+0085 unescaped (json.dumps(ensure_ascii=False) writes them),
+    and editors may start a file with a byte-order mark: neither loses a record."""
+    recs = [{"prompt": "a\u2028b", "response": "x"}, {"prompt": "x\x85y", "response": "z"}, {"prompt": "p", "response": "r"}]
+    f = tmp_path / "u.jsonl"
+    f.write_text("".join(json.dumps(r, ensure_ascii=False) + "\r\n" for r in recs), encoding="utf-8-sig")
+    got, warnings = read_jsonl(f)
+    assert [dict(r) for r in got] == recs and warnings == []
+

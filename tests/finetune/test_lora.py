@@ -45,6 +45,12 @@ def test_bad_targets_list_the_linear_module_names():
     assert resolve_lora_targets(model, r"model\.blocks\.1\.att\.(key|value)") == [
         "model.blocks.1.att.key", "model.blocks.1.att.value"]
     assert resolve_lora_targets(model, ["head"]) == ["head"]
+    # a head tied to the token embedding is no target: the merge would change the embeddings too
+    tied = SpikeLMForCausalLM(tiny_config(300).__class__(**{**tiny_config(300).to_dict(), "tie_word_embeddings": True}))
+    assert tied.head.weight is tied.get_input_embeddings().weight
+    with pytest.raises(ValueError, match="shared with another module.*tie_word_embeddings"):
+        resolve_lora_targets(tied, ["head"])
+    assert "head" not in linear_module_names(tied) and resolve_lora_targets(tied, ["key"])
 
 
 def _batch(tok, n=8):
