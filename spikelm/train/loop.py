@@ -591,9 +591,19 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
     with StopRequest() as stop:
         for step in range(start_step, t.max_steps):
             micro = order.rank_micro_batches(step, rank, world, t.micro_batch_size)
+            batches = [make_batch(train_blocks, mb, device) for mb in micro]
+            extra = {}
+            if not text:
+                # Instruction rows hold different numbers of answer tokens: weight every token of
+                # the step alike (not every micro-batch). Each micro-batch loss is its token sum
+                # over N / (accumulation x ranks), N = the step's answer tokens on all ranks, so
+                # that DeepSpeed's 1/accumulation and rank averaging give sum / N.
+                n_local = sum(int((_targets(b)[0] != -100).sum()) for b in batches)
+                n_all = all_reduce_sum([float(n_local)], device)[0]
+                extra["num_items_in_batch"] = max(n_all, 1.0) / (len(micro) * world)
             loss_sum = 0.0
-            for mb in micro:
-                out = engine(**make_batch(train_blocks, mb, device), use_cache=False)
+            for batch in batches:
+                out = engine(**batch, use_cache=False, **extra)
                 engine.backward(out.loss)
                 engine.step()
                 loss_sum += out.loss.item()

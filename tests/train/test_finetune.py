@@ -168,3 +168,33 @@ def test_finetune_cli(base, tmp_path, capsys):
     saved = json.loads((run / "recipe.json").read_text())
     assert saved["model"]["init_from"] == str(base[0]) and saved["model"]["lora"]["r"] == 16
     assert json.loads((run / "final" / "adapter" / "adapter_config.json").read_text())["r"] == 16
+
+
+def test_every_answer_token_of_a_step_weighs_the_same(base, tmp_path):
+    """With gradient accumulation the micro-batches hold different numbers of answer tokens; the
+    step's loss (and gradient) is the mean over all of them, not the mean of micro-batch means."""
+    from spikelm.train.loop import _targets, make_batch
+    from spikelm.train.schedule import BatchOrder
+
+    base_dir, _ = base
+    r = _ft_recipe(base_dir, tmp_path / "acc", max_steps=1, micro_batch_size=2, grad_accum=4, eval_every=0,
+                   checkpoint_every=0)
+    train(r)
+    first = _recs(tmp_path / "acc")[0]["loss"]
+    tok = ensure_chat_template(AutoTokenizer.from_pretrained(base_dir))
+    ds = InstructionDataset(shakespeare_qa_path("train"), tok, max_length=128)
+    model = AutoModelForCausalLM.from_pretrained(base_dir).eval()
+    idx = BatchOrder(len(ds), 8, r.train.seed).global_indices(0)
+    sums, counts, means = 0.0, 0, []
+    with torch.no_grad():
+        for mb in (idx[i:i + 2] for i in range(0, 8, 2)):
+            b = make_batch(ds, mb, "cpu")
+            targets, pos = _targets(b)
+            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, pos]
+            nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                                    ignore_index=-100, reduction="sum").item()
+            n = int((targets != -100).sum())
+            sums, counts = sums + nll, counts + n
+            means.append(nll / n)
+    assert first == pytest.approx(sums / counts, rel=1e-4)
+    assert abs(sums / counts - sum(means) / len(means)) > 1e-3  # the two weightings differ here
