@@ -75,6 +75,10 @@ def open_stream(files: list[str], text_field: str = "text"):
     return ds.map(to_doc)
 
 
+TOKENIZE_BATCH = 256
+"""Records tokenized per call of the tokenizer."""
+
+
 class StreamingBlocks:
     """The rank's micro-batches of streamed blocks, step by step (see the module docstring).
 
@@ -132,14 +136,18 @@ class StreamingBlocks:
     def _unshuffled(self, stream: int, epoch: int) -> Iterator[list[int]]:
         L = self.block_size
         buf: list[int] = []
-        for ex in self._documents(stream, epoch):
-            ids = self.tokenizer(ex["text"], add_special_tokens=False, verbose=False)["input_ids"]
-            buf.extend(ids)
-            if ex["doc_end"]:
-                buf.append(self.eos)
-            while len(buf) >= L + 1:
-                yield buf[:L + 1]
-                buf = buf[L:]  # overlap by one token: every token is a target exactly once
+        # records are tokenized in batches (one call of the fast tokenizer per batch)
+        for batch in self._documents(stream, epoch).iter(batch_size=TOKENIZE_BATCH):
+            enc = self.tokenizer(batch["text"], add_special_tokens=False, verbose=False)["input_ids"]
+            for ids, end in zip(enc, batch["doc_end"]):
+                buf.extend(ids)
+                if end:
+                    buf.append(self.eos)
+                start = 0
+                while len(buf) - start >= L + 1:
+                    yield buf[start:start + L + 1]
+                    start += L  # overlap by one token: every token is a target exactly once
+                del buf[:start]  # once per record, so a long document is not copied per block
 
     def _blocks(self, stream: int) -> Iterator[torch.Tensor]:
         import random
