@@ -102,3 +102,23 @@ def describe(config) -> str:
     """One line for the log: layers, width and the neuron (spikelm) or ``ANN`` (llama)."""
     kind = f"neuron={config.neuron}" if config.model_type == "spikelm" else "ANN"
     return f"{config.model_type}, {config.num_hidden_layers} layers, D={config.hidden_size}, {kind}"
+
+
+def load_config_file(path):
+    """The HF config saved in a JSON file (``config.json`` or a run's ``model_config.json``),
+    as its own class (``SpikeLMConfig``, ``LlamaConfig``, ...).
+
+    Raises:
+        ValueError: the file holds no ``model_type``.
+    """
+    import json
+    from pathlib import Path
+
+    from transformers import AutoConfig
+
+    from .. import models  # noqa: F401  (registers spikelm with AutoConfig)
+
+    d = json.loads(Path(path).read_text())
+    if "model_type" not in d:
+        raise ValueError(f"{path} has no model_type; not a Hugging Face model config")
+    return AutoConfig.for_model(d["model_type"]).__class__.from_json_file(str(path))

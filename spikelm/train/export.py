@@ -83,7 +83,7 @@ def export_checkpoint(path: str | Path, out_dir: str | Path, tag: str | None = N
     for f in (cfg_file, tok_dir):
         if not f.exists():
             raise FileNotFoundError(f"{f} is missing: export needs the run directory written by `spikelm train`")
-    from .loop import load_config_file  # lazy: loop imports this module
+    from .archs import load_config_file
 
     config = load_config_file(cfg_file)  # SpikeLMConfig, or LlamaConfig for an ANN baseline run
     model = AutoModelForCausalLM.from_config(config)

@@ -19,7 +19,7 @@ from .distributed import all_reduce_sum, barrier, init_distributed
 from .flops import model_flops_per_token, peak_flops
 from .rundir import atomic_dir, check_run_dir, prepare_run_dir
 from .export import MODEL_CONFIG
-from .archs import describe, flops_config
+from .archs import describe, flops_config, load_config_file
 from .model_init import build_model
 from .schedule import BatchOrder, lr_factor
 from .signals import StopRequest
@@ -91,6 +91,14 @@ def _log(rank: int, msg: str) -> None:
         print(msg, flush=True)
 
 
+def _with_max_length(tok, block_size: int):
+    """``tok`` with ``model_max_length`` = the block size when the saved one is unset (None or
+    transformers' "very large" sentinel)."""
+    if tok.model_max_length is None or tok.model_max_length > 10**8:
+        tok.model_max_length = block_size
+    return tok
+
+
 def _has_tokenizer(d: Path) -> bool:
     return (d / "tokenizer.json").is_file() or (d / "tokenizer_config.json").is_file()
 
@@ -130,14 +138,9 @@ def build_tokenizer(recipe: Recipe, run_dir: Path, resume: bool, rank: int, trai
         if len(tok) > model_config.vocab_size:
             raise ValueError(f"the tokenizer has {len(tok)} tokens but the model in {model_dir} only "
                              f"{model_config.vocab_size} embeddings; use the model's tokenizer")
-        if tok.model_max_length is None or tok.model_max_length > 10**8:
-            tok.model_max_length = recipe.data.block_size
-        return tok
+        return _with_max_length(tok, recipe.data.block_size)
     if recipe.data.tokenizer is not None:
-        tok = load_tokenizer(recipe.data.tokenizer)
-        if tok.model_max_length is None or tok.model_max_length > 10**8:
-            tok.model_max_length = recipe.data.block_size
-        return tok
+        return _with_max_length(load_tokenizer(recipe.data.tokenizer), recipe.data.block_size)
     payload = [None]
     if rank == 0:
         tok = train_bpe_tokenizer_from_iterator(train_text["text"], recipe.data.vocab_size,
@@ -167,19 +170,6 @@ def _model_config(recipe: Recipe, tok):
 
 def _context_length(config) -> int:
     return config.context_length if config.model_type == "spikelm" else config.max_position_embeddings
-
-
-def load_config_file(path: Path):
-    """The HF config saved in a JSON file (``config.json`` or a run's ``model_config.json``),
-    as its own class (``SpikeLMConfig``, ``LlamaConfig``, ...)."""
-    from transformers import AutoConfig
-
-    from .. import models  # noqa: F401  (registers spikelm with AutoConfig)
-
-    d = json.loads(Path(path).read_text())
-    if "model_type" not in d:
-        raise ValueError(f"{path} has no model_type; not a Hugging Face model config")
-    return AutoConfig.for_model(d["model_type"]).__class__.from_json_file(str(path))
 
 
 CONVERTED = "converted"
@@ -516,6 +506,10 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
                            target_modules=lora.target_modules)
     n_trainable = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad)
     peak = peak_flops(device, precision)
+
+    def mfu(tokens_per_s: float) -> float | None:  # model FLOPs utilisation (spikelm.train.flops)
+        return flops_per_token * tokens_per_s / (peak * world) if peak and tokens_per_s else None
+
     if rank == 0:
         prepare_run_dir(run_dir, resume, overwrite)
         if not resume:
@@ -607,7 +601,7 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
                 engine.backward(out.loss)
                 engine.step()
                 loss_sum += out.loss.item()
-            # one collective per step: the mean loss and whether any rank was asked to stop
+            # one collective for the mean loss and whether any rank was asked to stop
             loss_sum, n_stop = all_reduce_sum([loss_sum / len(micro), float(stop.requested is not None)], device)
             loss = loss_sum / world
             done = step + 1
@@ -627,7 +621,7 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
             tok_s = tokens_seen / max(elapsed, 1e-9)
             rec = {"step": done, "loss": loss, "lr": scheduler.get_last_lr()[0], "tokens_per_s": tok_s,
                    "elapsed_s": elapsed, "epoch": order.epoch_of(done),
-                   "mfu": flops_per_token * tok_s / (peak * world) if peak else None}
+                   "mfu": mfu(tok_s)}
             stats = spike_rates(engine.module)
             # spike rates of the LIF sites vs. sparsity of adaptive-spiking projection inputs
             rates = {k: v for k, v in stats.items() if not k.endswith(".sparsity")}
@@ -663,13 +657,13 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
                 break
     bar.close()
     train_time = time.time() - t_loop
+    tokens_per_s = tokens_seen / max(train_time, 1e-9) if tokens_seen else None
     summary = {
-        "steps": t.max_steps, "tokens_per_step": tokens_per_step,
-        "tokens_per_s": tokens_seen / max(train_time, 1e-9) if tokens_seen else None,
+        "steps": t.max_steps, "tokens_per_step": tokens_per_step, "tokens_per_s": tokens_per_s,
         "train_seconds": train_time, "val": last_eval, "parameters": n_params, "trainable_parameters": n_trainable,
         "world_size": world, "precision": precision, "zero_stage": t.zero_stage,
         "model_flops_per_token": flops_per_token,
-        "mfu": flops_per_token * tokens_seen / max(train_time, 1e-9) / (peak * world) if peak and tokens_seen else None,
+        "mfu": mfu(tokens_per_s),
         "stopped_by": stopped, "last_step": done,
     }
     if stopped:  # preempted: the checkpoint is the result; no "final" export of a partial run
