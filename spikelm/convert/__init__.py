@@ -3,7 +3,7 @@ Mistral) into spikelm checkpoints (SpikingBrain technical report, arXiv:2509.052
 
 ``convert_checkpoint(src_dir, out_dir, layout=..., spiking=...)`` does the whole job;
 ``convert_config`` only translates the configuration; ``spikelm convert`` is the command line
-(:func:`spikelm.convert.cli.cmd_convert`).
+(:func:`spikelm.cli.convert.cmd_convert`).
 """
 from .convert import REPORT_NAME, convert_checkpoint, gla_init_tensors
 from .mapping import (

@@ -13,7 +13,6 @@ they are converted to Arrow once and memory-mapped from the `datasets` cache aft
 
 from __future__ import annotations
 
-import importlib.resources
 import os
 from pathlib import Path
 
@@ -21,6 +20,8 @@ import numpy as np
 import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, Features, Value, concatenate_datasets, load_dataset
 from datasets.exceptions import DatasetGenerationError
+
+from ..hub.ids import is_hub_id
 
 __all__ = [
     "ACCEPTED_EXTENSIONS",
@@ -286,15 +287,6 @@ def split_by_bytes(ds: Dataset, val_fraction: float) -> tuple[Dataset, Dataset]:
     return _concat([whole_train, head]), _concat([tail, rest])
 
 
-def _looks_like_hub_name(name: str) -> bool:
-    if not name or name.startswith((".", "/", "~")) or "\\" in name or os.path.exists(name):
-        return False
-    if _format_of(name) is not None:
-        return False
-    parts = name.split("/")
-    return len(parts) <= 2 and all(parts)
-
-
 def _load_hub(name: str, val_fraction: float, text_field: str) -> tuple[Dataset, Dataset]:
     import datasets
 
@@ -354,7 +346,7 @@ def load_text_splits(
     """
     _check_val_fraction(val_fraction)
     train_files = _as_list(train_files, "train")
-    if len(train_files) == 1 and _looks_like_hub_name(train_files[0]):
+    if len(train_files) == 1 and is_hub_id(train_files[0]):
         if val_files is not None:
             raise ValueError("val_files cannot be combined with a Hub dataset name; pass local files")
         return _load_hub(train_files[0], val_fraction, text_field)
@@ -368,4 +360,6 @@ def load_text_splits(
 def tiny_shakespeare_path() -> str:
     """Path of the bundled tiny Shakespeare corpus (``recipes/data/tinyshakespeare/input.txt``,
     installed as package data of ``spikelm.recipes``; 1,115,394 bytes, see its README.md)."""
-    return str(importlib.resources.files("spikelm.recipes") / "data" / "tinyshakespeare" / "input.txt")
+    from ..recipes import DATA_DIR
+
+    return str(DATA_DIR / "tinyshakespeare" / "input.txt")

@@ -28,7 +28,8 @@ from typing import Iterator
 
 import torch
 
-from .loading import _accepted_list, _format_of, _looks_like_hub_name
+from ..hub.ids import is_hub_id
+from .loading import _accepted_list, _format_of
 
 
 def open_stream(files: list[str], text_field: str = "text"):
@@ -48,7 +49,7 @@ def open_stream(files: list[str], text_field: str = "text"):
 
     if not files:
         raise ValueError("data.train_files is empty; give local text/jsonl/parquet files or a Hub dataset name")
-    if len(files) == 1 and _looks_like_hub_name(files[0]):
+    if len(files) == 1 and is_hub_id(files[0]):
         ds = load_dataset(files[0], split="train", streaming=True)
         return ds.map(lambda ex: {"text": ex[text_field], "doc_end": True},
                       remove_columns=[c for c in (ds.column_names or []) if c not in ("text",)])

@@ -16,6 +16,8 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from .loading import load_documents
 
+from ..hub.ids import is_hub_id
+
 __all__ = ["train_bpe_tokenizer", "train_bpe_tokenizer_from_iterator", "load_tokenizer"]
 
 #: Files whose presence marks a directory as an HF tokenizer directory.
@@ -154,13 +156,6 @@ def _hub_offline() -> bool:
         return os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
 
 
-def _looks_like_hub_id(name: str) -> bool:
-    if not name or name.startswith((".", "/", "~")) or "\\" in name:
-        return False
-    parts = name.split("/")
-    return len(parts) <= 2 and all(parts)
-
-
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerFast:
     """Load a fast tokenizer from a local directory (or a Hub repo id) via `AutoTokenizer`.
 
@@ -196,7 +191,7 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerFast:
             tok = AutoTokenizer.from_pretrained(str(path))
         except (OSError, ValueError, TypeError, KeyError) as e:
             raise ValueError(f"could not load a tokenizer from directory {name!r}: {e}") from e
-    elif not _looks_like_hub_id(name):
+    elif not is_hub_id(name):
         raise ValueError(
             f"tokenizer directory {name!r} does not exist; pass a directory written by "
             f"tokenizer.save_pretrained() or a Hugging Face Hub repo id"

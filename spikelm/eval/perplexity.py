@@ -23,6 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..hub.ids import is_hub_id
+from .loss import IGNORE_INDEX, token_nll_sum
+
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's byte -> printable character map (the ByteLevel pre-tokenizer's alphabet)."""
@@ -122,12 +125,14 @@ def evaluate_stream(model, ids: torch.Tensor, byte_lengths: np.ndarray | None = 
             x = torch.stack([ids[b:e] for b, e, _ in chunk]).to(device)
             y = torch.stack([ids[b + 1:e + 1] for b, e, _ in chunk])
             logits = model(input_ids=x, use_cache=False).logits.float().cpu()
-            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), y, reduction="none")  # [B, L]
+            scored_y = y.clone()  # each window scores its last `scored` targets (the rest is context)
             for j, (_, _, scored) in enumerate(chunk):
-                total += nll[j, length - scored:].double().sum().item()
-                count += scored
+                scored_y[j, :length - scored] = IGNORE_INDEX
                 if bl is not None:
                     n_bytes += int(bl[y[j, length - scored:]].sum())
+            nll, n = token_nll_sum(logits, scored_y)
+            total += nll.item()
+            count += int(n)
             inner = getattr(model, "model", None)
             if inner is not None and hasattr(inner, "spike_rates"):
                 for k, v in inner.spike_rates().items():
@@ -138,14 +143,6 @@ def evaluate_stream(model, ids: torch.Tensor, byte_lengths: np.ndarray | None = 
     return {"loss": loss, "bpb": bpb, "perplexity": math.exp(min(loss, 50)), "tokens": count, "bytes": n_bytes,
             "block_size": block_size, "stride": stride,
             "spike_rates": {k: v / rate_w for k, v in rates.items()} if rate_w else {}}
-
-
-def _looks_like_hub_dataset(name: str) -> bool:
-    """``owner/name`` or ``name`` that is not an existing path and has no file extension."""
-    if not name or name.startswith((".", "/", "~")) or "\\" in name or Path(name).exists():
-        return False
-    parts = name.split("/")
-    return len(parts) <= 2 and all(parts) and "." not in parts[-1]
 
 
 def load_hub_texts(name: str, split: str | None = None, text_field: str = "text") -> list[str]:
@@ -189,7 +186,7 @@ def tokenize_stream(files: list[str], tokenizer, text_field: str = "text", split
     """
     from ..data import load_documents, tokenize_documents
 
-    if len(files) == 1 and _looks_like_hub_dataset(str(files[0])):
+    if len(files) == 1 and is_hub_id(files[0]):
         from datasets import Dataset
 
         texts = load_hub_texts(str(files[0]), split, text_field)

@@ -29,8 +29,7 @@ __all__ = ["DEFAULT_CHAT_TEMPLATE", "IGNORE_INDEX", "InstructionDataset", "Jsonl
            "ensure_chat_template", "read_jsonl", "response_loss",
            "shakespeare_qa_path"]
 
-IGNORE_INDEX = -100
-"""Label of positions that carry no loss (``torch.nn.functional.cross_entropy``'s default ``ignore_index``)."""
+from ..eval.loss import IGNORE_INDEX
 
 DEFAULT_CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
@@ -409,20 +408,21 @@ def shakespeare_qa_path(split: str = "train") -> str:
     installed as package data of ``spikelm.recipes``; see its README.md for provenance).
 
     Raises ValueError for a split other than ``"train"`` or ``"val"``."""
-    import importlib.resources
+    from ..recipes import DATA_DIR
 
     if split not in ("train", "val"):
         raise ValueError(f"unknown split {split!r}; the Shakespeare QA set has 'train' and 'val'")
-    return str(importlib.resources.files("spikelm.recipes") / "data" / "shakespeare-qa" / f"{split}.jsonl")
+    return str(DATA_DIR / "shakespeare-qa" / f"{split}.jsonl")
 
 
 @torch.no_grad()
 def response_loss(model, dataset, *, batch_size: int = 16, max_batches: int | None = None) -> dict[str, float]:
     """Mean cross-entropy over the labelled (response) tokens of ``dataset``, in nats per token.
 
-    Token-weighted: ``sum over batches of (batch mean loss * labelled targets in the batch)``
-    divided by the number of labelled targets, i.e. every response token counts once whatever
-    the batch it falls in. The model runs in eval mode (restored afterwards).
+    Token-weighted (``spikelm.eval.loss.batch_nll_sum``, the loss training-time validation
+    uses): the summed loss of every labelled target over their number, so every response
+    token counts once whatever the batch it falls in. The model runs in eval mode (restored
+    afterwards).
 
     Args:
         model: a causal LM (``SpikeLMForCausalLM`` or its peft wrapper) taking
@@ -432,6 +432,8 @@ def response_loss(model, dataset, *, batch_size: int = 16, max_batches: int | No
     Returns:
         ``{"loss": float, "tokens": int}`` (``loss`` is nan when there is no labelled token).
     """
+    from ..eval.loss import batch_nll_sum
+
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -441,13 +443,9 @@ def response_loss(model, dataset, *, batch_size: int = 16, max_batches: int | No
         for k, batch in enumerate(loader):
             if max_batches is not None and k >= max_batches:
                 break
-            batch = {key: v.to(device) for key, v in batch.items()}
-            n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-            if n == 0:
-                continue
-            out = model(**batch, use_cache=False)
-            total += float(out.loss) * n
-            count += n
+            nll, n = batch_nll_sum(model, {key: v.to(device) for key, v in batch.items()})
+            total += float(nll)
+            count += int(n)
     finally:
         model.train(was_training)
     return {"loss": total / count if count else float("nan"), "tokens": count}

@@ -195,21 +195,13 @@ def _finish_config(model, tokenizer) -> None:
 
 
 def _write_merged(model, tokenizer, out_dir: str | os.PathLike) -> Path:
-    from ..train.rundir import atomic_dir
+    from ..train.export import write_hf_dir
 
     out = Path(out_dir)
     if out.exists():
         raise FileExistsError(f"{out} already exists; choose a new output directory (it is never overwritten)")
     _finish_config(model, tokenizer)
-    with atomic_dir(out) as tmp:
-        model.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        if model.config.model_type == "spikelm":
-            from ..hub import write_hf_extras
-
-            write_hf_extras(tmp)  # model card + modeling code (auto_map) for users without spikelm
-    return out
+    return write_hf_dir(out, model, tokenizer)  # + model card and modeling code (auto_map) for spikelm
 
 
 def save_merged(peft_model, tokenizer, out_dir: str | os.PathLike) -> Path:

@@ -130,10 +130,11 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     from ..data import tiny_shakespeare_path
+    from ..recipes import DATA_DIR
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--input", default=tiny_shakespeare_path(), help="tiny Shakespeare input.txt")
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parents[2] / "recipes" / "data" / "shakespeare-qa"),
+    ap.add_argument("--out", default=str(DATA_DIR / "shakespeare-qa"),
                     help="output folder (train.jsonl, val.jsonl)")
     ap.add_argument("--seed", type=int, default=SEED)
     args = ap.parse_args(argv)

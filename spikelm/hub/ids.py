@@ -4,6 +4,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+FILE_SUFFIXES = (".txt", ".json", ".jsonl", ".parquet", ".csv", ".gz", ".bz2", ".xz", ".zst", ".yaml", ".yml",
+                 ".pth", ".pt", ".bin", ".safetensors", ".model")
+"""File name endings that make a name a (missing) local file rather than a Hub id."""
+
+
+def is_hub_id(name: str | Path) -> bool:
+    """Whether ``name`` is to be looked up as a Hugging Face Hub repo id (model, dataset or
+    tokenizer): ``owner/name`` or ``name``, not an existing local path, not path-like (no
+    leading ``.``, ``/`` or ``~``, no backslash, at most one ``/``), and not ending in a file
+    suffix (:data:`FILE_SUFFIXES`: ``corpus.txt`` that does not exist is a missing file, not
+    a dataset). The one test for every argument that takes a local path or a Hub id."""
+    s = str(name)
+    if not s or s.startswith((".", "/", "~")) or "\\" in s or Path(s).exists():
+        return False
+    parts = s.split("/")
+    return len(parts) <= 2 and all(parts) and not parts[-1].lower().endswith(FILE_SUFFIXES)
+
 
 def resolve_model(name: str | Path) -> tuple[str, dict]:
     """``(name for from_pretrained, config.json as a dict)`` of a local model directory or a Hub id.
@@ -29,9 +46,8 @@ def resolve_model(name: str | Path) -> tuple[str, dict]:
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
-    looks_local = s.startswith((".", "/", "~")) or "\\" in s or s.count("/") > 1
     try:
-        if looks_local:
+        if not is_hub_id(s):
             raise HFValidationError("a path")
         validate_repo_id(s)
     except HFValidationError:

@@ -6,7 +6,27 @@ wrong types are rejected by jsonargparse with the accepted names and types.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
+from typing import Literal
+
+from .layout import ModelLayout
+
+Arch = Literal["spikelm", "llama"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Schedule = Literal["cosine", "wsd"]
+DataFormat = Literal["text", "instructions"]
+Packing = Literal["pad", "pack"]
+ConvertSpiking = Literal["off", "ste", "expanded"]
+KernelBackend = Literal["auto", "triton", "torch"]
+PRECISIONS, SCHEDULES, DATA_FORMATS = Precision.__args__, Schedule.__args__, DataFormat.__args__
+
+
+def _check(checks: list[tuple[bool, str]]) -> None:
+    """Raise ``ValueError(msg)`` for the first ``(ok, msg)`` that is not ok."""
+    for ok, msg in checks:
+        if not ok:
+            raise ValueError(msg)
 
 
 @dataclass
@@ -27,10 +47,20 @@ class LoraConfig:
     dropout: float = 0.0
     target_modules: list[str] | None = None
 
+    def __post_init__(self):
+        self.check()
+
+    def check(self) -> None:
+        """Raise ``ValueError`` for a bad value (names the key and what is accepted)."""
+        _check([(self.r >= 0, f"model.lora.r must be >= 0 (0 = no LoRA), got {self.r}"),
+                (0 <= self.dropout < 1, f"model.lora.dropout must be in [0, 1), got {self.dropout}")])
+
 
 @dataclass
-class ModelConfig:
-    """Which network to build, and from which weights.
+class ModelConfig(ModelLayout):
+    """Which network to build, and from which weights, and its layout keys (``ModelLayout``:
+    ``mixer_types``, ``mlp_types``, ``neuron_types``, ``adaptive_spike_k``, ... typed fields of
+    ``SpikeLMConfig``; None = the flavour's value).
 
     Attributes:
         arch: ``spikelm`` (the spiking LM, ``SpikeLMForCausalLM``) or ``llama`` (transformers'
@@ -39,10 +69,12 @@ class ModelConfig:
             (``debug``, ``shakespeare``, ``spikegpt-45m``, ...), for ``llama`` one of
             ``spikelm.train.archs.LLAMA_FLAVOURS`` (``llama-debug``, ``llama-shakespeare``).
             Ignored with ``init_from``.
-        overrides: fields of the arch's config class, e.g. ``{neuron: plif, hidden_size: 128}``.
-            ``vocab_size``, the context length and the special token ids come from the data.
-            With ``init_from`` they are applied over the loaded config (non-architectural
-            fields only make sense there, e.g. ``dropout``).
+        overrides: deprecated (untyped): a dict of config fields, e.g. ``{neuron: plif}``;
+            write the typed keys instead (``model.neuron: plif``). Still read, merged under
+            the typed keys, with a deprecation warning. ``vocab_size``, the context length
+            and the special token ids come from the data. With ``init_from`` the layout keys
+            are applied over the loaded config (non-architectural fields only make sense
+            there, e.g. ``dropout``).
         init_from: a Hugging Face model directory to start from instead of a random init
             (continual pretraining, fine-tuning): a spikelm or llama directory is trained as
             it is (its config, weights and, unless ``data.tokenizer`` is set, its tokenizer);
@@ -64,18 +96,43 @@ class ModelConfig:
             adapter alone in ``final/adapter``. Needs ``train.zero_stage`` 0-2.
     """
 
-    arch: str = "spikelm"
+    arch: Arch = "spikelm"
     flavour: str = "shakespeare"
-    overrides: dict = field(default_factory=dict)
+    overrides: dict | None = None
     init_from: str | None = None
     convert_layout: str | None = None
-    convert_spiking: str = "ste"
+    convert_spiking: ConvertSpiking = "ste"
     convert_window: int | None = None
     lora: LoraConfig = field(default_factory=LoraConfig)
 
     def __post_init__(self):
         if isinstance(self.lora, dict):  # from jsonargparse's as_dict()
             self.lora = LoraConfig(**self.lora)
+        if self.overrides:
+            warnings.warn("model.overrides is deprecated: write its keys as typed model keys, e.g. "
+                          "`model: {neuron: plif}` or `--model.neuron plif`", DeprecationWarning, stacklevel=3)
+        self.check()
+
+    def layout(self) -> dict:
+        """The config fields this section sets: ``overrides`` (deprecated) under the typed keys."""
+        return {**(self.overrides or {}), **self.layout_keys()}
+
+    def check(self) -> None:
+        """Raise ``ValueError`` for a bad value of this section (names the key and the accepted values)."""
+        from .archs import ARCHS, flavours
+
+        _check([(self.arch in ARCHS, f"model.arch {self.arch!r} is unknown; accepted: {', '.join(ARCHS)}")])
+        known = flavours(self.arch)
+        _check([(self.init_from is not None or self.flavour in known,
+                 f"model.flavour {self.flavour!r} is not a {self.arch} flavour; known: {', '.join(known)}"),
+                (self.convert_layout is None or self.init_from is not None,
+                 "model.convert_layout needs model.init_from (the ANN directory to convert)"),
+                (self.convert_layout is None or self.arch == "spikelm",
+                 f"model.convert_layout converts to spikelm, but model.arch is {self.arch!r}; set model.arch: spikelm"),
+                (self.convert_window is None or self.convert_window >= 1,
+                 f"model.convert_window must be >= 1, got {self.convert_window}")])
+        self.check_layout(self.arch)
+        self.lora.check()
 
 
 @dataclass
@@ -108,7 +165,7 @@ class DataConfig:
         shuffle_buffer: blocks in each stream's seeded shuffle buffer (0 = stream order).
     """
 
-    format: str = "text"
+    format: DataFormat = "text"
     train_files: list[str] = field(default_factory=lambda: ["builtin:tinyshakespeare"])
     val_files: list[str] | None = None
     val_fraction: float = 0.1
@@ -116,10 +173,30 @@ class DataConfig:
     tokenizer: str | None = None
     vocab_size: int = 512
     block_size: int = 128
-    packing: str = "pad"
+    packing: Packing = "pad"
     streaming: bool = False
     stream_shards: int = 8
     shuffle_buffer: int = 1000
+
+    def __post_init__(self):
+        self.check()
+
+    def check(self) -> None:
+        """Raise ``ValueError`` for a bad value of this section (names the key and the accepted values)."""
+        _check([
+            (self.format in DATA_FORMATS, f"data.format {self.format!r} is unknown; accepted: {', '.join(DATA_FORMATS)}"),
+            (self.packing in ("pad", "pack"), f"data.packing must be pad or pack, got {self.packing!r}"),
+            (not self.streaming or self.format == "text", "data.streaming reads text documents; it does not "
+             "apply to data.format instructions (small enough to load)"),
+            (not self.streaming or bool(self.val_files), "data.streaming needs data.val_files (a held-out set "
+             "that is loaded whole; the stream's length is unknown, so no val_fraction can be split off)"),
+            (self.stream_shards >= 1 and self.shuffle_buffer >= 0,
+             "data.stream_shards must be >= 1 and data.shuffle_buffer >= 0"),
+            (0 < self.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {self.val_fraction}"),
+            (self.vocab_size >= 257, f"data.vocab_size must be >= 257 (256 bytes + end-of-text), got {self.vocab_size}"),
+            (self.block_size >= 2, f"data.block_size must be >= 2, got {self.block_size}"),
+            (bool(self.train_files), "data.train_files is empty; give at least one file or dataset name"),
+        ])
 
 
 @dataclass
@@ -139,13 +216,27 @@ class OptimConfig:
 
     lr: float = 3e-3
     warmup_steps: int = 50
-    schedule: str = "cosine"
+    schedule: Schedule = "cosine"
     decay_fraction: float = 0.2
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.99)
     eps: float = 1e-8
     grad_clip: float = 1.0
+
+    def __post_init__(self):
+        self.check()
+
+    def check(self) -> None:
+        """Raise ``ValueError`` for a bad value of this section (names the key and the accepted values)."""
+        _check([
+            (self.lr > 0, f"optim.lr must be > 0, got {self.lr}"),
+            (0 <= self.min_lr_ratio <= 1, f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}"),
+            (self.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {self.warmup_steps}"),
+            (self.schedule in SCHEDULES, f"optim.schedule {self.schedule!r} is unknown; accepted: {', '.join(SCHEDULES)}"),
+            (0 < self.decay_fraction <= 1, f"optim.decay_fraction must be in (0, 1], got {self.decay_fraction}"),
+            (self.grad_clip >= 0, f"optim.grad_clip must be >= 0, got {self.grad_clip}"),
+        ])
 
 
 @dataclass
@@ -174,14 +265,17 @@ class TrainConfig:
         collective_timeout_s: a collective that waits longer than this (a dead or hung rank)
             makes every rank fail instead of hanging.
         deepspeed: extra DeepSpeed config entries merged over the generated ones.
+        kernel_backend: ``auto`` (Triton kernels on CUDA, torch paths elsewhere), ``triton``
+            (fail where Triton cannot run) or ``torch`` (the pure-PyTorch paths everywhere);
+            ``spikelm.kernels.dispatch.set_backend``.
     """
 
     run_dir: str = "runs/shakespeare"
     max_steps: int = 1000
     micro_batch_size: int = 16
     grad_accum: int = 1
-    zero_stage: int = 0
-    precision: str = "auto"
+    zero_stage: Literal[0, 1, 2, 3] = 0
+    precision: Precision = "auto"
     eval_every: int = 250
     checkpoint_every: int = 250
     log_every: int = 10
@@ -197,6 +291,29 @@ class TrainConfig:
     max_nonfinite_steps: int = 0
     collective_timeout_s: int = 600
     deepspeed: dict = field(default_factory=dict)
+    kernel_backend: KernelBackend = "auto"
+
+    def __post_init__(self):
+        self.check()
+
+    def check(self) -> None:
+        """Raise ``ValueError`` for a bad value of this section (names the key and the accepted values)."""
+        _check([
+            (self.max_steps >= 1, f"train.max_steps must be >= 1, got {self.max_steps}"),
+            (self.micro_batch_size >= 1, f"train.micro_batch_size must be >= 1, got {self.micro_batch_size}"),
+            (self.grad_accum >= 1, f"train.grad_accum must be >= 1, got {self.grad_accum}"),
+            (self.zero_stage in (0, 1, 2, 3), f"train.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}"),
+            (self.precision in PRECISIONS, f"train.precision {self.precision!r} is unknown; accepted: {', '.join(PRECISIONS)}"),
+            (self.keep_checkpoints >= 1, f"train.keep_checkpoints must be >= 1, got {self.keep_checkpoints}"),
+            (min(self.eval_every, self.checkpoint_every, self.log_every) >= 0,
+             "train.eval_every, checkpoint_every and log_every must be >= 0"),
+            (self.max_nonfinite_steps >= 0, f"train.max_nonfinite_steps must be >= 0, got {self.max_nonfinite_steps}"),
+            (self.collective_timeout_s >= 1, f"train.collective_timeout_s must be >= 1, got {self.collective_timeout_s}"),
+            (not self.offload_params or self.zero_stage == 3, "train.offload_params needs train.zero_stage 3"),
+            (not self.offload_optimizer or self.zero_stage >= 1, "train.offload_optimizer needs train.zero_stage >= 1"),
+            (self.kernel_backend in KernelBackend.__args__,
+             f"train.kernel_backend {self.kernel_backend!r} is unknown; accepted: {', '.join(KernelBackend.__args__)}"),
+        ])
 
 
 @dataclass
@@ -209,65 +326,19 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-SCHEDULES = ("cosine", "wsd")
-DATA_FORMATS = ("text", "instructions")
-
-
 def validate_recipe(r: Recipe) -> None:
-    """Check values jsonargparse's types cannot; raise ``ValueError`` naming the key and what is accepted."""
-    from .archs import ARCHS, flavours
-
-    if r.model.arch not in ARCHS:
-        raise ValueError(f"model.arch {r.model.arch!r} is unknown; accepted: {', '.join(ARCHS)}")
-    known = flavours(r.model.arch)
-    checks = [
-        (r.model.init_from is not None or r.model.flavour in known,
-         f"model.flavour {r.model.flavour!r} is not a {r.model.arch} flavour; known: {', '.join(known)}"),
-        (r.data.format in DATA_FORMATS, f"data.format {r.data.format!r} is unknown; accepted: {', '.join(DATA_FORMATS)}"),
-        (r.data.packing in ("pad", "pack"), f"data.packing must be pad or pack, got {r.data.packing!r}"),
-        (not r.data.streaming or r.data.format == "text", "data.streaming reads text documents; it does not "
-         "apply to data.format instructions (small enough to load)"),
-        (not r.data.streaming or bool(r.data.val_files), "data.streaming needs data.val_files (a held-out set "
-         "that is loaded whole; the stream's length is unknown, so no val_fraction can be split off)"),
+    """Check a whole recipe: each section's own checks (``check()``, also run when a section
+    is built) and the checks across sections. Raise ``ValueError`` naming the key and what is
+    accepted. Also for recipes built or changed in Python (``train()`` calls it)."""
+    for section in (r.model, r.data, r.optim, r.train):
+        section.check()
+    _check([
         (not r.data.streaming or r.data.tokenizer is not None or r.model.init_from is not None,
          "data.streaming needs a trained tokenizer: set data.tokenizer (or model.init_from); "
          "a BPE cannot be trained on a stream"),
-        (r.data.stream_shards >= 1 and r.data.shuffle_buffer >= 0,
-         "data.stream_shards must be >= 1 and data.shuffle_buffer >= 0"),
         (r.data.format == "text" or r.model.init_from is not None or r.data.tokenizer is not None,
          "data.format instructions needs a trained tokenizer: set model.init_from (its tokenizer) or data.tokenizer"),
-        (r.model.convert_layout is None or r.model.init_from is not None,
-         "model.convert_layout needs model.init_from (the ANN directory to convert)"),
-        (r.model.convert_layout is None or r.model.arch == "spikelm",
-         f"model.convert_layout converts to spikelm, but model.arch is {r.model.arch!r}; set model.arch: spikelm"),
-        (r.model.lora.r >= 0, f"model.lora.r must be >= 0 (0 = no LoRA), got {r.model.lora.r}"),
-        (0 <= r.model.lora.dropout < 1, f"model.lora.dropout must be in [0, 1), got {r.model.lora.dropout}"),
         (r.model.lora.r == 0 or r.train.zero_stage < 3,
          "model.lora needs train.zero_stage 0, 1 or 2 (only the adapters are trained, so ZeRO-2 already shards "
          "all optimizer state and gradients)"),
-        (0 < r.data.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {r.data.val_fraction}"),
-        (r.data.vocab_size >= 257, f"data.vocab_size must be >= 257 (256 bytes + end-of-text), got {r.data.vocab_size}"),
-        (r.data.block_size >= 2, f"data.block_size must be >= 2, got {r.data.block_size}"),
-        (r.data.train_files, "data.train_files is empty; give at least one file or dataset name"),
-        (r.optim.lr > 0, f"optim.lr must be > 0, got {r.optim.lr}"),
-        (0 <= r.optim.min_lr_ratio <= 1, f"optim.min_lr_ratio must be in [0, 1], got {r.optim.min_lr_ratio}"),
-        (r.optim.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {r.optim.warmup_steps}"),
-        (r.optim.schedule in SCHEDULES, f"optim.schedule {r.optim.schedule!r} is unknown; accepted: {', '.join(SCHEDULES)}"),
-        (0 < r.optim.decay_fraction <= 1, f"optim.decay_fraction must be in (0, 1], got {r.optim.decay_fraction}"),
-        (r.optim.grad_clip >= 0, f"optim.grad_clip must be >= 0, got {r.optim.grad_clip}"),
-        (r.train.max_steps >= 1, f"train.max_steps must be >= 1, got {r.train.max_steps}"),
-        (r.train.micro_batch_size >= 1, f"train.micro_batch_size must be >= 1, got {r.train.micro_batch_size}"),
-        (r.train.grad_accum >= 1, f"train.grad_accum must be >= 1, got {r.train.grad_accum}"),
-        (r.train.zero_stage in (0, 1, 2, 3), f"train.zero_stage must be 0, 1, 2 or 3, got {r.train.zero_stage}"),
-        (r.train.precision in PRECISIONS, f"train.precision {r.train.precision!r} is unknown; accepted: {', '.join(PRECISIONS)}"),
-        (r.train.keep_checkpoints >= 1, f"train.keep_checkpoints must be >= 1, got {r.train.keep_checkpoints}"),
-        (min(r.train.eval_every, r.train.checkpoint_every, r.train.log_every) >= 0, "train.eval_every, checkpoint_every and log_every must be >= 0"),
-        (r.train.max_nonfinite_steps >= 0, f"train.max_nonfinite_steps must be >= 0, got {r.train.max_nonfinite_steps}"),
-        (r.train.collective_timeout_s >= 1, f"train.collective_timeout_s must be >= 1, got {r.train.collective_timeout_s}"),
-        (not r.train.offload_params or r.train.zero_stage == 3, "train.offload_params needs train.zero_stage 3"),
-        (not r.train.offload_optimizer or r.train.zero_stage >= 1, "train.offload_optimizer needs train.zero_stage >= 1"),
-    ]
-    for ok, msg in checks:
-        if not ok:
-            raise ValueError(msg)
+    ])

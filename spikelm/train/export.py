@@ -1,15 +1,68 @@
-"""Consolidate a DeepSpeed checkpoint (any ZeRO stage) into a Hugging Face directory."""
+"""Hugging Face directories out of a run: :func:`write_hf_dir` (the one writer, used by the
+final export, ``spikelm export`` and LoRA merges) and :func:`export_checkpoint` (a DeepSpeed
+checkpoint of any ZeRO stage consolidated into such a directory)."""
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import torch
 
+from .archs import load_config_file
 from .rundir import atomic_dir
 
 MODEL_CONFIG = "model_config.json"
 """File in the run directory holding the model's HF config (written when a run starts)."""
+
+
+def write_hf_dir(out_dir: str | Path, model, tok, *, state_dict: dict | None = None, summary: dict | None = None,
+                 summary_file: Path | None = None, run_dir: Path | None = None, eval_results: dict | None = None,
+                 license: str | None = None, repo_id: str | None = None) -> Path:
+    """Write a Hugging Face model directory atomically (``rundir.atomic_dir``: complete or absent).
+
+    It holds safetensors weights, ``config.json``, the tokenizer, ``training_summary.json``
+    (``summary``, or a copy of ``summary_file``), and for spikelm models the model card and
+    the self-contained remote code with ``auto_map`` (``spikelm.hub.write_hf_extras``). A peft
+    (LoRA) model is written merged (``spikelm.finetune.merge_lora`` on a copy: a standalone
+    model), with the adapter alone (peft's ``adapter_config.json`` + ``adapter_model.safetensors``)
+    and the tokenizer in ``out_dir/adapter``.
+
+    Args:
+        out_dir: the directory (replaced in one rename when it exists).
+        model: a ``PreTrainedModel`` or peft model. tok: its tokenizer, or None.
+        state_dict: the weights to save instead of ``model``'s (ZeRO-3's gathered 16-bit state).
+        run_dir: the run directory the model card describes. eval_results, license, repo_id:
+            for the model card (``repo_id`` defaults to the directory name).
+    Returns:
+        ``Path(out_dir)``.
+    Raises:
+        BundleError: the remote code cannot be bundled (nothing is written).
+    """
+    out = Path(out_dir)
+    with atomic_dir(out) as tmp:
+        if hasattr(model, "peft_config"):
+            import copy
+
+            from ..finetune import merge_lora
+
+            model.save_pretrained(tmp / "adapter")
+            if tok is not None:
+                tok.save_pretrained(tmp / "adapter")
+            model = merge_lora(copy.deepcopy(model))
+        model.save_pretrained(tmp, state_dict=state_dict)
+        if tok is not None:
+            tok.save_pretrained(tmp)
+        if summary is not None:
+            (tmp / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        elif summary_file is not None and Path(summary_file).is_file():
+            shutil.copyfile(summary_file, tmp / "training_summary.json")
+        if getattr(model.config, "model_type", None) == "spikelm":
+            from ..hub import write_hf_extras
+
+            write_hf_extras(tmp, run_dir=run_dir, eval_results=eval_results, license=license,
+                            repo_id=repo_id or out.name)
+    return out
 
 
 def find_checkpoint(path: str | Path, tag: str | None = None) -> tuple[Path, Path, str]:
@@ -83,8 +136,6 @@ def export_checkpoint(path: str | Path, out_dir: str | Path, tag: str | None = N
     for f in (cfg_file, tok_dir):
         if not f.exists():
             raise FileNotFoundError(f"{f} is missing: export needs the run directory written by `spikelm train`")
-    from .archs import load_config_file
-
     config = load_config_file(cfg_file)  # SpikeLMConfig, or LlamaConfig for an ANN baseline run
     model = AutoModelForCausalLM.from_config(config)
     sd = consolidated_state_dict(ckpt, tag)
@@ -96,15 +147,5 @@ def export_checkpoint(path: str | Path, out_dir: str | Path, tag: str | None = N
     if missing or unexpected:
         raise ValueError(f"checkpoint {ckpt / tag} does not fit {cfg_file}: missing {missing}, unexpected {unexpected}")
     tok = AutoTokenizer.from_pretrained(str(tok_dir))
-    from ..hub import write_hf_extras
-
-    summary = run_dir / "final" / "training_summary.json"
-    with atomic_dir(out) as tmp:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        if summary.is_file():
-            shutil.copyfile(summary, tmp / "training_summary.json")
-        if config.model_type == "spikelm":
-            write_hf_extras(tmp, run_dir=run_dir, eval_results=eval_results, license=license,
-                            repo_id=repo_id or out.name)
-    return out
+    return write_hf_dir(out, model, tok, summary_file=run_dir / "final" / "training_summary.json", run_dir=run_dir,
+                        eval_results=eval_results, license=license, repo_id=repo_id)

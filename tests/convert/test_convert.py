@@ -13,7 +13,7 @@ import torch
 
 import spikelm  # noqa: F401 (registers the Auto classes)
 from spikelm.convert import ConversionError, convert_checkpoint, convert_config
-from spikelm.convert.cli import cmd_convert
+from spikelm.cli.convert import cmd_convert
 
 from .conftest import TOKENIZER_VOCAB, hf_config, save_hf
 

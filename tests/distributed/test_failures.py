@@ -80,7 +80,7 @@ def test_dead_rank_ends_the_others(corpus, tmp_path):
 
 
 def test_nonfinite_loss_is_reported_with_its_step(recipe_factory):
-    from spikelm.train.loop import train
+    from spikelm.train.trainer import train
 
     r = recipe_factory()
     r.optim.lr = 1e9

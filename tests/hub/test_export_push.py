@@ -14,7 +14,7 @@ LINES = ["First Citizen:", "Before we proceed any further, hear me speak.", "", 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from spikelm.train.loop import train
+    from spikelm.train.trainer import train
 
     tmp = tmp_path_factory.mktemp("run")
     corpus = tmp / "corpus.txt"

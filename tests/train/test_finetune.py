@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 from spikelm.finetune import InstructionDataset, ensure_chat_template, merge_adapter_dir, response_loss, \
     shakespeare_qa_path
 from spikelm.train.config import DataConfig, LoraConfig, ModelConfig, OptimConfig, Recipe, TrainConfig
-from spikelm.train.loop import train
+from spikelm.train.trainer import train
 
 from .conftest import LINES
 
@@ -148,7 +148,7 @@ def test_instruction_data_errors(base, tmp_path):
 
 def test_finetune_cli(base, tmp_path, capsys):
     from spikelm.cli import CLIError
-    from spikelm.train.finetune_cli import cmd_finetune
+    from spikelm.cli.finetune import cmd_finetune
 
     with pytest.raises(CLIError, match="does not exist"):
         cmd_finetune([str(tmp_path / "nowhere")])
@@ -173,7 +173,7 @@ def test_finetune_cli(base, tmp_path, capsys):
 def test_every_answer_token_of_a_step_weighs_the_same(base, tmp_path):
     """With gradient accumulation the micro-batches hold different numbers of answer tokens; the
     step's loss (and gradient) is the mean over all of them, not the mean of micro-batch means."""
-    from spikelm.train.loop import _targets, make_batch
+    from spikelm.data.batches import batch_targets as _targets, make_batch
     from spikelm.train.schedule import BatchOrder
 
     base_dir, _ = base

@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 from spikelm.cli import load_recipe
-from spikelm.train.loop import train
+from spikelm.train.trainer import train
 from spikelm.train.schedule import BatchOrder, lr_factor
 
 

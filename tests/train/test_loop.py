@@ -5,7 +5,7 @@ import shutil
 import pytest
 from transformers import AutoModelForCausalLM
 
-from spikelm.train.loop import train
+from spikelm.train.trainer import train
 from spikelm.train.rundir import RunDirError
 from spikelm.train.schedule import BatchOrder, lr_factor
 

@@ -8,7 +8,7 @@ from spikelm.train.archs import build_config, causal_lm_class
 
 def _meta_model(r):
     vocab = r.data.vocab_size if r.data.tokenizer is None else 50277  # GPT-NeoX-20B's
-    cfg = build_config(r.model.arch, r.model.flavour, r.model.overrides, vocab_size=vocab,
+    cfg = build_config(r.model.arch, r.model.flavour, r.model.layout(), vocab_size=vocab,
                        context_length=r.data.block_size, eos_token_id=0, bos_token_id=0, pad_token_id=0)
     with torch.device("meta"):
         return cfg, causal_lm_class(cfg)(cfg)
@@ -20,7 +20,7 @@ def test_recipe_builds_its_model(name):
     if r.model.init_from is not None:  # fine-tuning recipes: the model comes from a directory
         from pathlib import Path
 
-        from spikelm.train.loop import resolve_files
+        from spikelm.recipes import resolve_data_files as resolve_files
 
         files = resolve_files(r.data.train_files) + resolve_files(r.data.val_files or [])
         assert files and all(Path(f).is_file() for f in files), files

@@ -6,7 +6,7 @@ import pytest
 
 from spikelm.data import load_documents, train_bpe_tokenizer_from_iterator
 from spikelm.train.config import validate_recipe
-from spikelm.train.loop import train
+from spikelm.train.trainer import train
 
 
 @pytest.fixture

@@ -8,6 +8,8 @@ llama model with its tokenizer, e.g. ``runs/shakespeare/final``.
 """
 from __future__ import annotations
 
+from .errors import CLIError
+from .train import cmd_train
 
 DEFAULT_FINETUNE_RECIPE = "finetune-shakespeare-qa"
 
@@ -16,11 +18,9 @@ def cmd_finetune(argv: list[str]) -> int:
     """Run ``spikelm finetune``; returns the exit status (0).
 
     Raises:
-        spikelm.cli.CLIError: no MODEL_DIR, MODEL_DIR without a config.json, ``--model.init_from``
+        CLIError: no MODEL_DIR, MODEL_DIR without a config.json, ``--model.init_from``
             given as well, plus every error of ``spikelm train`` (bad recipe, run directory, data).
     """
-    from ..cli import CLIError, cmd_train
-
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from .convert import DEFAULT_GLA_MEMORY, REPORT_NAME
-from .mapping import ARCHITECTURES, LAYOUTS, SPIKING_MODES
+from ..convert.convert import DEFAULT_GLA_MEMORY, REPORT_NAME
+from ..convert.mapping import ARCHITECTURES, LAYOUTS, SPIKING_MODES
+from .errors import CLIError
 
 
 def convert_parser() -> argparse.ArgumentParser:
@@ -42,11 +43,10 @@ def cmd_convert(argv: list[str]) -> int:
 
     Raises:
         SystemExit: from argparse on malformed arguments (status 2) or ``--help`` (0).
-        spikelm.cli.CLIError: bad arguments, an existing OUT_DIR, a missing file, or a checkpoint
+        CLIError: bad arguments, an existing OUT_DIR, a missing file, or a checkpoint
             that cannot be converted (the message says which tensor/file and why).
     """
-    from ..cli import CLIError
-    from .convert import convert_checkpoint
+    from ..convert.convert import convert_checkpoint
 
     args = convert_parser().parse_args(argv)  # usage errors: argparse prints usage and exits 2, as other commands
     if args.window is not None and args.window < 1:

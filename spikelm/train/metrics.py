@@ -1,0 +1,106 @@
+"""What a run reports while it trains: TensorBoard scalars, ``metrics.jsonl`` (one record per
+step) and the tqdm progress bar, behind one context manager (:class:`RunLog`) that also drops
+the records of steps a resumed run redoes."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+METRICS = "metrics.jsonl"
+"""File of the run directory with one JSON record per optimizer step."""
+
+
+def spike_rates(module) -> dict[str, float]:
+    """``SpikeLMModel.spike_rates()`` of the last forward pass of a (possibly peft-wrapped) causal
+    LM, ``{site: rate}`` (sites ending in ``.sparsity`` are adaptive-spiking input sparsities);
+    ``{}`` for a model without spikes (the Llama ANN baseline)."""
+    base = module.get_base_model() if hasattr(module, "get_base_model") else module
+    backbone = getattr(base, "model", None)
+    return backbone.spike_rates() if hasattr(backbone, "spike_rates") else {}
+
+
+def trim_metrics(path: Path, last_step: int) -> None:
+    """Keep the records of ``path`` up to ``last_step`` (a resumed run redoes the later ones)."""
+    if path.exists():
+        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
+        path.write_text("".join(line + "\n" for line in kept))
+
+
+class RunLog:
+    """TensorBoard + ``metrics.jsonl`` + tqdm for one run; every method is a no-op off rank 0.
+
+    Use as ``with RunLog(run_dir, rank, max_steps, start_step, log_every) as log: ...``.
+    Entering trims ``metrics.jsonl`` to ``start_step`` and opens the writers; leaving closes them.
+
+    Args:
+        run_dir: the run directory (``tb/`` and ``metrics.jsonl`` are written there).
+        rank: the process rank (only rank 0 writes). max_steps, start_step: the bar's range.
+        log_every: TensorBoard scalars every this many steps (0: only at the last step).
+    """
+
+    def __init__(self, run_dir: Path, rank: int, max_steps: int, start_step: int, log_every: int):
+        self.run_dir, self.active = Path(run_dir), rank == 0
+        self.max_steps, self.start_step, self.log_every = max_steps, start_step, log_every
+        self.writer = self.file = self.bar = None
+        self.last_eval: dict | None = None
+
+    def __enter__(self) -> RunLog:
+        from tqdm.auto import tqdm
+
+        if self.active:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.run_dir / "tb"))
+            if self.start_step:
+                trim_metrics(self.run_dir / METRICS, self.start_step)
+            self.file = open(self.run_dir / METRICS, "a")
+        self.bar = tqdm(total=self.max_steps, initial=self.start_step, disable=not self.active, desc="train",
+                        unit="step", dynamic_ncols=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+        for f in (self.writer, self.file):
+            if f is not None:
+                f.close()
+
+    def write(self, msg: str) -> None:
+        """Print a line above the progress bar (rank 0)."""
+        if self.active:
+            self.bar.write(msg)
+
+    def step(self, rec: dict, rates: dict[str, float]) -> None:
+        """Report optimizer step ``rec["step"]``: TensorBoard (loss, lr, tokens/s, per-site spike
+        rates and input sparsities, every ``log_every`` steps), the bar, and — with
+        :meth:`record` — the jsonl line. Adds the mean ``spike_rate`` / ``input_sparsity`` to ``rec``."""
+        done = rec["step"]
+        fired = {k: v for k, v in rates.items() if not k.endswith(".sparsity")}
+        sparsity = {k[:-len(".sparsity")]: v for k, v in rates.items() if k.endswith(".sparsity")}
+        if self.writer is not None and (self.log_every and done % self.log_every == 0 or done == self.max_steps):
+            for key in ("loss", "lr", "tokens_per_s"):
+                self.writer.add_scalar(f"train/{key}", rec[key], done)
+            for name, v in fired.items():
+                self.writer.add_scalar(f"spike_rate/{name}", v, done)
+            for name, v in sparsity.items():
+                self.writer.add_scalar(f"input_sparsity/{name}", v, done)
+        rec["spike_rate"] = sum(fired.values()) / len(fired) if fired else None
+        rec["input_sparsity"] = sum(sparsity.values()) / len(sparsity) if sparsity else None
+        extra = {"val_bpb": f"{self.last_eval['bpb']:.3f}"} if self.last_eval else {}
+        self.bar.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{rec['tokens_per_s']:,.0f}", **extra)
+        self.bar.update(1)
+
+    def evaluation(self, rec: dict, result: dict) -> None:
+        """Report a validation result at step ``rec["step"]`` (adds ``val_*`` keys to ``rec``)."""
+        self.last_eval = result
+        rec.update({f"val_{k}": v for k, v in result.items()})
+        if self.writer is not None:
+            self.writer.add_scalar("val/loss", result["loss"], rec["step"])
+            self.writer.add_scalar("val/bpb", result["bpb"], rec["step"])
+        self.write(f"step {rec['step']}: train loss {rec['loss']:.4f}, val loss {result['loss']:.4f}, "
+                   f"val bpb {result['bpb']:.4f}")
+
+    def record(self, rec: dict) -> None:
+        """Append ``rec`` to ``metrics.jsonl`` (flushed: a killed run keeps every finished step)."""
+        if self.file is not None:
+            self.file.write(json.dumps(rec) + "\n")
+            self.file.flush()
