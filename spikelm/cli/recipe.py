@@ -2,6 +2,8 @@
 overrides, parsed by jsonargparse against the typed :class:`spikelm.train.config.Recipe`."""
 from __future__ import annotations
 
+import re
+import typing
 from pathlib import Path
 
 from ..recipes import recipe_path, shipped_recipes
@@ -33,22 +35,48 @@ def recipe_parser():
     return p
 
 
+def _literal_values(tp) -> tuple[list, bool]:
+    """``(values, in_a_list)``: the values of the ``Literal`` types inside a field's type
+    (``Literal[...] | list[Literal[...]] | None``), and whether a list of them is accepted."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is typing.Literal:
+        return list(args), False
+    values, listed = [], typing.get_origin(tp) is list
+    for a in args:
+        v, inner = _literal_values(a)
+        values += [x for x in v if x not in values]
+        listed = listed or inner
+    return values, listed
+
+
 def _parse_error(path: Path, e: BaseException) -> str:
-    """jsonargparse's message, plus the accepted keys when a section was given an unknown one."""
-    import re
+    """One line for a jsonargparse error: an unknown key lists the section's accepted keys; a
+    value outside an enumerated key's ``Literal`` lists the accepted values."""
     from dataclasses import fields
 
     from ..train import config
 
-    msg = str(e).strip()
-    m = re.search(r"Group '(\w+)' does not accept option '([\w.]+)'", msg) or \
-        re.search(r"Key '(\w+)\.([\w.]+)' is not expected", msg)
     sections = {"model": config.ModelConfig, "data": config.DataConfig, "optim": config.OptimConfig,
                 "train": config.TrainConfig}
+    msg = str(e).strip()
+    m = re.search(r"Group '(\w+)' does not accept option '([\w.]+)'", msg) or \
+        re.search(r"Key '(\w+)\.([\w.]+)' is not expected", msg) or \
+        re.search(r"unrecognized arguments: --(\w+)\.([\w.]+)", msg)
     if m and m.group(1) in sections:
         names = [f.name for f in fields(sections[m.group(1)])]
-        msg = f"unknown key {m.group(1)}.{m.group(2)}; accepted {m.group(1)} keys: {', '.join(names)}"
-    return f"bad recipe {path} or override: {msg}"
+        return f"bad recipe {path} or override: unknown key {m.group(1)}.{m.group(2)}; accepted {m.group(1)} keys: " \
+               f"{', '.join(names)}"
+    m = re.search(r'Parser key "(\w+)\.(\w+)"', msg)
+    given = re.search(r"(?:Given|Got) value: (.*)", msg)
+    if m and m.group(1) in sections:
+        hints = typing.get_type_hints(sections[m.group(1)])
+        values, listed = _literal_values(hints.get(m.group(2)))
+        if values:
+            shown = [str(v) for v in values]
+            accepted = f"{', '.join(shown[:-1])} or {shown[-1]}" if len(shown) > 1 else shown[0]
+            got = f", got {given.group(1).strip()}" if given else ""
+            return f"{m.group(1)}.{m.group(2)} must be {accepted}{' (or a list of them)' if listed else ''}{got}"
+    return f"bad recipe {path} or override: {' '.join(msg.split())}"
 
 
 def load_recipe(recipe: str | None, overrides: list[str]):

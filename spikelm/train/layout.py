@@ -25,7 +25,7 @@ MlpType = Literal["channel_mix", "swiglu", "spiking_mlp"]
 NeuronType = Literal["lif", "plif", "none"]
 
 LLAMA_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-              "num_key_value_heads", "head_dim", "rope_theta", "attention_bias", "mlp_bias",
+              "num_key_value_heads", "head_dim", "attention_bias", "mlp_bias",
               "initializer_range", "tie_word_embeddings")
 """Layout keys that also apply to ``model.arch: llama`` (fields of transformers' ``LlamaConfig``)."""
 
