@@ -34,6 +34,8 @@ def cmd_train(argv: list[str]) -> int:
         summary = train(r, resume=resume, overwrite=overwrite)
     except (RunDirError, FileNotFoundError, ValueError) as e:
         raise CLIError(str(e)) from e
+    finally:
+        _shutdown_ranks()
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     if summary.get("stopped_by"):
@@ -55,3 +57,14 @@ def cmd_train(argv: list[str]) -> int:
                              temperature=0.8, top_k=50, seed=r.train.seed)
         print(f"\n--- sample (prompt {r.train.sample_prompt!r}, temperature 0.8, top-k 50) ---\n{text}\n---")
     return 0
+
+
+def _shutdown_ranks() -> None:
+    """Destroy a multi-rank process group before the process exits (its gloo/NCCL threads
+    otherwise race interpreter shutdown: ``terminate called without an active exception``).
+    A one-process group is kept: ``spikelm.cli.main`` may be called again in the same process."""
+    import torch.distributed as dist
+
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.destroy_process_group()
+

@@ -15,3 +15,13 @@ def _offline(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(cache))
     monkeypatch.setattr(datasets.config, "DOWNLOADED_DATASETS_PATH", str(cache / "downloads"))
     monkeypatch.setattr(datasets.config, "EXTRACTED_DATASETS_PATH", str(cache / "downloads" / "extracted"))
+
+
+@pytest.fixture
+def write_corpus(tmp_path):
+    """``write_corpus(text, name="corpus.txt") -> str``: a UTF-8 file of ``text`` in ``tmp_path``."""
+    def write(text: str, name: str = "corpus.txt") -> str:
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8")
+        return str(path)
+    return write

@@ -25,10 +25,8 @@ def tok():
 
 
 @pytest.fixture
-def text_file(tmp_path):
-    path = tmp_path / "corpus.txt"
-    path.write_text(TEXT, encoding="utf-8")
-    return str(path)
+def text_file(write_corpus):
+    return write_corpus(TEXT)
 
 
 @pytest.fixture

@@ -27,10 +27,8 @@ ROUND_TRIP = [
 
 
 @pytest.fixture
-def corpus_file(tmp_path):
-    path = tmp_path / "corpus.txt"
-    path.write_text(CORPUS, encoding="utf-8")
-    return str(path)
+def corpus_file(write_corpus):
+    return write_corpus(CORPUS)
 
 
 @pytest.fixture

@@ -5,16 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from spikelm.finetune import (
-    InstructionDataset,
-    apply_lora,
-    linear_module_names,
-    merge_adapter_dir,
-    merge_lora,
-    resolve_lora_targets,
-    save_merged,
-    shakespeare_qa_path,
-)
+from spikelm.finetune import InstructionDataset, apply_lora, linear_module_names, merge_adapter_dir, merge_lora
+from spikelm.finetune import resolve_lora_targets, save_merged, shakespeare_qa_path
 from spikelm.models import SpikeLMForCausalLM
 
 from .conftest import MAX_LEN, tiny_config

@@ -25,3 +25,18 @@ def recipe(corpus, tmp_path):
                       data=DataConfig(train_files=[str(corpus)], vocab_size=280, block_size=16),
                       optim=OptimConfig(lr=3e-3, warmup_steps=2), train=TrainConfig(**kw))
     return make
+
+
+def train_debug_model(d, block_size: int, max_steps: int, warmup_steps: int, **train_kw):
+    """Train the ``debug`` flavour on the test corpus (written to ``d/corpus.txt``) into
+    ``d/run``; returns the run directory. ``train_kw``: further TrainConfig fields."""
+    from spikelm.train.trainer import train
+
+    (d / "corpus.txt").write_text("\n".join(LINES * 40) + "\n")
+    kw = dict(run_dir=str(d / "run"), max_steps=max_steps, micro_batch_size=2, eval_every=0, checkpoint_every=0,
+              sample_tokens=0, threads=1)
+    kw.update(train_kw)
+    train(Recipe(model=ModelConfig(flavour="debug"),
+                 data=DataConfig(train_files=[str(d / "corpus.txt")], vocab_size=280, block_size=block_size),
+                 optim=OptimConfig(lr=1e-2, warmup_steps=warmup_steps), train=TrainConfig(**kw)))
+    return d / "run"

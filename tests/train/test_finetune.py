@@ -11,21 +11,14 @@ from spikelm.finetune import InstructionDataset, ensure_chat_template, merge_ada
 from spikelm.train.config import DataConfig, LoraConfig, ModelConfig, OptimConfig, Recipe, TrainConfig
 from spikelm.train.trainer import train
 
-from .conftest import LINES
+from .conftest import train_debug_model
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """A spikelm debug model (context 128) trained a few steps on the test corpus, and the masked
     loss of the held-out Shakespeare QA answers under it (spikelm.finetune.response_loss)."""
-    d = tmp_path_factory.mktemp("base")
-    (d / "corpus.txt").write_text("\n".join(LINES * 40) + "\n")
-    train(Recipe(model=ModelConfig(flavour="debug"),
-                 data=DataConfig(train_files=[str(d / "corpus.txt")], vocab_size=280, block_size=128),
-                 optim=OptimConfig(lr=1e-2, warmup_steps=1),
-                 train=TrainConfig(run_dir=str(d / "run"), max_steps=3, micro_batch_size=2, eval_every=0,
-                                   checkpoint_every=0, sample_tokens=0, threads=1)))
-    final = d / "run" / "final"
+    final = train_debug_model(tmp_path_factory.mktemp("base"), block_size=128, max_steps=3, warmup_steps=1) / "final"
     tok = ensure_chat_template(AutoTokenizer.from_pretrained(final))
     val = InstructionDataset(shakespeare_qa_path("val"), tok, max_length=128)
     return final, response_loss(AutoModelForCausalLM.from_pretrained(final), val)["loss"]

@@ -46,18 +46,11 @@ def test_ann_debug_recipe_trains_a_llama(corpus, tmp_path):
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     """A spikelm debug model trained for a few steps on the test corpus: (final dir, first loss)."""
-    from spikelm.train.config import DataConfig, ModelConfig, OptimConfig, Recipe, TrainConfig
+    from .conftest import train_debug_model
 
-    from .conftest import LINES
-
-    d = tmp_path_factory.mktemp("source")
-    (d / "corpus.txt").write_text("\n".join(LINES * 40) + "\n")
-    train(Recipe(model=ModelConfig(flavour="debug"),
-                 data=DataConfig(train_files=[str(d / "corpus.txt")], vocab_size=280, block_size=16),
-                 optim=OptimConfig(lr=1e-2, warmup_steps=2),
-                 train=TrainConfig(run_dir=str(d / "run"), max_steps=4, micro_batch_size=2, grad_accum=2,
-                                   eval_every=0, checkpoint_every=0, log_every=1, sample_tokens=0, threads=1)))
-    return d / "run" / "final", _recs(d / "run")[0]["loss"]
+    run = train_debug_model(tmp_path_factory.mktemp("source"), block_size=16, max_steps=4, warmup_steps=2,
+                            grad_accum=2, log_every=1)
+    return run / "final", _recs(run)[0]["loss"]
 
 
 def _first_batch_loss(model_dir, recipe) -> float:
