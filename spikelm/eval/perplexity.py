@@ -85,8 +85,8 @@ def strided_windows(num_tokens: int, block_size: int, stride: int) -> list[tuple
 
 
 def _model_block_size(model) -> int | None:
-    c = model.config
-    return getattr(c, "context_length", None) or getattr(c, "max_position_embeddings", None)
+    """The model's context in tokens (``config.max_position_embeddings``), None when unset."""
+    return getattr(model.config, "max_position_embeddings", None)
 
 
 @torch.no_grad()

@@ -56,7 +56,7 @@ def _architecture(cfg: dict, n_params: int | None) -> list[str]:
 
     rows = [("layers", layers), ("hidden size", cfg.get("hidden_size")),
             ("MLP width", cfg.get("intermediate_size")), ("vocabulary", cfg.get("vocab_size")),
-            ("context (tokens)", cfg.get("context_length")), ("token mixers", counts(mixers)),
+            ("context (tokens)", cfg.get("max_position_embeddings") or cfg.get("context_length")), ("token mixers", counts(mixers)),
             ("MLPs", counts(mlps)), ("block-output neurons", counts(neurons)),
             ("norm", cfg.get("norm_type")), ("adaptive spiking", cfg.get("adaptive_spike_mode"))]
     if cfg.get("adaptive_spike_mode") not in (None, "off"):

@@ -36,14 +36,14 @@ def flavours(arch: str) -> dict[str, dict]:
     raise ValueError(f"model.arch {arch!r} is unknown; accepted: {', '.join(ARCHS)}")
 
 
-def build_config(arch: str, flavour: str, overrides: dict, vocab_size: int, context_length: int,
+def build_config(arch: str, flavour: str, overrides: dict, vocab_size: int, max_position_embeddings: int,
                  eos_token_id: int, bos_token_id: int, pad_token_id: int):
     """The HF config (``SpikeLMConfig`` or ``LlamaConfig``) of a flavour with ``overrides``.
 
     Args:
         arch, flavour: see the module docstring. overrides: fields of the arch's config class.
-        vocab_size, context_length (tokens), eos/bos/pad_token_id: from the tokenizer and data;
-            ``context_length`` becomes Llama's ``max_position_embeddings``.
+        vocab_size, max_position_embeddings (the context in tokens), eos/bos/pad_token_id:
+            from the tokenizer and data.
 
     Raises:
         ValueError: unknown arch or flavour (lists the known ones), or ``overrides`` naming a
@@ -53,9 +53,8 @@ def build_config(arch: str, flavour: str, overrides: dict, vocab_size: int, cont
     if flavour not in table:
         raise ValueError(f"model.flavour {flavour!r} is not a {arch} flavour; known: {', '.join(table)}")
     fixed = dict(vocab_size=vocab_size, eos_token_id=eos_token_id, bos_token_id=bos_token_id,
-                 pad_token_id=pad_token_id)
-    fixed["context_length" if arch == "spikelm" else "max_position_embeddings"] = context_length
-    clash = sorted(set(fixed) & set(overrides))
+                 pad_token_id=pad_token_id, max_position_embeddings=max_position_embeddings)
+    clash = sorted(set(fixed) & set(overrides)) + (["context_length"] if "context_length" in overrides else [])
     if clash:
         raise ValueError(f"model.overrides may not set {clash}: they come from the tokenizer and data.block_size")
     if arch == "spikelm":
@@ -92,10 +91,14 @@ def flops_config(config):
         return config
     from types import SimpleNamespace
 
+    from ..layers.registry import kind_of
+    from ..layers.swa import SlidingWindowAttention
+
     heads = config.num_attention_heads
     return SimpleNamespace(hidden_size=config.hidden_size, num_attention_heads=heads,
                            head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
-                           mixer_types=["swa"] * config.num_hidden_layers, sliding_window=None)
+                           mixer_types=[kind_of(SlidingWindowAttention)] * config.num_hidden_layers,
+                           sliding_window=None)
 
 
 def describe(config) -> str:

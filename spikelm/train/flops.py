@@ -8,15 +8,19 @@ runs and hardware, not kernels.
 Per trained token (forward + backward = 3 x forward):
 
 * every ``nn.Linear`` (all projections and the LM head): ``6 * in * out``;
-* softmax attention (``swa``; ``ssa``/``sdsa`` in their parallel form): ``12 * H * hd * T_ctx``
-  (PaLM's ``12 * L * H * Q * T`` per layer; ``T_ctx`` = the context, capped by the window);
-* linear attention (``gla``): ``12 * H * K * V`` (the state update ``k v^T`` and the readout
-  ``q S``, 2 FLOPs per multiply-add each, x3 for the backward);
-* WKV-4 and the neurons are elementwise, ``O(D)`` per token, and left out.
+* plus each layer's mixer and MLP term, ``flops_per_token(config, context)`` of its class in
+  :mod:`spikelm.layers.registry`: softmax attention (``swa``; ``ssa``/``sdsa`` in their
+  parallel form) ``12 * H * hd * T_ctx`` (PaLM's ``12 * L * H * Q * T`` per layer; ``T_ctx`` =
+  the context, capped by the window); linear attention (``gla``) ``12 * H * K * V`` (the state
+  update ``k v^T`` and the readout ``q S``, 2 FLOPs per multiply-add each, x3 for the
+  backward); WKV-4, the MLPs' element-wise work and the neurons are ``O(D)`` per token, left
+  out (0).
 """
 from __future__ import annotations
 
 import torch
+
+from ..layers.registry import MIXERS, MLPS
 
 PEAK_TFLOPS_16BIT = [
     ("H200", 989.4), ("GH200", 989.4), ("H100 NVL", 835.5), ("H100 PCIe", 756.5), ("H100", 989.4),
@@ -32,23 +36,20 @@ def model_flops_per_token(model: torch.nn.Module, config, context: int) -> float
     Args:
         model: the (possibly ZeRO-3-partitioned) model; Linear sizes are read from
             ``in_features``/``out_features``, so partitioned weights count in full.
-        config: its ``SpikeLMConfig`` (``mixer_types``, heads, ``head_dim``, ``sliding_window``).
+        config: its ``SpikeLMConfig`` (``mixer_types``, ``mlp_types``, heads, ``head_dim``,
+            ``sliding_window``), or any object with ``hidden_size`` and the fields it has (a
+            config without ``mixer_types`` counts the Linear modules only).
         context: training sequence length ``T`` in tokens.
 
     Returns:
         FLOPs per token as a float (e.g. ~1.3e9 for the 216M SpikeGPT at T=1024).
+    Raises:
+        KeyError: a mixer or MLP kind missing from the registry.
     """
     flops = sum(6.0 * m.in_features * m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear))
-    heads = getattr(config, "num_attention_heads", None) or max(1, config.hidden_size // 64)
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    for kind in getattr(config, "mixer_types", None) or []:
-        if kind == "swa":
-            window = getattr(config, "sliding_window", None) or context
-            flops += 12.0 * heads * head_dim * min(context, window)
-        elif kind in ("ssa", "sdsa"):
-            flops += 12.0 * config.hidden_size * context
-        elif kind == "gla":
-            flops += 12.0 * heads * head_dim * head_dim
+    for table, kinds in ((MIXERS, getattr(config, "mixer_types", None)), (MLPS, getattr(config, "mlp_types", None))):
+        for kind in kinds or []:
+            flops += table[kind].flops_per_token(config, context)
     return flops
 
 

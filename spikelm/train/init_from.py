@@ -12,13 +12,6 @@ from pathlib import Path
 from .archs import load_config_file
 from .config import Recipe
 
-
-def context_length(config) -> int:
-    """The context length in tokens of a spikelm or transformers config (``max_position_embeddings``;
-    spikelm configs saved before it was renamed are read through ``SpikeLMConfig``)."""
-    return getattr(config, "max_position_embeddings", None) or config.context_length
-
-
 CONVERTED = "converted"
 """Folder of the run directory holding ``model.init_from`` converted to spikelm (``model.convert_layout``)."""
 
@@ -122,7 +115,7 @@ def init_config(recipe: Recipe, model_dir: Path):
         if not hasattr(config, k):
             raise ValueError(f"model.overrides.{k}: {type(config).__name__} has no field {k!r}")
         setattr(config, k, v)
-    if recipe.data.block_size > context_length(config):
+    if recipe.data.block_size > config.max_position_embeddings:
         raise ValueError(f"data.block_size {recipe.data.block_size} exceeds the context length "
-                         f"{context_length(config)} of model.init_from {model_dir}; lower data.block_size")
+                         f"{config.max_position_embeddings} of model.init_from {model_dir}; lower data.block_size")
     return config

@@ -18,11 +18,14 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Literal
 
-MixerType = Literal["rwkv4", "ssa", "sdsa", "gla", "swa"]
-"""Token mixers (``spikelm.layers.registry``): SpikeGPT's RWKV-4 time-mix, causal spiking
-self-attention, spike-driven self-attention, SpikingBrain's GLA and sliding-window attention."""
-MlpType = Literal["channel_mix", "swiglu", "spiking_mlp"]
-NeuronType = Literal["lif", "plif", "none"]
+from ..layers.registry import MIXERS, MLPS
+from ..models.configuration_spikelm import NEURONS
+
+MixerType = Literal[tuple(MIXERS)]
+"""Token mixers, the kinds of ``spikelm.layers.registry.MIXERS`` (rwkv4, ssa, sdsa, gla, swa)."""
+MlpType = Literal[tuple(MLPS)]
+"""MLPs, the kinds of ``spikelm.layers.registry.MLPS`` (channel_mix, swiglu, spiking_mlp)."""
+NeuronType = Literal[NEURONS]
 
 LLAMA_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
               "num_key_value_heads", "head_dim", "attention_bias", "mlp_bias",

@@ -117,7 +117,8 @@ class Trainer:
         special token ids (``archs.build_config``)."""
         m, tok = self.recipe.model, self.tok
         eos = tok.eos_token_id
-        return build_config(m.arch, m.flavour, m.layout(), vocab_size=len(tok), context_length=self.recipe.data.block_size,
+        return build_config(m.arch, m.flavour, m.layout(), vocab_size=len(tok),
+                            max_position_embeddings=self.recipe.data.block_size,
                             eos_token_id=eos, bos_token_id=tok.bos_token_id if tok.bos_token_id is not None else eos,
                             pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else eos)
 

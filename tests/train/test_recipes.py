@@ -9,7 +9,7 @@ from spikelm.train.archs import build_config, causal_lm_class
 def _meta_model(r):
     vocab = r.data.vocab_size if r.data.tokenizer is None else 50277  # GPT-NeoX-20B's
     cfg = build_config(r.model.arch, r.model.flavour, r.model.layout(), vocab_size=vocab,
-                       context_length=r.data.block_size, eos_token_id=0, bos_token_id=0, pad_token_id=0)
+                       max_position_embeddings=r.data.block_size, eos_token_id=0, bos_token_id=0, pad_token_id=0)
     with torch.device("meta"):
         return cfg, causal_lm_class(cfg)(cfg)
 
