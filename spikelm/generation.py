@@ -48,7 +48,8 @@ def generate_text(model_dir: str | Path, prompt: str, max_new_tokens: int = 200,
     (e.g. a model from ``spikelm finetune``) and only the assistant's reply is returned.
 
     Raises:
-        ValueError: empty prompt, a prompt longer than the model's context (``context_length``),
+        ValueError: empty prompt, a prompt longer than the model's context
+            (``max_position_embeddings``; ``context_length`` in configs saved before the rename),
             non-positive ``max_new_tokens`` or ``temperature``, ``chat`` with a tokenizer that has
             no chat template; plus :func:`check_model_dir`'s errors.
     """
@@ -71,7 +72,7 @@ def generate_text(model_dir: str | Path, prompt: str, max_new_tokens: int = 200,
         n = len(pipe.tokenizer(text, add_special_tokens=False)["input_ids"])
     else:
         n = len(pipe.tokenizer(prompt, add_special_tokens=False)["input_ids"])
-    ctx = cfg.get("context_length") or cfg.get("max_position_embeddings")
+    ctx = cfg.get("max_position_embeddings") or cfg.get("context_length")  # the latter: older spikelm configs
     if ctx and n > ctx:
         raise ValueError(f"the prompt is {n} tokens but the model's context is {ctx} tokens; shorten the prompt")
     set_seed(seed)

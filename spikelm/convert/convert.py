@@ -75,6 +75,8 @@ import torch
 
 from ..models.configuration_spikelm import SpikeLMConfig
 from .mapping import (
+    LINEAR_MIXER,
+    SOFTMAX_MIXER,
     ConversionError,
     arch_spec,
     convert_config,
@@ -254,7 +256,7 @@ def convert_checkpoint(src_dir: str | Path, out_dir: str | Path, *, layout: str 
         raise ConversionError(f"vocabulary mismatch: the tokenizer has {vocab} tokens but the model's embedding "
                               f"(model.embed_tokens.weight, vocab_size) has only {config.vocab_size} rows")
     expected = _expected_shapes(config)
-    gla_layers = [i for i, m in enumerate(config.mixer_types) if m == "gla"]
+    gla_layers = [i for i, m in enumerate(config.mixer_types) if m == LINEAR_MIXER]
     # the small input-norm weights GLA init needs, read up front (they may sit in another shard)
     ln_weights: dict[int, torch.Tensor] = {}
     for i in gla_layers:
@@ -301,8 +303,8 @@ def convert_checkpoint(src_dir: str | Path, out_dir: str | Path, *, layout: str 
                     if layer is not None and ".att." in dest:
                         entry["note"] = f"copied into {mixers[layer]} layer {layer}"
                         group = config.num_attention_heads // config.gla_num_key_value_heads
-                        if mixers[layer] == "gla" and group > 1 and dest.endswith(("k_proj.weight", "v_proj.weight",
-                                                                                   "k_proj.bias", "v_proj.bias")):
+                        kv = dest.endswith(("k_proj.weight", "v_proj.weight", "k_proj.bias", "v_proj.bias"))
+                        if mixers[layer] == LINEAR_MIXER and group > 1 and kv:
                             entry["note"] += (f" (grouped-query: each of its {config.gla_num_key_value_heads} heads "
                                               f"serves {group} query heads)")
                     tensors[dest] = t.contiguous()
@@ -311,7 +313,7 @@ def convert_checkpoint(src_dir: str | Path, out_dir: str | Path, *, layout: str 
                     if name == "model.embed_tokens.weight" and tied:
                         entry["to"].append("head.weight")
                         entry["note"] = "copied; head.weight is tied to it (tie_word_embeddings)"
-                    if layer is not None and mixers[layer] == "gla" and dest.endswith("att.v_proj.weight"):
+                    if layer is not None and mixers[layer] == LINEAR_MIXER and dest.endswith("att.v_proj.weight"):
                         if layer not in ln_weights:
                             raise ConversionError(f"model.layers.{layer}.input_layernorm.weight is missing from the "
                                                   "source; it is needed for the GLA init of that layer")
@@ -355,14 +357,14 @@ def convert_checkpoint(src_dir: str | Path, out_dir: str | Path, *, layout: str 
             if (src / f).is_file():
                 shutil.copy2(src / f, tmp / f)
         # exact: each layer sees what the source's did (windows compared up to the context length)
-        ctx = config.context_length
+        ctx = config.max_position_embeddings
         same_window = all(min(w or ctx, ctx) == min(config.sliding_window, ctx) for w in source_windows(src_cfg))
         report = {
             "source": str(src), "source_model_type": src_cfg.model_type,
             "source_architectures": list(getattr(src_cfg, "architectures", None) or []),
             "layout": layout, "mixer_types": list(config.mixer_types), "spiking": spiking,
             "window": config.sliding_window,
-            "exact": spiking == "off" and all(m == "swa" for m in mixers) and same_window,
+            "exact": spiking == "off" and all(m == SOFTMAX_MIXER for m in mixers) and same_window,
             "gla_init": {"memory_tokens": gla_memory, "norm_init": gla_norm_init, "seed": seed} if gla_layers else None,
             "tokenizer": {"vocab": vocab, "files": tok_files, "embedding_rows": config.vocab_size},
             "output_files": sorted(set(written.values())),

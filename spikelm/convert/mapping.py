@@ -11,13 +11,23 @@ import math
 import re
 from dataclasses import dataclass
 
+from ..layers.gla import SpikingGLA
+from ..layers.mlp import SwiGLU
+from ..layers.registry import kind_of
+from ..layers.swa import SlidingWindowAttention
 from ..models.configuration_spikelm import SpikeLMConfig
 
+SOFTMAX_MIXER = kind_of(SlidingWindowAttention)
+"""Mixer kind of a layer kept as softmax attention (``"swa"``): exact with the source's window."""
+LINEAR_MIXER = kind_of(SpikingGLA)
+"""Mixer kind of a layer turned into gated linear attention (``"gla"``): new gate and head norm."""
+CONVERTIBLE_MIXERS = (LINEAR_MIXER, SOFTMAX_MIXER)
+"""The mixer kinds a softmax-attention layer can become (the entries of a layout list)."""
 LAYOUTS = ("softmax", "hybrid", "linear")
 """Layer layouts of a conversion: ``softmax`` keeps every layer as (sliding-window) softmax
-attention, ``hybrid`` is SpikingBrain-7B's (GLA on even layers 0, 2, ..., SWA on odd layers),
-``linear`` turns every layer into GLA. A comma-separated list of ``gla``/``swa`` (one per
-layer) is accepted too."""
+attention (:data:`SOFTMAX_MIXER`), ``hybrid`` is SpikingBrain-7B's (GLA on even layers 0, 2,
+..., SWA on odd layers), ``linear`` turns every layer into GLA (:data:`LINEAR_MIXER`). A
+comma-separated list of ``gla``/``swa`` (one per layer) is accepted too."""
 SPIKING_MODES = ("off", "ste", "expanded")
 """``off``: no adaptive spiking neurons (an ANN; exact with layout ``softmax``); ``ste``:
 adaptive spiking on every projection input with a straight-through gradient (training);
@@ -88,20 +98,21 @@ def layer_mixers(layout: str, n_layers: int) -> list[str]:
         ConversionError: an unknown layout, or a list of the wrong length / with other entries.
     """
     if layout == "softmax":
-        return ["swa"] * n_layers
+        return [SOFTMAX_MIXER] * n_layers
     if layout == "linear":
-        return ["gla"] * n_layers
+        return [LINEAR_MIXER] * n_layers
     if layout == "hybrid":
-        return ["gla" if i % 2 == 0 else "swa" for i in range(n_layers)]
-    if "," in layout or layout in ("gla", "swa"):
+        return [LINEAR_MIXER if i % 2 == 0 else SOFTMAX_MIXER for i in range(n_layers)]
+    if "," in layout or layout in CONVERTIBLE_MIXERS:
         mixers = [m.strip() for m in layout.split(",")]
-        bad = sorted(set(mixers) - {"gla", "swa"})
+        bad = sorted(set(mixers) - set(CONVERTIBLE_MIXERS))
         if bad or len(mixers) != n_layers:
             raise ConversionError(f"layout list {layout!r} must hold {n_layers} entries (one per source layer), each "
-                                  f"'gla' or 'swa'" + (f"; unknown {bad}" if bad else f"; got {len(mixers)}"))
+                                  f"{' or '.join(map(repr, CONVERTIBLE_MIXERS))}"
+                                  + (f"; unknown {bad}" if bad else f"; got {len(mixers)}"))
         return mixers
     raise ConversionError(f"unknown layout {layout!r}; accepted: {', '.join(LAYOUTS)}, or a comma-separated "
-                          f"gla/swa list with one entry per layer")
+                          f"{'/'.join(CONVERTIBLE_MIXERS)} list with one entry per layer")
 
 
 def _get(cfg, name, default=None):
@@ -167,7 +178,7 @@ def convert_config(src_hf_config, *, layout: str = "hybrid", spiking: str = "ste
     Copies sizes (``vocab_size``, ``hidden_size``, layers, heads, KV heads, ``head_dim``,
     ``intermediate_size``), ``rms_norm_eps`` (as ``layer_norm_eps``), RoPE (theta, ``default``/
     ``linear``/``llama3`` scaling), biases (q/k/v, o, MLP), Qwen3's q/k norms, tied embeddings and
-    special token ids; ``max_position_embeddings`` becomes ``context_length``. Adds RMSNorm,
+    special token ids and ``max_position_embeddings`` (the context). Adds RMSNorm,
     SwiGLU, no embedding norm, no LIF (``neuron="none"``), the layout's ``mixer_types`` and
     ``adaptive_spike_mode = spiking``; GLA layers keep the source's KV heads
     (``gla_num_key_value_heads``).
@@ -222,7 +233,8 @@ def convert_config(src_hf_config, *, layout: str = "hybrid", spiking: str = "ste
     attention_bias = bool(_get(cfg, "attention_bias", False))
     kw = {
         "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size, "num_hidden_layers": n,
-        "intermediate_size": cfg.intermediate_size, "context_length": max_pos, "mixer_types": mixers, "mlp_types": "swiglu",
+        "intermediate_size": cfg.intermediate_size, "max_position_embeddings": max_pos, "mixer_types": mixers,
+        "mlp_types": kind_of(SwiGLU),
         "neuron": "none", "norm_type": "rmsnorm", "embed_norm": False, "num_attention_heads": heads,
         "num_key_value_heads": kv_heads, "head_dim": head_dim, "sliding_window": int(window), "rope_theta": theta,
         "rope_type": rope_type, "rope_params": rope_params,

@@ -10,8 +10,10 @@ Sites (found by module type, so every layout is covered without touching the mod
   the statistics are those of its integer spike counts ``round(x / v_th)`` (Eqs. 19-23),
   recomputed from the hooked input with :func:`spikelm.kernels.adaptive_spike.spike_counts`.
 
-Definitions (DESIGN.md section 2), over ``M`` token positions (batch x length) and ``N``
-neurons of a site, with ``s [M, N]`` the spikes (binary) or spike counts (integer):
+Definitions (the usual SNN activity statistics: the spike rate / firing rate of Spikformer
+and SpikeGPT, the sparsity of SpikingBrain's report), over ``M`` token positions (batch x
+length) and ``N`` neurons of a site, with ``s [M, N]`` the spikes (binary) or spike counts
+(integer):
 
 * ``spike_rate`` = mean ``|s|`` (spikes per neuron per token; = mean of ``s`` for binary);
 * ``sparsity`` = 1 - fraction of nonzero entries;

@@ -1,49 +1,46 @@
 """The generic spikelm block: per-layer token mixer, MLP and block-output neurons."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
-from .channel_mix import RWKV4ChannelMix
+from .base import SpikeLMLayer
 from .common import fire_tokens, make_neuron, make_norm
-from .gla import SpikingGLA
-from .mlp import SpikingMLP, SwiGLU
-from .ssa import SpikingSelfAttention
-from .swa import SlidingWindowAttention
-from .time_mix import RWKV4TimeMix
+from .registry import mixer_class, mlp_class
 
 
-def build_mixer(config, layer_id: int, kind: str | None = None) -> nn.Module:
-    """The token mixer of layer ``layer_id`` (``kind`` overrides ``config.mixer_types[layer_id]``).
+class BlockState(NamedTuple):
+    """Recurrent state of a :class:`SpikeLMBlock` (one layer of the generation cache).
 
-    Returns one of ``RWKV4TimeMix`` (SpikeGPT), ``SpikingSelfAttention`` (``"ssa"``/``"sdsa"``),
-    ``SpikingGLA`` (``"gla"``) or ``SlidingWindowAttention`` (``"swa"``).
+    Attributes:
+        mixer: the token mixer's state, its class's ``State`` (e.g. ``RWKV4State(shift, aa, bb,
+            pp)``, ``GLAState(S)``, ``SWAState(k_cache, v_cache, pos)``).
+        mlp: the MLP's state (e.g. ``ChannelMixState(shift)``, ``SwiGLUState()``).
+        v_att, v_ffn: membrane potentials ``[B, D]`` float32 of the block-output neurons after
+            the mixer and the MLP; None in a layer without them (``neuron_types[i] == "none"``).
+    """
+
+    mixer: tuple
+    mlp: tuple
+    v_att: torch.Tensor | None = None
+    v_ffn: torch.Tensor | None = None
+
+
+def build_mixer(config, layer_id: int, kind: str | None = None) -> SpikeLMLayer:
+    """The token mixer of layer ``layer_id`` (``kind`` overrides ``config.mixer_types[layer_id]``):
+    ``MIXERS[kind].from_config(config, layer_id)`` (:mod:`spikelm.layers.registry`).
+
     Raises ValueError for an unknown kind (listing the accepted ones).
     """
-    kind = kind or config.mixer_types[layer_id]
-    if kind == "rwkv4":
-        return RWKV4TimeMix(config.hidden_size, layer_id, config.num_hidden_layers)
-    if kind in ("ssa", "sdsa"):
-        return SpikingSelfAttention(config, kind)
-    if kind == "gla":
-        return SpikingGLA(config)
-    if kind == "swa":
-        return SlidingWindowAttention(config)
-    raise ValueError(f"unknown mixer type {kind!r}; accepted: rwkv4, ssa, sdsa, gla, swa")
+    return mixer_class(kind or config.mixer_types[layer_id]).from_config(config, layer_id)
 
 
-def build_mlp(config, layer_id: int, kind: str | None = None) -> nn.Module:
+def build_mlp(config, layer_id: int, kind: str | None = None) -> SpikeLMLayer:
     """The MLP of layer ``layer_id`` (``kind`` overrides ``config.mlp_types[layer_id]``):
-    ``RWKV4ChannelMix`` (``"channel_mix"``), ``SwiGLU`` or ``SpikingMLP`` (``"spiking_mlp"``).
-    Raises ValueError for an unknown kind."""
-    kind = kind or config.mlp_types[layer_id]
-    if kind == "channel_mix":
-        return RWKV4ChannelMix(config.hidden_size, config.intermediate_size, layer_id, config.num_hidden_layers)
-    if kind == "swiglu":
-        return SwiGLU(config)
-    if kind == "spiking_mlp":
-        return SpikingMLP(config)
-    raise ValueError(f"unknown mlp type {kind!r}; accepted: channel_mix, swiglu, spiking_mlp")
+    ``MLPS[kind].from_config(config, layer_id)``. Raises ValueError for an unknown kind."""
+    return mlp_class(kind or config.mlp_types[layer_id]).from_config(config, layer_id)
 
 
 class SpikeLMBlock(nn.Module):
@@ -61,9 +58,12 @@ class SpikeLMBlock(nn.Module):
     Args:
         config: ``SpikeLMConfig``. layer_id: index in the stack.
         mixer, mlp, embed_norm: overrides of the config's choices for this layer.
-    State (flat tuple, batch first): ``(*mixer state, *mlp state[, v_att, v_ffn [B, D] fp32])``
-    with the sizes given by each module's ``state_size`` (rwkv4: ``shift, aa, bb, pp``;
-    channel_mix: ``shift``; see each layer's docstring).
+    ``forward(x [B, L, D], state: BlockState | None, mask [B, L] | None) -> (x [B, L, D],
+    BlockState)``. After each call ``spike_rates`` maps ``"att"``, ``"ffn"`` (the output
+    neurons' spike rates, spiking layers only) and ``"att.<site>"``, ``"ffn.<site>"`` (the
+    mixer's and MLP's ``spike_sites``) to 0-dim tensors.
+    Raises:
+        ValueError: an unknown mixer or MLP kind.
     """
 
     def __init__(self, config, layer_id: int, mixer: str | None = None, mlp: str | None = None,
@@ -85,37 +85,36 @@ class SpikeLMBlock(nn.Module):
         self.lif2 = make_neuron(config, neuron) if self.spiking else None
         self.dropout = nn.Dropout(config.dropout)
         self.spike_rates: dict[str, torch.Tensor] = {}
-        self.n_att, self.n_ffn = self.att.state_size, self.ffn.state_size
+
+    @property
+    def spike_sites(self) -> tuple[str, ...]:
+        """Every key ``forward`` may write into ``spike_rates`` (sparsity sites only when spiking is on)."""
+        own = ("att", "ffn") if self.spiking else ()
+        return own + tuple(f"att.{s}" for s in self.att.spike_sites) + tuple(f"ffn.{s}" for s in self.ffn.spike_sites)
 
     def _fire(self, lif, x: torch.Tensor, v: torch.Tensor | None, mask, name: str):
         spikes, v_new = fire_tokens(lif, x, v, mask)
         self.spike_rates[name] = spikes.detach().float().mean()
         return spikes, v_new
 
-    def forward(self, x: torch.Tensor, state: tuple | None = None, mask: torch.Tensor | None = None):
+    def forward(self, x: torch.Tensor, state: BlockState | None = None, mask: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, BlockState]:
         """``x [B, L, D]``, optional state (a previous call's), ``mask [B, L]`` (1 = token, 0 =
         left padding) -> ``(x [B, L, D], new state)``."""
-        na, nf = self.n_att, self.n_ffn
+        if state is None:
+            state = BlockState(None, None)
         if self.ln0 is not None:
             x = self.ln0(x)
-        att_state = None if state is None else tuple(state[:na])
-        out, att_state = self.att(self.ln1(x), att_state, mask)
-        neurons = ()
+        out, att_state = self.att(self.ln1(x), state.mixer, mask)
+        v_att = v_ffn = None
         if self.spiking:
-            out, v_att = self._fire(self.lif1, out, None if state is None else state[na + nf], mask, "att")
-            neurons += (v_att,)
+            out, v_att = self._fire(self.lif1, out, state.v_att, mask, "att")
         x = x + out.to(x.dtype)
-        h = self.ln2(x)
-        if self.mlp_type == "channel_mix":
-            out, shift = self.ffn(h, None if state is None else state[na], mask)
-            ffn_state = (shift,)
-        else:
-            out, ffn_state = self.ffn(h, None if state is None else tuple(state[na:na + nf]), mask)
+        out, ffn_state = self.ffn(self.ln2(x), state.mlp, mask)
         if self.spiking:
-            out, v_ffn = self._fire(self.lif2, out, None if state is None else state[na + nf + 1], mask, "ffn")
-            neurons += (v_ffn,)
+            out, v_ffn = self._fire(self.lif2, out, state.v_ffn, mask, "ffn")
         x = self.dropout(x + out.to(x.dtype))
         for prefix, mod in (("att", self.att), ("ffn", self.ffn)):
-            for k, v in getattr(mod, "spike_rates", {}).items():
+            for k, v in mod.spike_rates.items():
                 self.spike_rates[f"{prefix}.{k}"] = v
-        return x, (*att_state, *ffn_state, *neurons)
+        return x, BlockState(att_state, ffn_state, v_att, v_ffn)

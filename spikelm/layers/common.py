@@ -34,7 +34,8 @@ def make_neuron(config, kind: str | None = None, v_th: float | None = None) -> L
 
 
 def make_norm(kind: str, dim: int, eps: float) -> nn.Module:
-    """``nn.LayerNorm`` (``"layernorm"``) or ``nn.RMSNorm`` (``"rmsnorm"``; Zhang & Sennrich 2019) over ``dim``.
+    """``nn.LayerNorm`` (``"layernorm"``; Ba et al. 2016) or ``nn.RMSNorm`` (``"rmsnorm"``; Zhang &
+    Sennrich 2019) over the last axis of size ``dim``: ``[..., dim] -> [..., dim]``, same dtype.
 
     Raises ValueError for another ``kind``.
     """
@@ -46,7 +47,8 @@ def make_norm(kind: str, dim: int, eps: float) -> nn.Module:
 
 
 def apply_mask(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """``x [B, L, ...] * mask [B, L]`` broadcast over the trailing axes (``x`` when mask is None)."""
+    """``x [B, L, ...] * mask [B, L]`` (any dtype, cast to ``x.dtype``) broadcast over the trailing
+    axes: padded positions become 0. Returns ``x`` itself when mask is None."""
     if mask is None:
         return x
     return x * mask.view(*mask.shape, *([1] * (x.dim() - 2))).to(x.dtype)
@@ -54,10 +56,11 @@ def apply_mask(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 
 def fire_tokens(lif: LIF, x: torch.Tensor, v: torch.Tensor | None, mask: torch.Tensor | None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run ``lif`` along the token axis: ``x [B, L, N]``, ``v [B, N]`` or None -> ``(spikes [B, L, N], v [B, N] fp32)``.
+    """Run ``lif`` along the token axis: ``x [B, L, N]``, ``v [B, N]`` or None (at rest),
+    ``mask [B, L]`` or None -> ``(spikes [B, L, N] in x.dtype, v [B, N] float32)``.
 
-    Tokens are the neuron's time steps (SpikeGPT). Padded positions get zero input, so a neuron
-    at rest stays at rest there (left padding leaves no trace).
+    Tokens are the neuron's time steps (SpikeGPT, Zhu et al. 2023). Padded positions get zero
+    input, so a neuron at rest stays at rest there (left padding leaves no trace).
     """
     x = apply_mask(x, mask)
     spikes, v_new = lif(x.transpose(0, 1).contiguous(), v)  # contiguous time steps: faster loop
@@ -73,7 +76,10 @@ class SpikingNorm(nn.Module):
     same in parallel and recurrent execution).
 
     Args: kind ``"layernorm" | "batchnorm"``, dim ``N``, eps.
-    ``forward(x [B, L, N], mask [B, L] | None) -> [B, L, N]``.
+    ``forward(x [B, L, N], mask [B, L] | None) -> [B, L, N]`` (same dtype; padded positions are
+    0 in training-mode batchnorm).
+    Raises:
+        ValueError: another ``kind``.
     """
 
     def __init__(self, kind: str, dim: int, eps: float = 1e-5):
@@ -103,8 +109,10 @@ class SpikingInput(AdaptiveSpike):
     (modes ``"off" | "ste" | "expanded"``, see :class:`spikelm.neurons.AdaptiveSpike`).
 
     ``forward(x [B, L, D], mask [B, L] | None) -> [B, L, D]`` (same dtype). After each call
-    with a mode other than ``"off"``, ``self.sparsity`` holds a 0-dim tensor: the fraction of
-    zero counts over the real (unpadded) tokens (DESIGN.md: sparsity = 1 - nonzero fraction).
+    with a mode other than ``"off"``, ``self.sparsity`` holds a 0-dim float32 tensor:
+    ``1 - (nonzero counts / counts)`` over the real (``mask == 1``) tokens, i.e. the fraction of
+    channels that emit no spike (the ``sparsity`` of :mod:`spikelm.eval.spikes`, there over all
+    positions). Raises ValueError for an unknown mode or ``k <= 0`` (``AdaptiveSpike``).
     """
 
     def __init__(self, mode: str = "off", k: float = 3.0, max_count: int | None = None, steps: int = 8,
@@ -127,6 +135,7 @@ class SpikingInput(AdaptiveSpike):
 
 
 def spiking_input(config) -> SpikingInput:
-    """The :class:`SpikingInput` of a ``SpikeLMConfig`` (``adaptive_spike_*`` fields)."""
+    """The :class:`SpikingInput` of a ``SpikeLMConfig`` (``adaptive_spike_mode``, ``_k``,
+    ``_max_count``, ``_steps``, ``_encoding``)."""
     return SpikingInput(config.adaptive_spike_mode, config.adaptive_spike_k, config.adaptive_spike_max_count,
                         config.adaptive_spike_steps, config.adaptive_spike_encoding)

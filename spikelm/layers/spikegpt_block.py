@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 from .block import SpikeLMBlock
+from .channel_mix import RWKV4ChannelMix
 from .common import make_neuron
+from .registry import kind_of
+from .time_mix import RWKV4TimeMix
 
 __all__ = ["SpikeGPTBlock", "make_neuron"]
 
@@ -14,9 +17,9 @@ class SpikeGPTBlock(SpikeLMBlock):
     at layer 0) whatever ``config.mixer_types`` / ``mlp_types`` say. The LIF neurons run along
     the token axis; with ``config.neuron == "none"`` they are skipped (the ANN RWKV-4 ablation).
 
-    State (tuple): ``(att_shift, aa, bb, pp, ffn_shift[, v_att, v_ffn])``, each ``[B, D]``
-    (the membrane potentials only when the block spikes).
+    State: ``BlockState(mixer=RWKV4State(shift, aa, bb, pp), mlp=ChannelMixState(shift), v_att,
+    v_ffn)``, each tensor ``[B, D]`` (the membrane potentials None when the block does not spike).
     """
 
     def __init__(self, config, layer_id: int):
-        super().__init__(config, layer_id, mixer="rwkv4", mlp="channel_mix", embed_norm=True)
+        super().__init__(config, layer_id, mixer=kind_of(RWKV4TimeMix), mlp=kind_of(RWKV4ChannelMix), embed_norm=True)

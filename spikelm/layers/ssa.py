@@ -2,15 +2,35 @@
 running-sum recurrent forms."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
+from .base import SpikeLMLayer
 from .common import SpikingNorm, apply_mask, fire_tokens, make_neuron
 
 VARIANTS = ("ssa", "sdsa")
 
 
-class SpikingSelfAttention(nn.Module):
+class SpikingAttentionState(NamedTuple):
+    """State of :class:`SpikingSelfAttention` (all float32, batch first).
+
+    Attributes:
+        kv: the running sum over the tokens seen so far: ``S = sum_i k_i^T v_i`` per head
+            ``[B, H, Dh, Dh]`` (ssa), or ``sum_i k_i * v_i`` ``[B, D]`` (sdsa).
+        v_q, v_k, v_v: membrane potentials ``[B, D]`` of the Q, K, V neurons.
+        v_attn: membrane potential ``[B, D]`` of the attention neuron.
+    """
+
+    kv: torch.Tensor
+    v_q: torch.Tensor
+    v_k: torch.Tensor
+    v_v: torch.Tensor
+    v_attn: torch.Tensor
+
+
+class SpikingSelfAttention(SpikeLMLayer):
     """Causal spiking self-attention for language models (tokens are the neurons' time steps).
 
     ``Q, K, V = LIF(Norm(X W_q|k|v))`` (binary spike tensors ``[B, L, D]``, ``H`` heads of
@@ -31,17 +51,38 @@ class SpikingSelfAttention(nn.Module):
     Args:
         config: ``SpikeLMConfig`` (``hidden_size``, ``num_attention_heads``, ``ssa_scale`` =
             ``s`` (0.125), ``ssa_v_th`` (0.5), ``spiking_norm``, ``neuron``, ``lif_*``).
-        variant: ``"ssa"`` or ``"sdsa"``.
-    State (tuple): ``(S [B, H, Dh, Dh] | kv [B, D] fp32, v_q, v_k, v_v, v_attn [B, D] fp32)``.
+        variant: ``"ssa"`` or ``"sdsa"`` (:class:`SpikeDrivenSelfAttention` is the sdsa one).
+    ``forward(x [B, L, D], state: SpikingAttentionState | None, mask [B, L] | None) -> (out
+    [B, L, D] in x.dtype, SpikingAttentionState)``.
     Raises:
-        ValueError: unknown variant, ``hidden_size`` not divisible by the heads, or
-            ``config.neuron == "none"`` (these layers are defined by their neurons).
+        ValueError: unknown variant, or ``hidden_size`` not divisible by the heads.
+    With ``config.neuron == "none"`` the inner neurons are LIF all the same (these layers are
+    defined by their neurons).
     """
 
-    state_size = 5
+    State = SpikingAttentionState
+    spike_sites = ("q", "k", "v", "attn")
+    variant = "ssa"
 
-    def __init__(self, config, variant: str = "ssa"):
+    @classmethod
+    def from_config(cls, config, layer_id: int) -> "SpikingSelfAttention":
+        return cls(config, cls.variant)
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        D, H = config.hidden_size, config.num_attention_heads
+        if D % H:
+            raise ValueError(f"ssa/sdsa need hidden_size ({D}) divisible by num_attention_heads ({H})")
+
+    @classmethod
+    def flops_per_token(cls, config, context: int) -> float:
+        """The parallel form's ``Q K^T`` and ``(Q K^T) V`` products: ``12 * D * T`` (PaLM's
+        attention term, Chowdhery et al. 2022, appendix B, with ``H * Dh = D``)."""
+        return 12.0 * config.hidden_size * context
+
+    def __init__(self, config, variant: str | None = None):
         super().__init__()
+        variant = self.variant if variant is None else variant
         if variant not in VARIANTS:
             raise ValueError(f"unknown spiking attention variant {variant!r}; accepted: {', '.join(VARIANTS)}")
         D, H = config.hidden_size, config.num_attention_heads
@@ -57,7 +98,6 @@ class SpikingSelfAttention(nn.Module):
             SpikingNorm(config.spiking_norm, D, config.layer_norm_eps) for _ in range(4))
         self.q_lif, self.k_lif, self.v_lif = (make_neuron(config, kind) for _ in range(3))
         self.attn_lif = make_neuron(config, kind, v_th=config.ssa_v_th)
-        self.spike_rates: dict[str, torch.Tensor] = {}
 
     def _spikes(self, proj, norm, lif, x, v, mask, name):
         s, v_new = fire_tokens(lif, norm(proj(x), mask), v, mask)
@@ -65,15 +105,16 @@ class SpikingSelfAttention(nn.Module):
         self.spike_rates[name] = s.detach().float().mean()
         return s, v_new
 
-    def forward(self, x: torch.Tensor, state: tuple | None = None, mask: torch.Tensor | None = None):
+    def forward(self, x: torch.Tensor, state: SpikingAttentionState | None = None, mask: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, SpikingAttentionState]:
         """``x [B, L, D]``, optional state, ``mask [B, L]`` (1 = token, 0 = pad) ->
         ``(out [B, L, D], new state)``. Pads leave no trace in the state."""
         B, L, D = x.shape
         H, Dh = self.heads, self.head_dim
-        st = (None,) * 5 if state is None else state
-        q, vq = self._spikes(self.q_proj, self.q_norm, self.q_lif, x, st[1], mask, "q")
-        k, vk = self._spikes(self.k_proj, self.k_norm, self.k_lif, x, st[2], mask, "k")
-        v, vv = self._spikes(self.v_proj, self.v_norm, self.v_lif, x, st[3], mask, "v")
+        st = SpikingAttentionState(None, None, None, None, None) if state is None else state
+        q, vq = self._spikes(self.q_proj, self.q_norm, self.q_lif, x, st.v_q, mask, "q")
+        k, vk = self._spikes(self.k_proj, self.k_norm, self.k_lif, x, st.v_k, mask, "k")
+        v, vv = self._spikes(self.v_proj, self.v_norm, self.v_lif, x, st.v_v, mask, "v")
         qf, kf, vf = q.float(), k.float(), v.float()
         if self.variant == "ssa":
             qh, kh, vh = (t.view(B, L, H, Dh).transpose(1, 2) for t in (qf, kf, vf))  # [B, H, L, Dh]
@@ -81,26 +122,33 @@ class SpikingSelfAttention(nn.Module):
             scores = (qh @ kh.transpose(-1, -2)).masked_fill(~causal, 0.0)      # spike counts
             a = scores @ vh                                                      # [B, H, L, Dh]
             S = kh.transpose(-1, -2) @ vh                                        # [B, H, Dh, Dh]
-            if st[0] is not None:
-                a = a + qh @ st[0]
-                S = S + st[0]
+            if st.kv is not None:
+                a = a + qh @ st.kv
+                S = S + st.kv
             a = (a * self.scale).transpose(1, 2).reshape(B, L, D)
             new_sum = S
         else:
             kv = torch.cumsum(kf * vf, 1)                                        # [B, L, D]
-            if st[0] is not None:
-                kv = kv + st[0][:, None]
+            if st.kv is not None:
+                kv = kv + st.kv[:, None]
             new_sum = kv[:, -1]
-            gate, va = fire_tokens(self.attn_lif, kv * self.scale, st[4], mask)
+            gate, va = fire_tokens(self.attn_lif, kv * self.scale, st.v_attn, mask)
             a = qf * gate.float()
         if self.variant == "ssa":
-            s, va = fire_tokens(self.attn_lif, a, st[4], mask)
+            s, va = fire_tokens(self.attn_lif, a, st.v_attn, mask)
         else:
             s = a
         s = apply_mask(s, mask).to(x.dtype)
         self.spike_rates["attn"] = s.detach().float().mean()
         out = self.o_norm(self.o_proj(s), mask)
-        return out, (new_sum, vq, vk, vv, va)
+        return out, SpikingAttentionState(new_sum, vq, vk, vv, va)
 
     def extra_repr(self) -> str:
         return f"variant={self.variant}, heads={self.heads}, head_dim={self.head_dim}, scale={self.scale}"
+
+
+class SpikeDrivenSelfAttention(SpikingSelfAttention):
+    """:class:`SpikingSelfAttention` with ``variant="sdsa"`` (Spike-driven Transformer, Yao et
+    al. 2023): the registry's ``"sdsa"`` kind. Same parameters, state and spike sites."""
+
+    variant = "sdsa"

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from .common import spiking_input
+from .base import attention_dims
+from .projected_attention import ProjectedAttention
 
 
 def rope_inv_freq(dim: int, theta: float = 10000.0, rope_type: str = "default", params: dict | None = None,
@@ -62,7 +63,21 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return (xf * cos + rot * sin).to(x.dtype)
 
 
-class SlidingWindowAttention(nn.Module):
+class SWAState(NamedTuple):
+    """State of :class:`SlidingWindowAttention`: a ring buffer of the last ``W`` keys and values.
+
+    Attributes:
+        k_cache, v_cache: ``[B, W, H_kv, Dh]`` in the activation dtype (keys after RoPE); the
+            token at position ``p`` lives in slot ``p mod W``.
+        pos: ``[B]`` int64, the real (unpadded) tokens seen so far.
+    """
+
+    k_cache: torch.Tensor
+    v_cache: torch.Tensor
+    pos: torch.Tensor
+
+
+class SlidingWindowAttention(ProjectedAttention):
     """Causal softmax attention over the last ``W`` tokens, with RoPE and grouped-query heads.
 
     ``q, k, v = W_q s(x), W_k s(x), W_v s(x)`` (``s`` = adaptive spiking, identity when off;
@@ -87,48 +102,50 @@ class SlidingWindowAttention(nn.Module):
             ``num_key_value_heads``, ``head_dim`` (even), ``sliding_window``, ``rope_theta``,
             ``rope_type``/``rope_params``, ``attention_bias``, ``attention_out_bias``,
             ``attention_qk_norm``, ``layer_norm_eps``, ``adaptive_spike_*``).
-    State (tuple): ``(k_cache [B, W, H_kv, Dh], v_cache [B, W, H_kv, Dh]`` in the activation
-    dtype (keys stored after RoPE), ``pos [B]`` int64 = real tokens seen so far).
+    ``forward(x [B, L, D], state: SWAState | None, mask [B, L] | None) -> (out [B, L, D] in
+    x.dtype, SWAState)``. Spike sites: ``"in.sparsity"``, ``"o_in.sparsity"``.
+    Raises:
+        ValueError: an odd ``head_dim`` (RoPE rotates channel pairs).
     """
 
-    state_size = 3
+    State = SWAState
 
     def __init__(self, config):
         super().__init__()
-        D = config.hidden_size
-        self.heads, self.kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
-        if self.head_dim % 2:
-            raise ValueError(f"RoPE needs an even head_dim, got {self.head_dim}")
+        if config.head_dim % 2:
+            raise ValueError(f"RoPE needs an even head_dim, got {config.head_dim}")
         self.window, self.theta = config.sliding_window, config.rope_theta
         self.rope_type = getattr(config, "rope_type", "default")
         self.rope_params = dict(getattr(config, "rope_params", None) or {})
-        bias = config.attention_bias
-        self.in_spike = spiking_input(config)
-        self.q_proj = nn.Linear(D, self.heads * self.head_dim, bias=bias)
-        self.k_proj = nn.Linear(D, self.kv_heads * self.head_dim, bias=bias)
-        self.v_proj = nn.Linear(D, self.kv_heads * self.head_dim, bias=bias)
-        self.o_spike = spiking_input(config)
-        self.o_proj = nn.Linear(self.heads * self.head_dim, D, bias=getattr(config, "attention_out_bias", False))
-        qk_norm = getattr(config, "attention_qk_norm", False)
-        self.q_norm = nn.RMSNorm(self.head_dim, eps=config.layer_norm_eps) if qk_norm else None
-        self.k_norm = nn.RMSNorm(self.head_dim, eps=config.layer_norm_eps) if qk_norm else None
-        self.spike_rates: dict[str, torch.Tensor] = {}
+        self._init_qkv(config, config.num_attention_heads, config.num_key_value_heads, config.head_dim)
+        self._init_out(config)
+        self._init_qk_norm(config)
 
-    def init_state(self, batch: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Empty cache: zero ``[B, W, H_kv, Dh]`` keys and values, ``pos`` zeros ``[B]`` int64."""
+    @classmethod
+    def check_config(cls, config) -> None:
+        if config.head_dim % 2:
+            raise ValueError(f"swa applies RoPE, which needs an even head_dim, got {config.head_dim}")
+
+    @classmethod
+    def flops_per_token(cls, config, context: int) -> float:
+        """Softmax attention over ``T_ctx = min(context, window)`` keys: ``12 * H * Dh * T_ctx``
+        (PaLM's ``12 * L * H * Q * T`` per layer, Chowdhery et al. 2022, appendix B); a config
+        without ``sliding_window`` (a Llama) attends over the whole context."""
+        heads, head_dim = attention_dims(config)
+        window = getattr(config, "sliding_window", None) or context
+        return 12.0 * heads * head_dim * min(context, window)
+
+    def init_state(self, batch: int, device, dtype) -> SWAState:
+        """Empty cache: zero ``[B, W, H_kv, Dh]`` keys and values in ``dtype``, ``pos`` zeros ``[B]`` int64."""
         kv = torch.zeros(batch, self.window, self.kv_heads, self.head_dim, device=device, dtype=dtype)
-        return kv, kv.clone(), torch.zeros(batch, dtype=torch.long, device=device)
+        return SWAState(kv, kv.clone(), torch.zeros(batch, dtype=torch.long, device=device))
 
-    def forward(self, x: torch.Tensor, state: tuple | None = None, mask: torch.Tensor | None = None):
-        """``x [B, L, D]``, optional state, ``mask [B, L]`` -> ``(out [B, L, D], new state)``."""
+    def forward(self, x: torch.Tensor, state: SWAState | None = None, mask: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, SWAState]:
+        """``x [B, L, D]``, optional state, ``mask [B, L]`` (1 = token, 0 = pad) -> ``(out [B, L, D], new state)``."""
         B, L, _ = x.shape
         H, Hk, Dh, W = self.heads, self.kv_heads, self.head_dim, self.window
-        u = self.in_spike(x, mask)
-        q = self.q_proj(u).view(B, L, H, Dh)
-        k = self.k_proj(u).view(B, L, Hk, Dh)
-        v = self.v_proj(u).view(B, L, Hk, Dh)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
+        _, q, k, v = self._project_qkv(x, mask)
         real = torch.ones(B, L, dtype=torch.bool, device=x.device) if mask is None else mask.bool()
         fresh = state is None  # nothing cached: attend over this call's tokens only
         if state is None:
@@ -158,7 +175,7 @@ class SlidingWindowAttention(nn.Module):
                 allowed = torch.cat([see_old, see_new], 2)
             o = F.scaled_dot_product_attention(q.transpose(1, 2), keys.transpose(1, 2), vals.transpose(1, 2),
                                                attn_mask=allowed[:, None], enable_gqa=H != Hk)
-        out = self.o_proj(self.o_spike(o.transpose(1, 2).reshape(B, L, H * Dh), mask))
+        out = self._output(o.transpose(1, 2).reshape(B, L, H * Dh), mask)
         # ring-buffer write: slot j keeps the newest real position p < pos_end with p = j (mod W)
         n_real = real.long().sum(1)
         pos_end = pos0 + n_real
@@ -170,10 +187,7 @@ class SlidingWindowAttention(nn.Module):
         gidx = src[:, :, None, None].expand(B, W, Hk, Dh)
         k_new = torch.where(from_new[:, :, None, None], k.gather(1, gidx), k_cache.to(k.dtype))
         v_new = torch.where(from_new[:, :, None, None], v.gather(1, gidx), v_cache.to(v.dtype))
-        for name, mod in (("in", self.in_spike), ("o_in", self.o_spike)):
-            if mod.sparsity is not None:
-                self.spike_rates[f"{name}.sparsity"] = mod.sparsity
-        return out, (k_new, v_new, pos_end)
+        return out, SWAState(k_new, v_new, pos_end)
 
     def extra_repr(self) -> str:
         return f"heads={self.heads}, kv_heads={self.kv_heads}, head_dim={self.head_dim}, window={self.window}"

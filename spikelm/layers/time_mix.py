@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from ..kernels.wkv4 import wkv4, wkv4_init_state
+from .base import SpikeLMLayer
 from .token_shift import mix, token_shift
 
 PAD_KEY = -1e30
@@ -14,18 +16,37 @@ PAD_KEY = -1e30
 decay of ``e^{-1e30 - ...}`` wipes whatever the pad wrote, so pads leave no trace (exact)."""
 
 
-class RWKV4TimeMix(nn.Module):
-    """RWKV-4 time-mix of SpikeGPT (ridgerchu/SpikeGPT ``src/model.py``, ``RWKV_TimeMix``).
+class RWKV4State(NamedTuple):
+    """State of :class:`RWKV4TimeMix`, every field ``[B, D]``.
+
+    Attributes:
+        shift: the previous token's (masked) input, in the activation dtype (token shift).
+        aa, bb, pp: the WKV running numerator, denominator and exponent offset, float32
+            (RWKV-4's numerically stable form; ``spikelm.kernels.wkv4``).
+    """
+
+    shift: torch.Tensor
+    aa: torch.Tensor
+    bb: torch.Tensor
+    pp: torch.Tensor
+
+
+class RWKV4TimeMix(SpikeLMLayer):
+    """RWKV-4 time-mix of SpikeGPT (Zhu et al. 2023; ridgerchu/SpikeGPT ``src/model.py``,
+    ``RWKV_TimeMix``; RWKV-4, Peng et al. 2023).
 
     ``xk, xv, xr = mix(x, shift(x), mu_k|mu_v|mu_r)``; ``k, v, r = W_k xk, W_v xv, W_r xr``;
-    ``out = W_o(sigmoid(r) * wkv(w = exp(time_decay), u = time_first, k, v))``.
+    ``out = W_o(sigmoid(r) * wkv(w = exp(time_decay), u = time_first, k, v))`` with
+    ``wkv_t = (sum_{i<t} e^{-(t-1-i) w + k_i} v_i + e^{u + k_t} v_t) / (same without v)``.
 
     Args:
         hidden_size: ``D``. layer_id, num_layers: position in the stack (for the RWKV init).
-    State: ``(shift [B, D], aa, bb, pp [B, D] fp32)``.
+    ``forward(x [B, L, D], state: RWKV4State | None, mask [B, L] | None) -> (out [B, L, D] in
+    x.dtype, RWKV4State)``.
     """
 
-    state_size = 4
+    State = RWKV4State
+    embed_norm = True  # SpikeGPT normalises the embedding before its first (RWKV) block
 
     def __init__(self, hidden_size: int, layer_id: int, num_layers: int):
         super().__init__()
@@ -33,15 +54,20 @@ class RWKV4TimeMix(nn.Module):
         self.layer_id, self.num_layers = layer_id, num_layers
         # time_decay, time_first, time_mix_k/v/r: created with their RWKV-4 values, so a module
         # built on its own (outside a PreTrainedModel's init) is usable too
-        for name, value in self.rwkv_init_values().items():
+        for name, value in self.init_values().items():
             setattr(self, name, nn.Parameter(value))
         self.key = nn.Linear(D, D, bias=False)
         self.value = nn.Linear(D, D, bias=False)
         self.receptance = nn.Linear(D, D, bias=False)
         self.output = nn.Linear(D, D, bias=False)
 
-    def rwkv_init_values(self) -> dict[str, torch.Tensor]:
-        """RWKV-4's initial decay, bonus and mix vectors (SpikeGPT ``RWKV_TimeMix.__init__``), by parameter name."""
+    @classmethod
+    def from_config(cls, config, layer_id: int) -> "RWKV4TimeMix":
+        return cls(config.hidden_size, layer_id, config.num_hidden_layers)
+
+    def init_values(self) -> dict[str, torch.Tensor]:
+        """RWKV-4's initial decay, bonus and mix vectors ``[D]`` float32 (SpikeGPT
+        ``RWKV_TimeMix.__init__``), by parameter name."""
         D = self.hidden_size
         ratio_0_to_1 = self.layer_id / max(self.num_layers - 1, 1)
         ratio_1_to_0 = 1.0 - self.layer_id / self.num_layers
@@ -56,23 +82,24 @@ class RWKV4TimeMix(nn.Module):
             "time_mix_r": ramp ** (0.5 * ratio_1_to_0),
         }
 
-    def init_state(self, batch: int, device, dtype) -> tuple[torch.Tensor, ...]:
-        """Empty state: ``(shift zeros [B, D] in dtype, aa, bb, pp [B, D] fp32)``."""
-        return (torch.zeros(batch, self.time_decay.numel(), device=device, dtype=dtype),
-                *wkv4_init_state(batch, self.time_decay.numel(), device))
+    def init_state(self, batch: int, device, dtype) -> RWKV4State:
+        """Empty state: ``shift`` zeros ``[B, D]`` in ``dtype``; ``aa, bb, pp`` as ``wkv4_init_state``."""
+        return RWKV4State(torch.zeros(batch, self.time_decay.numel(), device=device, dtype=dtype),
+                          *wkv4_init_state(batch, self.time_decay.numel(), device))
 
-    def forward(self, x: torch.Tensor, state: tuple | None = None, mask: torch.Tensor | None = None):
+    def forward(self, x: torch.Tensor, state: RWKV4State | None = None, mask: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, RWKV4State]:
         """``x [B, L, D]``, optional state, ``mask [B, L]`` (1 = token, 0 = pad) ->
-        ``(out [B, L, D], new_state)``."""
+        ``(out [B, L, D], new state)``."""
         if mask is not None:
             x = x * mask[..., None].to(x.dtype)
-        xx = token_shift(x, None if state is None else state[0])
+        xx = token_shift(x, None if state is None else state.shift)
         k = self.key(mix(x, xx, self.time_mix_k))
         v = self.value(mix(x, xx, self.time_mix_v))
         r = self.receptance(mix(x, xx, self.time_mix_r))
         if mask is not None:
             k = k.masked_fill(~mask[..., None].bool(), PAD_KEY)
-        y, wkv_state = wkv4(torch.exp(self.time_decay), self.time_first, k, v,
-                            None if state is None else tuple(state[1:]))
+        y, (aa, bb, pp) = wkv4(torch.exp(self.time_decay), self.time_first, k, v,
+                               None if state is None else (state.aa, state.bb, state.pp))
         out = self.output(torch.sigmoid(r) * y.to(r.dtype))
-        return out, (x[:, -1], *wkv_state)
+        return out, RWKV4State(x[:, -1], aa, bb, pp)

@@ -5,7 +5,7 @@ import torch
 
 
 def token_shift(x: torch.Tensor, prev: torch.Tensor | None) -> torch.Tensor:
-    """Shift ``x [B, L, D]`` one token to the right along L.
+    """Shift ``x [B, L, D]`` one token to the right along L (RWKV's token shift, Peng et al. 2023).
 
     Position 0 receives ``prev [B, D]`` (the last token of the previous call, for recurrent
     decoding and chunked prefill) or zeros when ``prev`` is None. Returns ``[B, L, D]``.
@@ -15,5 +15,6 @@ def token_shift(x: torch.Tensor, prev: torch.Tensor | None) -> torch.Tensor:
 
 
 def mix(x: torch.Tensor, xx: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
-    """RWKV interpolation ``x * mu + xx * (1 - mu)`` with learned per-channel ``mu [D]``."""
+    """RWKV interpolation ``x * mu + xx * (1 - mu)`` (Peng et al. 2023, RWKV-4) with learned
+    per-channel ``mu [D]`` (cast to ``x.dtype``): ``x, xx [B, L, D] -> [B, L, D]``."""
     return torch.lerp(xx, x, mu.to(x.dtype))

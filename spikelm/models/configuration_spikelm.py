@@ -3,12 +3,16 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
-MIXER_TYPES = ("rwkv4", "ssa", "sdsa", "gla", "swa")
-"""Token mixers: SpikeGPT's RWKV-4 time-mix, Spikformer's spiking self-attention (causal), the
-spike-driven self-attention of the Spike-driven Transformer, SpikingBrain's gated linear
-attention and sliding-window softmax attention."""
-MLP_TYPES = ("channel_mix", "swiglu", "spiking_mlp")
-"""Channel mixers: RWKV-4 channel-mix (SpikeGPT), SwiGLU (SpikingBrain / Llama), Spikformer's MLP."""
+from ..layers.registry import MIXERS, MLPS
+
+MIXER_TYPES = tuple(MIXERS)
+"""Token mixers, the keys of :data:`spikelm.layers.registry.MIXERS`: ``rwkv4`` (SpikeGPT's RWKV-4
+time-mix), ``ssa`` (Spikformer's spiking self-attention, causal), ``sdsa`` (the spike-driven
+self-attention of the Spike-driven Transformer), ``gla`` and ``swa`` (SpikingBrain's gated
+linear attention and sliding-window softmax attention)."""
+MLP_TYPES = tuple(MLPS)
+"""Channel mixers, the keys of :data:`spikelm.layers.registry.MLPS`: ``channel_mix`` (RWKV-4,
+SpikeGPT), ``swiglu`` (SpikingBrain / Llama), ``spiking_mlp`` (Spikformer's MLP)."""
 NEURONS = ("lif", "plif", "none")
 NORM_TYPES = ("layernorm", "rmsnorm")
 SPIKING_NORMS = ("layernorm", "batchnorm")
@@ -56,8 +60,11 @@ class SpikeLMConfig(PretrainedConfig):
         hidden_size: model width ``D``.
         num_hidden_layers: number of blocks.
         intermediate_size: MLP width (default ``4 * hidden_size``, as SpikeGPT).
-        context_length: the training context in tokens; prompts longer than this are rejected
-            by generation helpers (the recurrent state itself has no length limit).
+        max_position_embeddings: the training context in tokens (transformers' name for it);
+            prompts longer than this are rejected by generation helpers (the recurrent state
+            itself has no length limit). Default 1024.
+        context_length: the former name of ``max_position_embeddings``, still accepted (old
+            ``config.json`` files) and readable as an alias (``attribute_map``).
         mixer_types: token mixer per layer, from :data:`MIXER_TYPES` (a single string means
             every layer); default all ``"rwkv4"``. (Not named ``layer_types``: transformers 5
             reserves that attribute for its own attention kinds.)
@@ -118,13 +125,17 @@ class SpikeLMConfig(PretrainedConfig):
         use_cache: return the recurrent state from ``forward`` by default.
     Raises:
         ValueError: an unknown value of any choice field (the message lists the accepted
-            values), per-layer lists of the wrong length, bad sizes or head counts.
+            values), per-layer lists of the wrong length, bad sizes or head counts, what a
+            layer kind's ``check_config`` rejects, or ``context_length`` and
+            ``max_position_embeddings`` both given with different values.
     """
 
     model_type = "spikelm"
+    attribute_map = {"context_length": "max_position_embeddings"}
 
     def __init__(self, vocab_size: int = 256, hidden_size: int = 512, num_hidden_layers: int = 12,
-                 intermediate_size: int | None = None, context_length: int = 1024,
+                 intermediate_size: int | None = None, max_position_embeddings: int | None = None,
+                 context_length: int | None = None,
                  mixer_types: list[str] | str | None = None, mlp_types: list[str] | str | None = None,
                  neuron: str = "lif", neuron_types: list[str] | None = None, lif_tau: float = 2.0,
                  lif_v_th: float = 1.0, lif_v_reset: float | None = 0.0, lif_decay_input: bool = True,
@@ -148,8 +159,13 @@ class SpikeLMConfig(PretrainedConfig):
             raise ValueError(f"vocab_size, hidden_size and num_hidden_layers must be >= 1, got "
                              f"{vocab_size}, {hidden_size}, {num_hidden_layers}")
         n = num_hidden_layers
-        mixer_types = _per_layer("mixer_types", mixer_types, "rwkv4", n, MIXER_TYPES)
-        mlp_types = _per_layer("mlp_types", mlp_types, "channel_mix", n, MLP_TYPES)
+        if context_length is not None and max_position_embeddings not in (None, context_length):
+            raise ValueError(f"context_length ({context_length}) is the old name of max_position_embeddings "
+                             f"({max_position_embeddings}); give only max_position_embeddings")
+        if max_position_embeddings is None:
+            max_position_embeddings = 1024 if context_length is None else context_length
+        mixer_types = _per_layer("mixer_types", mixer_types, "rwkv4", n, tuple(MIXERS))  # the registry as it is now
+        mlp_types = _per_layer("mlp_types", mlp_types, "channel_mix", n, tuple(MLPS))
         _choice("neuron", neuron, NEURONS)
         neuron_types = _per_layer("neuron_types", neuron_types, neuron, n, NEURONS)
         _choice("norm_type", norm_type, NORM_TYPES)
@@ -162,18 +178,14 @@ class SpikeLMConfig(PretrainedConfig):
         if heads < 1 or kv_heads < 1 or heads % kv_heads:
             raise ValueError(f"num_attention_heads ({heads}) must be a positive multiple of num_key_value_heads "
                              f"({kv_heads})")
-        uses = set(mixer_types)
-        if uses & {"ssa", "sdsa"} and hidden_size % heads:
-            raise ValueError(f"ssa/sdsa need hidden_size ({hidden_size}) divisible by num_attention_heads ({heads})")
+        kinds = [MIXERS[k] for k in dict.fromkeys(mixer_types)] + [MLPS[k] for k in dict.fromkeys(mlp_types)]
         if head_dim is None:
-            if uses & {"gla", "swa"} and hidden_size % heads:
+            if any(c.uses_head_dim for c in kinds) and hidden_size % heads:
                 raise ValueError(f"hidden_size ({hidden_size}) is not divisible by num_attention_heads ({heads}); "
                                  "set head_dim")
             head_dim = max(1, hidden_size // heads)
         if head_dim < 1:
             raise ValueError(f"head_dim must be >= 1, got {head_dim}")
-        if "swa" in uses and head_dim % 2:
-            raise ValueError(f"swa applies RoPE, which needs an even head_dim, got {head_dim}")
         _choice("rope_type", rope_type, ROPE_TYPES)
         rope_params = dict(rope_params or {})
         missing = [k for k in _ROPE_PARAMS[rope_type] if k not in rope_params]
@@ -199,7 +211,7 @@ class SpikeLMConfig(PretrainedConfig):
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers
         self.intermediate_size = intermediate_size or 4 * hidden_size
-        self.context_length = context_length
+        self.max_position_embeddings = max_position_embeddings
         self.mixer_types = mixer_types
         self.mlp_types = mlp_types
         self.neuron = neuron
@@ -209,7 +221,7 @@ class SpikeLMConfig(PretrainedConfig):
         self.surrogate, self.surrogate_alpha = surrogate, surrogate_alpha
         self.spike_embedding = spike_embedding
         self.norm_type = norm_type
-        self.embed_norm = mixer_types[0] == "rwkv4" if embed_norm is None else bool(embed_norm)
+        self.embed_norm = MIXERS[mixer_types[0]].embed_norm if embed_norm is None else bool(embed_norm)
         self.num_attention_heads, self.num_key_value_heads, self.head_dim = heads, kv_heads, head_dim
         self.sliding_window, self.rope_theta, self.attention_bias = sliding_window, rope_theta, attention_bias
         self.rope_type, self.rope_params = rope_type, rope_params
@@ -224,5 +236,7 @@ class SpikeLMConfig(PretrainedConfig):
         self.adaptive_spike_steps, self.adaptive_spike_encoding = adaptive_spike_steps, adaptive_spike_encoding
         self.use_cache = use_cache
         self.layer_norm_eps, self.dropout, self.initializer_range = layer_norm_eps, dropout, initializer_range
+        for kind in kinds:  # per-kind requirements (ssa/sdsa: D divisible by the heads; swa: even head_dim)
+            kind.check_config(self)
         super().__init__(tie_word_embeddings=tie_word_embeddings, bos_token_id=bos_token_id,
                          eos_token_id=eos_token_id, pad_token_id=pad_token_id, **kwargs)

@@ -26,29 +26,33 @@ def _spikformer(layers: int, **kw) -> dict:
 
 FLAVOURS: dict[str, dict] = {
     # tiny, for tests
-    "debug": dict(hidden_size=32, num_hidden_layers=2, context_length=64),
+    "debug": dict(hidden_size=32, num_hidden_layers=2, max_position_embeddings=64),
     # the CPU default: trains on tiny Shakespeare on 2 cores in minutes
-    "shakespeare": dict(hidden_size=256, num_hidden_layers=4, context_length=128),
+    "shakespeare": dict(hidden_size=256, num_hidden_layers=4, max_position_embeddings=128),
     # SpikeGPT paper sizes (Zhu et al. 2023, Table 1)
-    "spikegpt-45m": dict(hidden_size=512, num_hidden_layers=12, context_length=1024),
-    "spikegpt-216m": dict(hidden_size=768, num_hidden_layers=18, context_length=1024),
+    "spikegpt-45m": dict(hidden_size=512, num_hidden_layers=12, max_position_embeddings=1024),
+    "spikegpt-216m": dict(hidden_size=768, num_hidden_layers=18, max_position_embeddings=1024),
     # Spikformer-style causal spiking self-attention LM
-    "spikformer-debug": _spikformer(2, hidden_size=32, num_attention_heads=2, intermediate_size=64, context_length=64),
-    "spikformer-shakespeare": _spikformer(4, hidden_size=256, num_attention_heads=4, context_length=128),
+    "spikformer-debug": _spikformer(2, hidden_size=32, num_attention_heads=2, intermediate_size=64,
+                                    max_position_embeddings=64),
+    "spikformer-shakespeare": _spikformer(4, hidden_size=256, num_attention_heads=4, max_position_embeddings=128),
     # SpikingBrain-style hybrids (GLA + SWA, SwiGLU, adaptive spiking on projection inputs)
     "hybrid-debug": _hybrid(2, hidden_size=32, num_attention_heads=2, num_key_value_heads=1, intermediate_size=64,
-                            sliding_window=16, context_length=64),
+                            sliding_window=16, max_position_embeddings=64),
     "hybrid-shakespeare": _hybrid(4, hidden_size=256, num_attention_heads=4, num_key_value_heads=2,
-                                  intermediate_size=704, sliding_window=64, context_length=128),
+                                  intermediate_size=704, sliding_window=64, max_position_embeddings=128),
     # ~1.07B parameters with a 50k vocabulary: 18 layers, D=2048, 16 heads of 128 (SWA: 4 KV
     # heads, window 2048), SwiGLU 5632, Qwen2-style q/k/v biases
     "hybrid-1b": _hybrid(18, hidden_size=2048, num_attention_heads=16, num_key_value_heads=4, intermediate_size=5632,
-                         sliding_window=2048, attention_bias=True, rope_theta=500000.0, context_length=4096),
+                         sliding_window=2048, attention_bias=True, rope_theta=500000.0, max_position_embeddings=4096),
 }
 
 
 def flavour_config(name: str, **overrides) -> SpikeLMConfig:
     """``SpikeLMConfig`` of a named flavour, with keyword overrides (e.g. ``vocab_size``).
+
+    An override ``context_length`` (the former name of ``max_position_embeddings``) replaces the
+    flavour's ``max_position_embeddings``.
 
     Raises:
         ValueError: unknown flavour name (the message lists the known ones), or an invalid
@@ -56,4 +60,6 @@ def flavour_config(name: str, **overrides) -> SpikeLMConfig:
     """
     if name not in FLAVOURS:
         raise ValueError(f"unknown model flavour {name!r}; known flavours: {', '.join(FLAVOURS)}")
+    if "context_length" in overrides and "max_position_embeddings" not in overrides:
+        overrides["max_position_embeddings"] = overrides.pop("context_length")
     return SpikeLMConfig(**{**FLAVOURS[name], **overrides})

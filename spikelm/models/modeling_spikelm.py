@@ -26,7 +26,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from ..kernels.lif import heaviside
-from ..layers import RWKV4ChannelMix, RWKV4TimeMix, SpikeLMBlock
+from ..layers import BlockState, SpikeLMBlock, SpikeLMLayer, make_norm, map_state
 from .configuration_spikelm import SpikeLMConfig
 
 
@@ -34,18 +34,21 @@ class SpikeLMCache:
     """Recurrent state of every layer, used as ``past_key_values`` during generation.
 
     Attributes:
-        layers: one tuple per layer, the state of its :class:`~spikelm.layers.SpikeLMBlock`:
-            ``(*mixer state, *mlp state[, v_att, v_ffn])``, every tensor batch first. SpikeGPT
-            layers: ``(att_shift, aa, bb, pp, ffn_shift, v_att, v_ffn)``, each ``[B, D]``; GLA:
-            ``S [B, H, K, V]``; SSA: running sum and LIF potentials; SWA: a ring buffer of
-            ``sliding_window`` keys/values and the position.
+        layers: one :class:`~spikelm.layers.BlockState` ``(mixer, mlp, v_att, v_ffn)`` per layer
+            (see docs/architecture.md, "State interface"): the mixer's and the MLP's own
+            NamedTuple states (``cls.State`` of their registry classes) and the block-output
+            neurons' membrane potentials ``[B, D]`` float32 (None in non-spiking layers); every
+            tensor batch first. E.g. a SpikeGPT layer: ``BlockState(RWKV4State(shift, aa, bb,
+            pp), ChannelMixState(shift), v_att, v_ffn)``, each ``[B, D]``; GLA:
+            ``GLAState(S [B, H, K, V])``; SWA: ``SWAState(k_cache, v_cache [B, W, H_kv, Dh],
+            pos [B])``, a ring buffer of ``sliding_window`` keys/values.
         seen_tokens: number of tokens (pads included) consumed so far.
     Unlike a KV cache its size does not grow with the sequence (SWA's is bounded by its window).
     """
 
     is_compileable = False
 
-    def __init__(self, layers: list[tuple[torch.Tensor, ...]], seen_tokens: int):
+    def __init__(self, layers: list[BlockState], seen_tokens: int):
         self.layers = layers
         self.seen_tokens = seen_tokens
 
@@ -54,8 +57,8 @@ class SpikeLMCache:
         return self.seen_tokens
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        """Select batch rows (beam search): every state tensor is indexed by ``beam_idx``."""
-        self.layers = [tuple(t.index_select(0, beam_idx.to(t.device)) for t in layer) for layer in self.layers]
+        """Select batch rows (beam search): every state tensor is indexed by ``beam_idx [B']`` (int64)."""
+        self.layers = [map_state(lambda t: t.index_select(0, beam_idx.to(t.device)), layer) for layer in self.layers]
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -67,6 +70,7 @@ class SpikeLMPreTrainedModel(PreTrainedModel):
     config_class = SpikeLMConfig
     config: SpikeLMConfig
     base_model_prefix = "model"
+    _input_embed_layer = "embeddings"  # get/set_input_embeddings (transformers' EmbeddingAccessMixin)
     _no_split_modules = ["SpikeLMBlock", "SpikeGPTBlock"]
     supports_gradient_checkpointing = True
     _is_stateful = True
@@ -78,8 +82,9 @@ class SpikeLMPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
-        if isinstance(module, (RWKV4TimeMix, RWKV4ChannelMix)):
-            for name, value in module.rwkv_init_values().items():
+        values = module.init_values() if isinstance(module, SpikeLMLayer) else {}  # e.g. RWKV-4's decay, mix
+        if values:
+            for name, value in values.items():
                 param = getattr(module, name)
                 init.copy_(param, value.to(device=param.device, dtype=param.dtype))
         elif isinstance(module, nn.Linear):
@@ -111,24 +116,19 @@ class SpikeLMModel(SpikeLMPreTrainedModel):
         super().__init__(config)
         self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
         self.blocks = nn.ModuleList(SpikeLMBlock(config, i) for i in range(config.num_hidden_layers))
-        self.ln_out = (nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.norm_type == "layernorm"
-                       else nn.RMSNorm(config.hidden_size, eps=config.layer_norm_eps))
+        self.ln_out = make_norm(config.norm_type, config.hidden_size, config.layer_norm_eps)
         self.gradient_checkpointing = False
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.embeddings
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.embeddings = value
 
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                 past_key_values: SpikeLMCache | None = None, inputs_embeds: torch.Tensor | None = None,
                 use_cache: bool | None = None, output_hidden_states: bool | None = None, **kwargs
                 ) -> BaseModelOutputWithPast:
-        """Args: ``input_ids [B, L]`` (or ``inputs_embeds [B, L, D]``), ``attention_mask [B, L']``
-        (its last L columns are used; 0 marks padding), ``past_key_values`` from a previous call.
-        Returns ``BaseModelOutputWithPast(last_hidden_state [B, L, D], past_key_values)``.
+        """Args: ``input_ids [B, L]`` int64 (or ``inputs_embeds [B, L, D]``), ``attention_mask [B, L']``
+        (its last L columns are used; 0 marks padding), ``past_key_values``: the
+        :class:`SpikeLMCache` of a previous call (one ``BlockState`` per layer).
+        Returns ``BaseModelOutputWithPast(last_hidden_state [B, L, D], past_key_values)`` (the new
+        cache when ``use_cache``, else None).
         Raises ValueError when neither or both of ``input_ids`` and ``inputs_embeds`` are given."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
@@ -163,7 +163,9 @@ class SpikeLMModel(SpikeLMPreTrainedModel):
                                        hidden_states=tuple(all_hidden) if output_hidden_states else None)
 
     def spike_rates(self) -> dict[str, float]:
-        """Spike statistics of the last forward pass, by site name.
+        """Spike statistics of the last forward pass, by site name: ``"layers.{i}.{site}"`` for the
+        ``site``s of ``blocks[i].spike_sites`` (each layer kind declares its own ``spike_sites``
+        in :mod:`spikelm.layers.registry`), as floats:
 
         * ``"layers.{i}.att"`` / ``"layers.{i}.ffn"``: spike rate (mean of the spikes) of the
           block-output LIF neurons (absent for ``neuron="none"`` layers);

@@ -12,7 +12,12 @@ from ..kernels.lif import check_surrogate, lif_multistep
 class LIF(nn.Module):
     """Leaky integrate-and-fire neuron run over a time axis (SpikingJelly ``LIFNode``, step_mode 'm').
 
-    Formulas (charge, fire, reset) are in ``spikelm/kernels/lif/naive.py``.
+    Per step ``t`` (SpikingJelly, Fang et al. 2023), with ``H`` the Heaviside step (surrogate
+    gradient in the backward pass): charge ``h_t = v_{t-1} + (x_t - (v_{t-1} - v_reset)) / tau``
+    (``decay_input=False``: ``h_t = v_{t-1} - (v_{t-1} - v_reset) / tau + x_t``), fire
+    ``s_t = H(h_t - v_th)``, reset ``v_t = h_t (1 - s_t) + v_reset s_t`` (hard) or
+    ``v_t = h_t - v_th s_t`` (soft, ``v_reset=None``, charging with ``v_reset = 0``). The
+    reference implementation is ``spikelm/kernels/lif/naive.py``.
 
     Args:
         tau: membrane time constant in steps (> 0); SpikeGPT uses 2.
@@ -64,7 +69,9 @@ class LIF(nn.Module):
 class PLIF(LIF):
     """Parametric LIF (Fang et al. 2021, ICCV): LIF with a learnable ``tau = 1 / sigmoid(w)``.
 
-    ``w`` is initialised so that ``tau = init_tau`` (which must be > 1: sigmoid < 1).
+    ``w`` (a 0-dim float32 parameter) is initialised so that ``tau = init_tau``.
+    Raises:
+        ValueError: ``init_tau <= 1`` (sigmoid < 1), or LIF's errors.
     """
 
     def __init__(self, init_tau: float = 2.0, **kwargs):

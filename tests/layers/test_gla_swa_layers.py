@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from spikelm import SpikeLMConfig
 from spikelm.kernels.gla import gla_naive
 from spikelm.layers import (SlidingWindowAttention, SpikeGPTBlock, SpikeLMBlock, SpikingGLA, SwiGLU, apply_rope,
-                            build_mixer, build_mlp, rope_cos_sin)
+                            build_mixer, build_mlp, rope_cos_sin, state_tensors)
 
 D = 16
 
@@ -24,7 +24,8 @@ def test_gla_layer_matches_explicit_formula():
     layer = SpikingGLA(cfg(mixer_types="gla", adaptive_spike_mode="off", attention_bias=True)).eval()
     x = torch.randn(2, 7, D)
     with torch.no_grad():
-        out, (S,) = layer(x)
+        out, state = layer(x)
+        S = state.S
         q = F.relu(layer.q_proj(x)).view(2, 7, 2, 8)
         k = F.relu(layer.k_proj(x)).view(2, 7, 2, 8)
         v = layer.v_proj(x).view(2, 7, 2, 8)
@@ -44,8 +45,8 @@ def test_gla_pads_leave_state_untouched_and_spiking_quantises_inputs():
     seen = []
     layer.q_proj.register_forward_hook(lambda m, i, o: seen.append(i[0]))
     with torch.no_grad():
-        a, (Sa,) = layer(x)
-        b, (Sb,) = layer(pad, None, mask)
+        (a, state_a), (b, state_b) = layer(x), layer(pad, None, mask)
+    Sa, Sb = state_a.S, state_b.S
     assert torch.allclose(a, b[:, 2:], atol=1e-6) and torch.allclose(Sa, Sb, atol=1e-6)
     u = seen[0][0]  # the spiked projection input: integer multiples of the per-token threshold
     v_th = x[0].abs().mean(-1, keepdim=True) / 3
@@ -85,8 +86,7 @@ def test_swa_matches_explicit_attention_and_decodes_with_a_ring_buffer(window):
             steps.append(o)
     assert torch.allclose(out, ref, atol=1e-5)
     assert torch.allclose(torch.cat(steps, 1), ref, atol=1e-5)
-    k_cache, v_cache, pos = state
-    assert k_cache.shape == (2, window, 2, 4) and pos.tolist() == [11, 11]
+    assert state.k_cache.shape == (2, window, 2, 4) and state.pos.tolist() == [11, 11]
 
 
 def test_rope_is_relative():
@@ -116,6 +116,7 @@ def test_spikegpt_block_is_the_generic_block_with_rwkv4():
     b.load_state_dict(a.state_dict())
     x = torch.randn(2, 5, D)
     (ya, sa), (yb, sb) = a(x), b(x)
+    sa, sb = state_tensors(sa), state_tensors(sb)  # att shift, aa, bb, pp, ffn shift, v_att, v_ffn
     assert torch.equal(ya, yb) and len(sa) == 7 and all(torch.equal(s, t) for s, t in zip(sa, sb))
 
 

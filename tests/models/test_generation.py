@@ -6,6 +6,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, pipeline
 from spikelm import SpikeLMForCausalLM, flavour_config
 from spikelm.data import train_bpe_tokenizer_from_iterator
 
+from .conftest import cache_numel, spiking_weights
+
 TEXT = ["First Citizen:\nBefore we proceed any further, hear me speak.\n",
         "All:\nSpeak, speak.\n", "First Citizen:\nYou are all resolved rather to die than to famish?\n"] * 20
 
@@ -18,12 +20,7 @@ def tok():
 @pytest.fixture(scope="module")
 def model(tok):
     cfg = flavour_config("debug", vocab_size=len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id)
-    m = SpikeLMForCausalLM(cfg).eval()
-    with torch.no_grad():
-        for p in m.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.5)
-    return m
+    return spiking_weights(SpikeLMForCausalLM(cfg).eval())
 
 
 def test_cached_generation_equals_uncached(model):
@@ -36,9 +33,9 @@ def test_cached_generation_equals_uncached(model):
 def test_cache_is_constant_size(model):
     ids = torch.randint(1, 300, (1, 5))
     out = model(ids, use_cache=True)
-    size = sum(t.numel() for layer in out.past_key_values.layers for t in layer)
+    size = cache_numel(out.past_key_values)
     out2 = model(torch.randint(1, 300, (1, 40)), past_key_values=out.past_key_values, use_cache=True)
-    assert sum(t.numel() for layer in out2.past_key_values.layers for t in layer) == size
+    assert cache_numel(out2.past_key_values) == size
     assert out2.past_key_values.get_seq_length() == 45
 
 

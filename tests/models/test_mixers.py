@@ -9,9 +9,11 @@ from spikelm import SpikeLMConfig, SpikeLMForCausalLM, flavour_config
 from spikelm.data import train_bpe_tokenizer_from_iterator
 from spikelm.models import FLAVOURS
 
+from .conftest import cache_numel, cache_tensors, spiking_weights
+
 V = 61
 BASE = dict(vocab_size=V, hidden_size=32, num_hidden_layers=2, intermediate_size=48, num_attention_heads=2,
-            context_length=64)
+            max_position_embeddings=64)
 # ssa: a larger scale and lower attention threshold than Spikformer's so that the attention
 # neuron fires on these short random sequences (the test would otherwise compare zeros), and a
 # lower LIF threshold for denser Q, K, V spikes
@@ -30,12 +32,7 @@ LAYOUTS = {
 
 def make_model(layout: str, **kw) -> SpikeLMForCausalLM:
     torch.manual_seed(0)
-    m = SpikeLMForCausalLM(SpikeLMConfig(**{**BASE, **LAYOUTS[layout], **kw})).eval()
-    with torch.no_grad():  # larger weights than the init so that neurons spike and logits differ
-        for p in m.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.5)
-    return m
+    return spiking_weights(SpikeLMForCausalLM(SpikeLMConfig(**{**BASE, **LAYOUTS[layout], **kw})).eval())
 
 
 def recurrent(m, ids, chunk, mask=None):
@@ -69,7 +66,7 @@ def test_parallel_equals_recurrent_and_chunked_prefill(layout_model):
         five, st5 = recurrent(m, ids, 5)
     assert (full.logits - one).abs().max().item() < 1e-4, name
     assert (full.logits - five).abs().max().item() < 1e-4, name
-    for a, b in zip(full.past_key_values.layers, st5.layers):
+    for a, b in zip(cache_tensors(full.past_key_values), cache_tensors(st5)):
         assert len(a) == len(b)
         for x, y in zip(a, b):
             assert x.shape == y.shape and x.dtype == y.dtype
@@ -108,7 +105,7 @@ def test_left_padded_positions_leave_no_trace(layout_model):
     assert (alone1[0] - padded.logits[1, 2:]).abs().max().item() < 1e-4, name
     assert (padded.logits - chunked)[mask.bool()].abs().max().item() < 1e-4, name
     # the state after the padded row 0 equals the state of its prompt alone (pads left no trace)
-    for a, b in zip(alone0.past_key_values.layers, padded.past_key_values.layers):
+    for a, b in zip(cache_tensors(alone0.past_key_values), cache_tensors(padded.past_key_values)):
         for x, y in zip(a, b):
             assert torch.allclose(x[0].float(), y[0].float(), atol=1e-5), name
 
@@ -126,9 +123,9 @@ def test_cache_size_is_bounded(layout_model):
     name, m = layout_model
     with torch.no_grad():
         out = m(torch.randint(0, V, (1, 3)), use_cache=True)
-        size = sum(t.numel() for layer in out.past_key_values.layers for t in layer)
+        size = cache_numel(out.past_key_values)
         out = m(torch.randint(0, V, (1, 20)), past_key_values=out.past_key_values, use_cache=True)
-    assert sum(t.numel() for layer in out.past_key_values.layers for t in layer) == size
+    assert cache_numel(out.past_key_values) == size
     assert out.past_key_values.get_seq_length() == 23
 
 

@@ -5,6 +5,8 @@ import torch
 from spikelm import SpikeLMForCausalLM, flavour_config
 from spikelm.models import FLAVOURS
 
+from .conftest import cache_tensors, spiking_weights
+
 VARIANTS = {
     "lif": {},
     "plif": {"neuron": "plif"},
@@ -16,12 +18,7 @@ VARIANTS = {
 def _model(flavour: str, **kw) -> SpikeLMForCausalLM:
     # every flavour's structure (its depth), at a small width so the test is fast
     cfg = flavour_config(flavour, vocab_size=61, hidden_size=16, intermediate_size=24, **kw)
-    m = SpikeLMForCausalLM(cfg).eval()
-    with torch.no_grad():  # larger weights than the init so that neurons actually spike
-        for p in m.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.5)
-    return m
+    return spiking_weights(SpikeLMForCausalLM(cfg).eval())  # larger weights: the neurons actually spike
 
 
 def _recurrent_logits(m, ids, chunk):
@@ -67,7 +64,7 @@ def test_chunked_prefill_equals_full_prefill():
         full = m(ids, use_cache=True)
         chunked, state = _recurrent_logits(m, ids, chunk=5)
     assert (full.logits - chunked).abs().max().item() < 1e-4
-    for a, b in zip(full.past_key_values.layers, state.layers):
+    for a, b in zip(cache_tensors(full.past_key_values), cache_tensors(state)):
         for x, y in zip(a, b):
             assert torch.allclose(x, y, atol=1e-4, rtol=1e-4)
 
