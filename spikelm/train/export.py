@@ -66,23 +66,34 @@ def write_hf_dir(out_dir: str | Path, model, tok, *, state_dict: dict | None = N
 
 
 def find_checkpoint(path: str | Path, tag: str | None = None) -> tuple[Path, Path, str]:
-    """``(run_dir, checkpoints_dir, tag)`` for a run directory or its ``checkpoints`` folder.
+    """``(run_dir, checkpoints_dir, tag)`` for a run directory or its ``checkpoints`` folder:
+    the given tag, or the newest complete step (``checkpoint.newest_complete_step``; damaged
+    or unfinished newer steps are reported on stderr and skipped).
 
     Raises:
-        FileNotFoundError: no DeepSpeed checkpoint there, or the tag does not exist (lists the tags).
+        FileNotFoundError: no checkpoint there, no complete one (each step's problem listed),
+            or the tag does not exist or is incomplete (lists the complete tags).
     """
+    import sys
+
+    from .checkpoint import CHECKPOINTS, CheckpointError, complete_steps, newest_complete_step
+
     p = Path(path)
-    ckpt = p / "checkpoints" if (p / "checkpoints").is_dir() else p
+    ckpt = p / CHECKPOINTS if (p / CHECKPOINTS).is_dir() else p
     run_dir = ckpt.parent
-    tags = sorted(d.name for d in ckpt.glob("*") if d.is_dir()) if ckpt.is_dir() else []
+    good, skipped = complete_steps(ckpt)
+    if not good and not skipped:
+        raise FileNotFoundError(f"no DeepSpeed checkpoint in {p}; pass a run directory or its checkpoints/ folder")
     if tag is None:
-        latest = ckpt / "latest"
-        if not latest.is_file():
-            raise FileNotFoundError(f"no DeepSpeed checkpoint in {p} (no 'latest' file); pass a run directory "
-                                    "or its checkpoints/ folder")
-        tag = latest.read_text().strip()
-    if not (ckpt / tag).is_dir():
-        raise FileNotFoundError(f"checkpoint tag {tag!r} not found in {ckpt}; available: {', '.join(tags) or 'none'}")
+        try:
+            tag, newer = newest_complete_step(ckpt)
+        except CheckpointError as e:
+            raise FileNotFoundError(str(e)) from None
+        for s in newer:
+            print(f"spikelm export: checkpoint {s}; using {tag}", file=sys.stderr)
+    elif tag not in good:
+        why = next((s.split(": ", 1)[1] for s in skipped if s.startswith(f"{tag}:")), "not found")
+        raise FileNotFoundError(f"checkpoint tag {tag!r} in {ckpt}: {why}; complete: {', '.join(good) or 'none'}")
     return run_dir, ckpt, tag
 
 
@@ -92,15 +103,18 @@ def consolidated_state_dict(ckpt: Path, tag: str) -> dict[str, torch.Tensor]:
     ZeRO 1-3: DeepSpeed's ``zero_to_fp32`` (merges the optimizer's fp32 partitions);
     stage 0: the module weights saved by rank 0.
     """
+    from .checkpoint import safe_load, safe_torch_load
+
     folder = ckpt / tag
     if any(folder.glob("*optim_states.pt")) and any(folder.glob("zero_pp_rank_*")):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        return get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=tag)
+        with safe_torch_load():  # zero_to_fp32 unpickles with weights_only=False
+            return get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=tag)
     states = sorted(folder.glob("mp_rank_*_model_states.pt"))
     if not states:
         raise FileNotFoundError(f"{folder} holds no DeepSpeed model states")
-    sd = torch.load(states[0], map_location="cpu", weights_only=False)["module"]
+    sd = safe_load(states[0])["module"]
     return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
 
 
@@ -120,7 +134,8 @@ def export_checkpoint(path: str | Path, out_dir: str | Path, tag: str | None = N
         repo_id: Hub id named in the model card's examples (default: the directory name).
 
     Raises:
-        FileNotFoundError: no checkpoint, config or tokenizer in the run directory.
+        FileNotFoundError: no (complete) checkpoint, config or tokenizer in the run directory.
+        CheckpointError: a checkpoint file that is not weights-only (never unpickled).
         FileExistsError: ``out_dir`` exists (never overwritten).
         ValueError: the weights do not fit the saved config (names the tensors).
     """

@@ -26,9 +26,14 @@ def check_run_dir(run_dir: str | os.PathLike, resume: bool, overwrite: bool) -> 
         raise RunDirError("pass --resume or --overwrite, not both")
     holds_run = path.is_dir() and any((path / m).exists() for m in RUN_MARKERS)
     if resume:
-        if not (path / "checkpoints" / "latest").is_file():
-            raise RunDirError(f"--resume: no checkpoint in {path}/checkpoints (nothing to resume); "
-                              "start without --resume")
+        from .checkpoint import CHECKPOINTS, complete_steps
+
+        good, skipped = complete_steps(path / CHECKPOINTS)
+        if not good:
+            why = f" ({'; '.join(skipped)})" if skipped else ""
+            fix = "start it again with --overwrite" if holds_run else "start without --resume"
+            raise RunDirError(f"--resume: no complete checkpoint in {path}/{CHECKPOINTS}{why} (nothing to resume); "
+                              f"{fix}")
         return path
     if holds_run and not overwrite:
         raise RunDirError(f"{path} already holds a run; pass --resume to continue it, --overwrite to replace it, "

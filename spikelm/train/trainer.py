@@ -74,7 +74,7 @@ class Trainer:
         self._write_run_start()
         self.engine, self.scheduler = initialize(self.model, recipe, self.ds_config)
         self.ckpt_dir = self.run_dir / checkpoint.CHECKPOINTS
-        self.start_step = checkpoint.load_checkpoint(self.engine, self.ckpt_dir) if resume else 0
+        self.start_step = checkpoint.load_checkpoint(self.engine, self.ckpt_dir, self.device, self.log) if resume else 0
         if resume:
             self.log(f"resumed from {self.ckpt_dir} at step {self.start_step}")
         r = recipe
