@@ -1,238 +1,123 @@
-"""Self-contained copy of spikelm's modeling code for Hugging Face ``trust_remote_code`` loading.
+"""The two remote-code files of an exported model, for Hugging Face ``trust_remote_code`` loading.
 
-transformers' remote code (``transformers.dynamic_module_utils``) accepts only flat ``.py``
-files next to ``config.json`` that import one another with ``from .module import name``; it
-finds the files to copy with a line regex on those statements and checks the third-party
-imports of each file (imports inside ``try`` blocks are skipped). spikelm's modeling code spans
-``spikelm.models``, ``spikelm.layers``, ``spikelm.neurons`` and ``spikelm.kernels``, so
-:func:`bundle_sources` follows the imports (by AST, lazy imports inside functions included)
-from ``spikelm.models.configuration_spikelm`` and ``spikelm.models.modeling_spikelm``, and
-writes each module found as one flat file:
+:func:`write_remote_code` writes ``configuration_spikelm.py`` and ``modeling_spikelm.py`` next to
+``config.json`` (its ``auto_map`` points at them): ``AutoModelForCausalLM.from_pretrained(dir,
+trust_remote_code=True)`` then works in a Python without spikelm (or Triton), with the same
+logits. Both files are generated from the installed sources by AST, keeping their text:
 
-* ``spikelm.models.configuration_spikelm`` -> ``configuration_spikelm.py`` and
-  ``spikelm.models.modeling_spikelm`` -> ``modeling_spikelm.py`` (the ``auto_map`` targets);
-  every other module ``spikelm.a.b`` -> ``spikelm_a_b.py`` (a package -> its ``__init__``);
-* every spikelm import (absolute or relative) becomes a flat relative import
-  (``from ..kernels.lif import heaviside`` -> ``from .spikelm_kernels_lif import heaviside``);
-  an imported submodule (``from . import fused``) becomes
-  ``from .spikelm_kernels_adaptive_spike_fused import __name__ as _fused_module`` plus
-  ``from . import spikelm_kernels_adaptive_spike_fused as fused`` (the first line is the form
-  transformers' regex sees, so the file is copied);
-* ``import triton`` statements (the optional Triton kernels) outside ``try`` blocks are
-  wrapped in ``try/except ImportError`` so that transformers' import check does not require
-  Triton: at module level the names are bound to None on ImportError (the kernel modules are
-  imported only when Triton is available, ``spikelm.kernels.dispatch.use_triton``, and their
-  torch helpers keep working); inside functions the ImportError is re-raised as before.
+* ``configuration_spikelm.py`` holds ``spikelm.models.configuration_spikelm`` and the spikelm
+  modules it imports; ``modeling_spikelm.py`` holds ``spikelm.models.modeling_spikelm`` and the
+  modules it imports that the first lacks, and takes those names ``from .configuration_spikelm``
+  (the one relative import; transformers copies the files such imports name).
+* The modules come in dependency order (module-level imports; modules imported lazily, inside
+  functions, after their importer) and their top-level statements are concatenated. spikelm
+  imports are removed and names resolve at module scope (through re-exports); other imports are
+  hoisted to the top. Two different top-level objects of one name are renamed
+  ``<module path>__<name>`` (a root module keeps its names); an imported module object (``from .
+  import dispatch``) may only be used as ``dispatch.name``.
+* Triton is left out as if it were not installed, by rule rather than by file name: a module
+  that imports ``triton`` (or such a module) at import time, outside ``try ... except
+  ImportError``, is left out; such an import in a ``try`` whose handler catches it is replaced by
+  the handler's code; any other (inside a function) by ``raise ModuleNotFoundError``, with the
+  rest of its block; ``importlib.util.find_spec("triton")`` by ``None``. So
+  ``triton_available()`` answers False and the torch paths run.
+* What nothing uses is dropped: top-level definitions (undecorated ``def``/``class``,
+  assignments to names, imports) that neither a root module nor a kept statement references,
+  dead code after ``return``/``raise``, ``__all__``, the other modules' docstrings. Given the
+  model's config, the ``nn.Module`` classes of non-root modules its model does not instantiate
+  (built on the meta device) become stubs that raise when used: only its layers' code remains.
 
-Nothing else changes: the generated classes run the same code as the installed ones (same
-logits). Each file starts with a header naming the spikelm version and source module.
+Each file starts with a header naming the spikelm version and its source modules. The engine is
+:mod:`spikelm.hub.bundler` (generic); this module gives it the spikelm roots and checks the result.
 """
 from __future__ import annotations
 
 import ast
 import importlib
-import importlib.util
 import json
-import types
+import re
 from pathlib import Path
 
+from .bundler import Bundle, BundleError
+
 ROOTS = ("spikelm.models.configuration_spikelm", "spikelm.models.modeling_spikelm")
-"""Modules the bundle starts from (the targets of ``auto_map``)."""
+"""The modules the two files are built from (``configuration_spikelm.py``, ``modeling_spikelm.py``)."""
 AUTO_MAP = {"AutoConfig": "configuration_spikelm.SpikeLMConfig",
             "AutoModel": "modeling_spikelm.SpikeLMModel",
             "AutoModelForCausalLM": "modeling_spikelm.SpikeLMForCausalLM"}
-"""``auto_map`` written into ``config.json``: Auto class -> ``flat_module.Class``."""
+"""``auto_map`` written into ``config.json``: Auto class -> ``file stem.Class``."""
 OPTIONAL_PACKAGES = ("triton",)
-"""Third-party packages whose module-level imports are wrapped in ``try`` (optional at runtime)."""
+"""Third-party packages the generated code does without (treated as not installed)."""
+HEADER = "# Generated from spikelm"
+"""How the generated files begin (an export removes older ``.py`` files that begin so)."""
 
 
-class BundleError(RuntimeError):
-    """The modeling code uses an import form the bundler cannot flatten (names the file and line)."""
+def _root_attr(target: str):
+    """The installed object an ``AUTO_MAP`` target (``file stem.Name``) names."""
+    stem, name = target.split(".")
+    return getattr(importlib.import_module(next(r for r in ROOTS if r.endswith("." + stem))), name)
 
 
-def flat_name(module: str) -> str:
-    """Flat file stem of spikelm module ``module`` (``spikelm.layers.gla`` -> ``spikelm_layers_gla``)."""
-    if module in ROOTS:
-        return module.rsplit(".", 1)[1]
-    return module.replace(".", "_")
+def _check(file: str, text: str) -> None:
+    """What transformers needs of a remote-code file: it compiles, imports neither spikelm nor the
+    optional packages, and its one relative import (also for transformers' line regex, which
+    docstrings can fool) is ``.configuration_spikelm`` in ``modeling_spikelm.py``."""
+    tree = ast.parse(text)
+    compile(tree, file, "exec")
+    allowed = set() if file == "configuration_spikelm.py" else {"configuration_spikelm"}
+    for n in ast.walk(tree):
+        mods = [a.name for a in n.names] if isinstance(n, ast.Import) else [
+            "." * n.level + (n.module or "")] if isinstance(n, ast.ImportFrom) else []
+        for m in mods:
+            if m.split(".")[0] in ("spikelm", *OPTIONAL_PACKAGES) or (m.startswith(".") and m[1:] not in allowed):
+                raise BundleError(f"generated {file} line {n.lineno} imports {m}")
+    found = set(re.findall(r"^\s*from\s+\.(\S+)\s+import", text, flags=re.MULTILINE))
+    found |= set(re.findall(r"^\s*import\s+\.(\S+)\s*$", text, flags=re.MULTILINE))
+    if found - allowed:
+        raise BundleError(f"generated {file}: transformers would look for the files {sorted(found - allowed)} (a "
+                          "docstring line that reads like a relative import?)")
 
 
-def _source_path(module: str) -> Path:
-    spec = importlib.util.find_spec(module)
-    if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
-        raise BundleError(f"cannot find the source file of {module}")
-    return Path(spec.origin)
+def collect_modules() -> dict[str, list[str]]:
+    """``{file name: the spikelm modules bundled into it, in dependency order, its root last}``
+    (modules that need Triton left out). Raises :class:`BundleError` like :func:`bundle_sources`."""
+    return dict(Bundle(ROOTS, OPTIONAL_PACKAGES).files)
 
 
-def _is_package(module: str) -> bool:
-    return _source_path(module).name == "__init__.py"
-
-
-def _resolve(module: str, node: ast.ImportFrom) -> str:
-    """Absolute name of the module ``node`` imports from, inside ``module``'s file."""
-    if node.level == 0:
-        return node.module
-    package = module if _is_package(module) else module.rsplit(".", 1)[0]
-    parts = package.split(".")
-    if node.level - 1 >= len(parts):
-        raise BundleError(f"relative import beyond the top package in {module}")
-    base = ".".join(parts[:len(parts) - (node.level - 1)])
-    return f"{base}.{node.module}" if node.module else base
-
-
-def _is_submodule(base: str, name: str) -> bool:
-    """Whether ``from base import name`` binds a submodule (Python looks up the attribute first)."""
-    mod = importlib.import_module(base)
-    if hasattr(mod, name):
-        return isinstance(getattr(mod, name), types.ModuleType)
-    try:
-        return importlib.util.find_spec(f"{base}.{name}") is not None
-    except ModuleNotFoundError:  # base is a plain module: no submodules
-        return False
-
-
-def _spikelm_imports(module: str, tree: ast.Module) -> list[tuple[ast.stmt, list[tuple[str, str | None, str]]]]:
-    """Every import statement of spikelm modules in ``tree``: ``(node, [(target module, imported
-    name or None for a whole module, bound name)])``."""
-    out = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom):
-            base = _resolve(module, node)
-            if base != "spikelm" and not base.startswith("spikelm."):
-                continue
-            items = []
-            for a in node.names:
-                if a.name == "*":
-                    raise BundleError(f"{module} line {node.lineno}: 'import *' from {base} cannot be bundled")
-                if _is_submodule(base, a.name):
-                    items.append((f"{base}.{a.name}", None, a.asname or a.name))
-                else:
-                    items.append((base, a.name, a.asname or a.name))
-            out.append((node, items))
-        elif isinstance(node, ast.Import):
-            names = [a for a in node.names if a.name == "spikelm" or a.name.startswith("spikelm.")]
-            if not names:
-                continue
-            if len(names) != len(node.names) or any(a.asname is None for a in names):
-                raise BundleError(f"{module} line {node.lineno}: 'import spikelm...' without 'as' cannot be bundled;"
-                                  " use 'from ... import ...'")
-            out.append((node, [(a.name, None, a.asname) for a in names]))
-    return out
-
-
-def collect_modules(roots: tuple[str, ...] = ROOTS) -> list[str]:
-    """Names of the spikelm modules reachable from ``roots`` through imports (lazy ones included),
-    roots first, then in discovery order. Raises :class:`BundleError` for an unsupported import."""
-    seen, queue = [], list(roots)
-    while queue:
-        m = queue.pop(0)
-        if m in seen:
-            continue
-        seen.append(m)
-        tree = ast.parse(_source_path(m).read_text())
-        for _, items in _spikelm_imports(m, tree):
-            for target, _, _ in items:
-                if target not in seen and target not in queue:
-                    queue.append(target)
-    names = {}
-    for m in seen:
-        names.setdefault(flat_name(m), []).append(m)
-    clash = {k: v for k, v in names.items() if len(v) > 1}
-    if clash:
-        raise BundleError(f"flat module names clash: {clash}")
-    return seen
-
-
-def _line_span_ok(lines: list[str], node: ast.stmt) -> bool:
-    """Whether ``node`` alone occupies its lines (nothing but whitespace/comments around it)."""
-    first, last = lines[node.lineno - 1], lines[node.end_lineno - 1]
-    rest = last[node.end_col_offset:].strip()
-    return not first[:node.col_offset].strip() and (not rest or rest.startswith("#"))
-
-
-def _optional_imports(tree: ast.Module) -> list[ast.stmt]:
-    """Imports of :data:`OPTIONAL_PACKAGES` that are not inside a ``try`` block (transformers'
-    ``check_imports`` skips ``try`` blocks, and only those)."""
-    out = []
-
-    def visit(node):
-        if isinstance(node, ast.Try):
-            return
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if node.level == 0 else [])
-            if names and all(n.split(".")[0] in OPTIONAL_PACKAGES for n in names):
-                out.append(node)
-            return
-        for child in ast.iter_child_nodes(node):
-            visit(child)
-
-    visit(tree)
-    return out
-
-
-def _rewrite(module: str, source: str, version: str) -> str:
-    tree = ast.parse(source)
-    lines = source.splitlines()
-    edits: list[tuple[int, int, list[str]]] = []  # (first line index, last line index, new lines)
-    for node, items in _spikelm_imports(module, tree):
-        if not _line_span_ok(lines, node):
-            raise BundleError(f"{module} line {node.lineno}: put the import on lines of its own to bundle it")
-        ind = " " * node.col_offset
-        new: list[str] = []
-        by_module: dict[str, list[str]] = {}
-        for target, name, bound in items:
-            if name is None:
-                flat = flat_name(target)
-                new.append(f"{ind}from .{flat} import __name__ as _{bound}_module  # noqa: F401 (lists the file)")
-                new.append(f"{ind}from . import {flat} as {bound}")
-            else:
-                by_module.setdefault(target, []).append(name if name == bound else f"{name} as {bound}")
-        for target, names in by_module.items():
-            new.insert(0, f"{ind}from .{flat_name(target)} import {', '.join(names)}")
-        edits.append((node.lineno - 1, node.end_lineno - 1, new))
-    top = set(map(id, tree.body))
-    for node in _optional_imports(tree):  # imports of optional packages -> try/except ImportError
-        if not _line_span_ok(lines, node):
-            raise BundleError(f"{module} line {node.lineno}: put the import on lines of its own to bundle it")
-        stmt = lines[node.lineno - 1:node.end_lineno]
-        ind = " " * node.col_offset
-        bound = [a.asname or a.name.split(".")[0] for a in node.names]
-        # module level: bind None so the module imports without the package (its torch helpers
-        # still work); inside a function: re-raise, as before
-        fallback = f"{' = '.join(bound)} = None" if id(node) in top else "raise"
-        edits.append((node.lineno - 1, node.end_lineno - 1,
-                      [f"{ind}try:  # optional at runtime: only the Triton kernels use it",
-                       *("    " + s for s in stmt), f"{ind}except ImportError:", f"{ind}    {fallback}"]))
-    for first, last, new in sorted(edits, key=lambda e: e[0], reverse=True):
-        lines[first:last + 1] = new
-    header = [f"# Generated from spikelm {version} ({module}) by spikelm.hub.remote_code for",
-              "# AutoModelForCausalLM.from_pretrained(..., trust_remote_code=True). Do not edit: re-export instead."]
-    return "\n".join(header + lines) + "\n"
-
-
-def bundle_sources(version: str | None = None) -> dict[str, str]:
-    """``{file name: source}`` of the flat, self-contained modeling code (see the module docstring).
+def bundle_sources(version: str | None = None, config=None) -> dict[str, str]:
+    """``{"configuration_spikelm.py": source, "modeling_spikelm.py": source}`` (see the module docstring).
 
     Args:
         version: spikelm version named in each file's header (default: the installed one).
+        config: the ``SpikeLMConfig`` of the model the code is for: the ``nn.Module`` classes
+            (outside the root modules) that its model does not build become stubs. None: all layers.
     Raises:
-        BundleError: an import form that cannot be flattened, or two modules mapping to one file.
+        BundleError: a root module needs Triton at import time, a module-level import cycle,
+            ``import *``, a dynamic import (``importlib.import_module``, ``__import__``, a
+            ``find_spec`` other than of Triton), a module object used other than as
+            ``module.name``, a name clash between the two root modules (or one a rename cannot
+            fix), a removed or folded statement sharing its line, or a generated file failing
+            the checks transformers needs.
     """
     if version is None:
         import spikelm
 
         version = spikelm.__version__
-    out = {}
-    for m in collect_modules():
-        src = _rewrite(m, _source_path(m).read_text(), version)
-        compile(src, flat_name(m) + ".py", "exec")  # a generated file must at least parse
-        out[flat_name(m) + ".py"] = src
+    models = [_root_attr(t) for key, t in AUTO_MAP.items() if key != "AutoConfig"]
+    b, out = Bundle(ROOTS, OPTIONAL_PACKAGES, config, models), {}
+    for file, mods in b.files.items():
+        out[file] = b.source(file, [
+            f"{HEADER} {version} ({mods[-1]} and what it imports)",
+            "# by spikelm.hub.remote_code, for AutoModelForCausalLM.from_pretrained(..., trust_remote_code=True)",
+            "# without spikelm: the torch code (no Triton) of these modules, in this order:"])
+        _check(file, out[file])
     return out
 
 
 def write_remote_code(model_dir: str | Path) -> list[Path]:
-    """Write the flat modeling code into ``model_dir`` and add ``auto_map`` to its ``config.json``.
+    """Write ``configuration_spikelm.py`` and ``modeling_spikelm.py`` for the model in ``model_dir``
+    (only the layers its config uses), add ``auto_map`` to its ``config.json``, and remove the
+    ``.py`` files an earlier export generated there (first line ``# Generated from spikelm``).
 
     After this, ``AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=True)`` works
     where spikelm is not installed; where it is (and ``import spikelm`` ran), the installed
@@ -240,12 +125,12 @@ def write_remote_code(model_dir: str | Path) -> list[Path]:
 
     Args:
         model_dir: a directory written by ``save_pretrained`` of a spikelm model (config.json
-            with ``model_type == "spikelm"``).
+            with ``model_type == "spikelm"``); only its ``config.json`` is read.
     Returns:
-        The paths of the written ``.py`` files.
+        The paths of the two written files.
     Raises:
         FileNotFoundError: no ``config.json`` in ``model_dir``.
-        ValueError: ``config.json`` is not a spikelm config.
+        ValueError: ``config.json`` is not a spikelm config (or ``SpikeLMConfig`` rejects it).
         BundleError: see :func:`bundle_sources`.
     """
     d = Path(model_dir)
@@ -255,10 +140,14 @@ def write_remote_code(model_dir: str | Path) -> list[Path]:
     cfg = json.loads(cfg_path.read_text())
     if cfg.get("model_type") != "spikelm":
         raise ValueError(f"{cfg_path} holds a {cfg.get('model_type')!r} config, not a spikelm one")
-    written = []
-    for name, src in bundle_sources().items():
+    files = bundle_sources(config=_root_attr(AUTO_MAP["AutoConfig"]).from_pretrained(d))
+    for old in d.glob("*.py"):
+        with old.open() as f:
+            stale = old.name not in files and f.readline().startswith(HEADER)
+        if stale:
+            old.unlink()
+    for name, src in files.items():
         (d / name).write_text(src)
-        written.append(d / name)
     cfg["auto_map"] = dict(AUTO_MAP)
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    return written
+    return [d / name for name in files]
