@@ -66,7 +66,11 @@ def build_optimizer(model, recipe: Recipe) -> torch.optim.AdamW:
 def initialize(model, recipe: Recipe, ds_config: dict):
     """``(engine, scheduler)``: ``deepspeed.initialize`` of ``model`` with AdamW and the
     recipe's LR schedule (``spikelm.train.schedule.lr_factor``), built on the optimizer
-    DeepSpeed wraps (ZeRO-3 regroups the parameters)."""
+    DeepSpeed wraps (ZeRO-3 regroups the parameters).
+
+    Raises:
+        ValueError: DeepSpeed rejects the config (its message, and what to fix).
+    """
     import deepspeed
 
     o, t = recipe.optim, recipe.train
@@ -75,6 +79,11 @@ def initialize(model, recipe: Recipe, ds_config: dict):
         return torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: lr_factor(s, o.warmup_steps, t.max_steps, o.min_lr_ratio, o.schedule, o.decay_fraction))
 
-    engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=build_optimizer(model, recipe),
-                                                   lr_scheduler=make_scheduler, config=ds_config)
+    try:
+        engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=build_optimizer(model, recipe),
+                                                       lr_scheduler=make_scheduler, config=ds_config)
+    except (AssertionError, ValueError, TypeError, KeyError) as e:  # DeepSpeed's config checks
+        raise ValueError(f"DeepSpeed rejected the configuration built from train.* and train.deepspeed "
+                         f"({' '.join(str(e).split())[:300] or type(e).__name__}); fix train.deepspeed or the "
+                         "batch keys (train.micro_batch_size x train.grad_accum x ranks = train_batch_size)") from None
     return engine, scheduler

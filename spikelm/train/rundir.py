@@ -66,6 +66,9 @@ def atomic_dir(final: str | os.PathLike):
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would make exports unreadable to colleagues
     try:
         yield tmp
     except BaseException:
@@ -78,3 +81,15 @@ def atomic_dir(final: str | os.PathLike):
     tmp.rename(final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_stale_temps(run_dir: str | os.PathLike) -> list[Path]:
+    """Delete what interrupted atomic writes left in ``run_dir`` (``.NAME.tmp-*`` folders of
+    :func:`atomic_dir`, ``.NAME.old-*`` of a replaced output, ``checkpoints/.latest.tmp-*``);
+    returns what was removed. Call it once on rank 0 before a run writes."""
+    path = Path(run_dir)
+    stale = [*path.glob(".*.tmp-*"), *path.glob(".*.old-*"), *(path / "checkpoints").glob(".*.tmp-*")]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    return stale
+

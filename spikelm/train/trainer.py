@@ -34,7 +34,7 @@ from .flops import model_flops_per_token, peak_flops
 from .init_from import init_config, init_dir, init_source
 from .metrics import RunLog, spike_rates
 from .model_init import build_model
-from .rundir import atomic_dir, check_run_dir, prepare_run_dir
+from .rundir import atomic_dir, check_run_dir, prepare_run_dir, remove_stale_temps
 from .schedule import BatchOrder
 from .signals import StopRequest
 
@@ -71,8 +71,10 @@ class Trainer:
         check_run_dir(self.run_dir, resume, overwrite)
         self._setup_data()
         self._setup_model()
-        self._write_run_start()
+        # DeepSpeed checks its config (batch sizes against the world size, ZeRO options) here,
+        # still before anything is written to the run directory
         self.engine, self.scheduler = initialize(self.model, recipe, self.ds_config)
+        self._write_run_start()
         self.ckpt_dir = self.run_dir / checkpoint.CHECKPOINTS
         self.start_step = checkpoint.load_checkpoint(self.engine, self.ckpt_dir, self.device, self.log) if resume else 0
         if resume:
@@ -157,6 +159,8 @@ class Trainer:
         model config and ``recipe.json``."""
         if self.rank == 0:
             prepare_run_dir(self.run_dir, self.resume, self.overwrite)
+            for p in remove_stale_temps(self.run_dir):
+                self.log(f"removed {p}, left by an interrupted write")
             if not self.resume:
                 with atomic_dir(self.run_dir / "tokenizer") as tmp:
                     self.tok.save_pretrained(tmp)
