@@ -1,8 +1,9 @@
 """Hugging Face Hub integration: self-contained remote code, model cards, uploads, Hub ids.
 
 * :func:`write_hf_extras`: what every exported HF directory gets besides weights/config/
-  tokenizer: the flat modeling code + ``auto_map`` (:mod:`spikelm.hub.remote_code`) and a
-  ``README.md`` model card (:mod:`spikelm.hub.model_card`).
+  tokenizer: the two generated remote-code files ``configuration_spikelm.py`` and
+  ``modeling_spikelm.py`` + ``auto_map`` (:mod:`spikelm.hub.remote_code`) and a ``README.md``
+  model card (:mod:`spikelm.hub.model_card`).
 * :func:`push_folder`: upload a directory (:mod:`spikelm.hub.upload`).
 * :func:`resolve_model`: a local directory or a Hub id (:mod:`spikelm.hub.ids`).
 

@@ -190,13 +190,14 @@ def model_card(model_dir: str | Path, run_dir: str | Path | None = None, eval_re
              "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
              f'model = AutoModelForCausalLM.from_pretrained("{name}")',
              f'tok = AutoTokenizer.from_pretrained("{name}")', "```", "",
-             "Without spikelm, the modeling code shipped in this repository (generated from spikelm, "
-             "`modeling_spikelm.py` and the `spikelm_*.py` files) is loaded:", "",
+             "Without spikelm, the modeling code shipped in this repository (`configuration_spikelm.py` and "
+             "`modeling_spikelm.py`, generated from spikelm) is loaded:", "",
              "```python", "from transformers import pipeline", "",
              f'pipe = pipeline("text-generation", model="{name}", trust_remote_code=True)',
              'print(pipe("ROMEO:", max_new_tokens=50)[0]["generated_text"])', "```", "",
              "Generation carries the recurrent state as its cache (constant memory per token). "
-             "Triton kernels are used on CUDA when `triton` is installed; otherwise the torch paths run.", ""]
+             "The shipped code runs the torch paths only (no Triton); the Triton kernels are used only by an "
+             "installed spikelm (`import spikelm`), on CUDA when `triton` is installed.", ""]
     return "\n".join(front + body)
 
 
