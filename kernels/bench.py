@@ -30,22 +30,14 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
-import statistics
 import sys
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
-# peak HBM/GDDR bandwidth in GB/s by device-name fragment (vendor data sheets); --peak-gbps overrides
-PEAK_GBPS = [
-    ("H200", 4800.0), ("H100 NVL", 3900.0), ("H100 PCIe", 2000.0), ("H100", 3350.0), ("GH200", 4000.0),
-    ("A100-SXM4-80GB", 2039.0), ("A100 80GB PCIe", 1935.0), ("A100", 1555.0), ("L40S", 864.0), ("L4", 300.0),
-    ("A10G", 600.0), ("RTX 4090", 1008.0), ("V100", 900.0),
-]
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+from .bench_harness import (DTYPES, check_dtypes, fmt, fwd_closure, fwdbwd_closure, make_parser,
+                            measure, parse, peak_gbps, table_header, table_row, write_report)
 
 
 @dataclass
@@ -73,69 +65,8 @@ class Case:
 
 
 # ----------------------------------------------------------------------------------------------
-# timing
-# ----------------------------------------------------------------------------------------------
-
-class Timer:
-    def __init__(self, device: torch.device, reps: int, warmup: int):
-        self.device, self.reps, self.warmup = device, reps, warmup
-        self._flush = torch.empty(64 * 2**20, dtype=torch.int32, device=device) if device.type == "cuda" else None
-
-    def __call__(self, fn: Callable[[], object]) -> float:
-        """Median milliseconds of ``fn()`` (after warm-up calls, which absorb compilation/autotuning)."""
-        for _ in range(self.warmup):
-            fn()
-        times = []
-        if self.device.type == "cuda":
-            for _ in range(self.reps):
-                self._flush.zero_()  # evict L2 (256 MiB > any L2)
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                torch.cuda.synchronize()
-                times.append(start.elapsed_time(end))
-        else:
-            for _ in range(self.reps):
-                t0 = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - t0) * 1e3)
-        return statistics.median(times)
-
-    def peak_mb(self, fn: Callable[[], object]) -> float | None:
-        if self.device.type != "cuda":
-            return None
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        fn()
-        torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - base) / 2**20
-
-
-# ----------------------------------------------------------------------------------------------
 # ops: implementations (fwd, fwd+bwd closures) and byte models
 # ----------------------------------------------------------------------------------------------
-
-def _grad_of(fn, inputs, upstream):
-    """Closure: run fn(*inputs) and backpropagate ``upstream`` (list aligned with outputs; None skips)."""
-    def run():
-        out = fn(*inputs)
-        outs = out if isinstance(out, tuple) else (out,)
-        pairs = [(o, g) for o, g in zip(outs, upstream) if g is not None]
-        torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
-        for t in inputs:
-            if isinstance(t, torch.Tensor):
-                t.grad = None
-    return run
-
-
-def _no_grad(fn, inputs):
-    def run():
-        with torch.no_grad():
-            fn(*inputs)
-    return run
-
 
 def lif_case(T: int, N: int, label: str) -> Case:
     def make(device, dtype, compile_ref, sj):
@@ -154,7 +85,7 @@ def lif_case(T: int, N: int, label: str) -> Case:
         bytes_fwdbwd = T * N * (2 * xb + 4) + 8 * N + T * N * (4 + 2 * xb) + 8 * N
         impls = {}
         torch_fn = lambda x: LIFTorchFunction.apply(x, v0, 2.0, 1.0, 0.0, True, False, "atan", 2.0)[0]
-        impls["torch"] = (_no_grad(torch_fn, (x,)), _grad_of(torch_fn, (xg,), [gs]))
+        impls["torch"] = (fwd_closure(torch_fn, (x,)), fwdbwd_closure(torch_fn, (xg,), [gs]))
         if compile_ref:
             if T <= 64:
                 cfn = torch.compile(lambda x: lif_naive(x, v0, 2.0)[0])
@@ -168,16 +99,16 @@ def lif_case(T: int, N: int, label: str) -> Case:
                         s, v = step(x[t], v)
                         out.append(s)
                     return torch.stack(out)
-            impls["compile"] = (_no_grad(cfn, (x,)), _grad_of(cfn, (xg,), [gs]))
+            impls["compile"] = (fwd_closure(cfn, (x,)), fwdbwd_closure(cfn, (xg,), [gs]))
         if device.type == "cuda":
             tri = lambda x: lif_fused_recurrent(x, v0)[0]
-            impls["triton"] = (_no_grad(tri, (x,)), _grad_of(tri, (xg,), [gs]))
+            impls["triton"] = (fwd_closure(tri, (x,)), fwdbwd_closure(tri, (xg,), [gs]))
             if sj:
                 for name, node in _spikingjelly_nodes(device):
                     def sj_fn(x, node=node):
                         _sj_reset(node)
                         return node(x)
-                    impls[f"sj-{name}"] = (_no_grad(sj_fn, (x,)), _grad_of(sj_fn, (xg,), [gs]))
+                    impls[f"sj-{name}"] = (fwd_closure(sj_fn, (x,)), fwdbwd_closure(sj_fn, (xg,), [gs]))
         return impls, bytes_fwd, bytes_fwdbwd
 
     return Case("lif", label, T, make)
@@ -245,7 +176,7 @@ def wkv4_case(B: int, L: int, D: int, label: str) -> Case:
         bytes_fwdbwd = n * (3 * xb + 12) + n * (3 * xb + 12 + 2 * xb) + 12 * 4 * B * D
         impls = {}
         tl_fn = lambda w, u, k, v: wkv4_torch_loop(w, u, k, v)[0]
-        impls["torch"] = (_no_grad(tl_fn, (w, u, k, v)), _grad_of(tl_fn, (w, u, kg, vg), [gy]))
+        impls["torch"] = (fwd_closure(tl_fn, (w, u, k, v)), fwdbwd_closure(tl_fn, (w, u, kg, vg), [gy]))
         if compile_ref:
             step = torch.compile(_wkv4_step)
 
@@ -257,10 +188,10 @@ def wkv4_case(B: int, L: int, D: int, label: str) -> Case:
                     y, aa, bb, pp = step(w, u, kf[:, t], vf[:, t], aa, bb, pp)
                     ys.append(y)
                 return torch.stack(ys, 1).to(v.dtype)
-            impls["compile"] = (_no_grad(cfn, (w, u, k, v)), _grad_of(cfn, (w, u, kg, vg), [gy]))
+            impls["compile"] = (fwd_closure(cfn, (w, u, k, v)), fwdbwd_closure(cfn, (w, u, kg, vg), [gy]))
         if device.type == "cuda":
             tri = lambda w, u, k, v: wkv4_fused_recurrent(w, u, k, v)[0]
-            impls["triton"] = (_no_grad(tri, (w, u, k, v)), _grad_of(tri, (w, u, kg, vg), [gy]))
+            impls["triton"] = (fwd_closure(tri, (w, u, k, v)), fwdbwd_closure(tri, (w, u, kg, vg), [gy]))
         return impls, bytes_fwd, bytes_fwdbwd
 
     return Case("wkv4", label, L, make)
@@ -292,13 +223,13 @@ def adaptive_case(R: int, D: int, label: str, seq: int) -> Case:
         bytes_fwdbwd = bytes_fwd
         impls = {}
         ref = lambda x: adaptive_spike_naive(x, 3.0)
-        impls["torch"] = (_no_grad(ref, (x,)), _grad_of(ref, (xg,), [g]))
+        impls["torch"] = (fwd_closure(ref, (x,)), fwdbwd_closure(ref, (xg,), [g]))
         if compile_ref:
             cfn = torch.compile(ref)
-            impls["compile"] = (_no_grad(cfn, (x,)), _grad_of(cfn, (xg,), [g]))
+            impls["compile"] = (fwd_closure(cfn, (x,)), fwdbwd_closure(cfn, (xg,), [g]))
         if device.type == "cuda":
             tri = lambda x: adaptive_spike_fused(x, 3.0)
-            impls["triton"] = (_no_grad(tri, (x,)), _grad_of(tri, (xg,), [g]))
+            impls["triton"] = (fwd_closure(tri, (x,)), fwdbwd_closure(tri, (xg,), [g]))
         return impls, bytes_fwd, bytes_fwdbwd
 
     return Case("adaptive_spike", label, seq, make)
@@ -319,18 +250,6 @@ def build_cases(B: int, L: int, D: int, S: int, long_L: int | None) -> list[Case
 # ----------------------------------------------------------------------------------------------
 # report
 # ----------------------------------------------------------------------------------------------
-
-def peak_gbps(device: torch.device, override: float | None) -> float | None:
-    if override:
-        return override
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    for frag, gbps in PEAK_GBPS:
-        if frag in name:
-            return gbps
-    return None
-
 
 def header(device: torch.device, argv: list[str], dtype_names: list[str], peak: float | None) -> list[str]:
     import triton  # noqa: F401  (version line)
@@ -360,14 +279,13 @@ def _triton_version():
         return "not installed"
 
 
-def _fmt(v, spec):
-    return "n/a" if v is None else format(v, spec)
+COLUMNS = ["op", "shape", "dtype", "impl", "fwd ms", "fwd+bwd ms", "MB moved by Triton (fwd / fwd+bwd)",
+           "effective GB/s fwd+bwd", "% peak", "peak mem MB", "x compile", "note"]
 
 
 def table(rows: list[Row], peak: float | None) -> list[str]:
-    out = ["| op | shape | dtype | impl | fwd ms | fwd+bwd ms | MB moved by Triton (fwd / fwd+bwd) | effective GB/s fwd+bwd | % peak | "
-           "peak mem MB | x compile | note |",
-           "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    """The side-by-side markdown table: one row per (case, dtype, implementation)."""
+    out = table_header(COLUMNS, "llllrrrrrrrl")
     by_case = {}
     for r in rows:
         by_case.setdefault((r.op, r.shape, r.dtype), {})[r.impl] = r
@@ -376,9 +294,9 @@ def table(rows: list[Row], peak: float | None) -> list[str]:
         pct = 100 * gbps / peak if (gbps and peak) else None
         comp = by_case[(r.op, r.shape, r.dtype)].get("compile")
         speed = comp.fwdbwd_ms / r.fwdbwd_ms if (comp and comp.fwdbwd_ms and r.fwdbwd_ms) else None
-        out.append(f"| {r.op} | {r.shape} | {r.dtype} | {r.impl} | {_fmt(r.fwd_ms, '.3f')} | {_fmt(r.fwdbwd_ms, '.3f')} | "
-                   f"{r.bytes_fwd / 1e6:.1f} / {r.bytes_fwdbwd / 1e6:.1f} | {_fmt(gbps, '.1f')} | {_fmt(pct, '.1f')} | "
-                   f"{_fmt(r.peak_mb, '.0f')} | {_fmt(speed, '.2f')} | {r.note} |")
+        out.append(table_row([r.op, r.shape, r.dtype, r.impl, fmt(r.fwd_ms, ".3f"), fmt(r.fwdbwd_ms, ".3f"),
+                              f"{r.bytes_fwd / 1e6:.1f} / {r.bytes_fwdbwd / 1e6:.1f}", fmt(gbps, ".1f"),
+                              fmt(pct, ".1f"), fmt(r.peak_mb, ".0f"), fmt(speed, ".2f"), r.note]))
     return out
 
 
@@ -431,8 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     implementation: its row carries the error in the ``note`` column.
     """
     argv = sys.argv[1:] if argv is None else argv
-    p = argparse.ArgumentParser(prog="python -m spikelm.kernels.bench", description=__doc__.split("\n")[0])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p = make_parser("python -m spikelm.kernels.bench", __doc__)
     p.add_argument("--ops", default="lif,wkv4,adaptive_spike")
     p.add_argument("--dtypes", default=None, help="comma list of fp32,fp16,bf16 (default: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--batch", type=int, default=12)
@@ -440,36 +357,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dim", type=int, default=768)
     p.add_argument("--steps", type=int, default=16, help="S for the LIF over simulation steps")
     p.add_argument("--long", type=int, default=None, help="long-context L (default: 4096 on CUDA, none on CPU)")
-    p.add_argument("--reps", type=int, default=None, help="timed repetitions (default: 20 on CUDA, 3 on CPU)")
-    p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--compile", dest="compile_ref", action=argparse.BooleanOptionalAction, default=None,
                    help="time the torch.compile reference (default: on CUDA only)")
     p.add_argument("--spikingjelly", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--peak-gbps", type=float, default=None)
-    p.add_argument("--quick", action="store_true", help="tiny shapes (smoke test)")
-    p.add_argument("--out", default=None, help="also write the report (markdown) to this file")
-    a = p.parse_args(argv)
-
-    device = torch.device(a.device)
-    cuda = device.type == "cuda"
-    if cuda and not torch.cuda.is_available():
-        print("CUDA requested but not available", file=sys.stderr)
+    parsed = parse(p, argv)
+    if parsed is None:
         return 2
+    a, device, timer = parsed
+    cuda = device.type == "cuda"
     dtype_names = (a.dtypes or ("bf16" if cuda else "fp32")).split(",")
-    for d in dtype_names:
-        if d not in DTYPES:
-            p.error(f"unknown dtype {d!r}; accepted: {', '.join(DTYPES)}")
+    check_dtypes(p, dtype_names)
     if a.quick:
         a.batch, a.seq, a.dim, a.steps = 2, 64, 96, 16
         long_L = 128 if a.long is None else a.long
     else:
         long_L = a.long if a.long is not None else (4096 if cuda else None)
-    reps = a.reps or (20 if cuda else 3)
-    warmup = a.warmup if a.warmup is not None else (3 if cuda else 1)
     compile_ref = a.compile_ref if a.compile_ref is not None else cuda
     peak = peak_gbps(device, a.peak_gbps)
     ops = set(a.ops.split(","))
-    timer = Timer(device, reps, warmup)
 
     lines = header(device, argv, dtype_names, peak)
     if not cuda:
@@ -484,23 +390,17 @@ def main(argv: list[str] | None = None) -> int:
         if case.op not in ops:
             continue
         for dn in dtype_names:
-            dtype = DTYPES[dn]
             try:
-                impls, bf, bfb = case.make(device, dtype, compile_ref, a.spikingjelly)
+                impls, bf, bfb = case.make(device, DTYPES[dn], compile_ref, a.spikingjelly)
             except Exception as e:
                 print(f"# {case.op} {case.label} {dn}: setup failed: {type(e).__name__}: {e}", file=sys.stderr)
                 continue
             for name, (fwd, fwdbwd) in impls.items():
                 row = Row(case.op, case.label, dn, name, bytes_fwd=bf, bytes_fwdbwd=bfb, seq=case.seq)
-                try:
-                    row.fwd_ms = timer(fwd)
-                    row.fwdbwd_ms = timer(fwdbwd)
-                    row.peak_mb = timer.peak_mb(fwdbwd)
-                except Exception as e:  # e.g. a backend without this dtype, out of memory
-                    row.note = f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
+                row.fwd_ms, row.fwdbwd_ms, row.peak_mb, row.note = measure(timer, fwd, fwdbwd)
                 rows.append(row)
-                print(f"# {case.op:14s} {case.label:34s} {dn} {name:12s} fwd {_fmt(row.fwd_ms, '9.3f')} ms  "
-                      f"fwd+bwd {_fmt(row.fwdbwd_ms, '9.3f')} ms {row.note}", file=sys.stderr, flush=True)
+                print(f"# {case.op:14s} {case.label:34s} {dn} {name:12s} fwd {fmt(row.fwd_ms, '9.3f')} ms  "
+                      f"fwd+bwd {fmt(row.fwdbwd_ms, '9.3f')} ms {row.note}", file=sys.stderr, flush=True)
             del impls
             if cuda:
                 torch.cuda.empty_cache()
@@ -509,9 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     if cuda:
         report += targets(rows, peak)
     print("\n".join(report))
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write("\n".join(lines + report) + "\n")
+    write_report(a.out, lines + report)
     return 0
 
 

@@ -20,8 +20,9 @@ entries: each program writes the count of its
 block to its own slot, and torch sums the slots in int64 (deterministic, no atomics).
 
 Kernels are compiled with ``triton.jit`` for CUDA tensors and run by Triton's interpreter for
-CPU tensors (tests), whatever ``TRITON_INTERPRET`` was when triton was imported; they use
-Triton builtins only.
+CPU tensors (tests), whatever ``TRITON_INTERPRET`` was when triton was imported
+(``triton_utils.kernel``); they use Triton builtins and ``triton_utils.device_function``
+helpers only.
 """
 from __future__ import annotations
 
@@ -31,18 +32,14 @@ import torch
 import triton
 import triton.language as tl
 
-from ..dispatch import triton_kernel
+from .. import triton_utils
+from .checks import check_adaptive_inputs
 
 __all__ = ["adaptive_spike_fused", "spike_counts_fused", "spike_count_fused"]
 
 _MAX_ROW_BLOCK = 4096
 _COUNT_BLOCK = 4096
 _EPS = 1e-6  # naive.adaptive_threshold's default
-
-
-def _empty(shape, dtype, device):
-    """Every uninitialised allocation of this module goes through here (tests fill it with NaN)."""
-    return torch.empty(shape, dtype=dtype, device=device)
 
 
 def _adaptive_spike_kernel(x_ptr, y_ptr, n_ptr, vth_ptr, D, D_f, k, eps, max_count,
@@ -97,29 +94,24 @@ def _count_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
     tl.store(out_ptr + pid, tl.reduce(nz, 0, tl.standard._sum_combine))
 
 
-def _kernel(fn, device: torch.device):
-    """Interpreted on CPU, ``triton.jit`` on CUDA (``dispatch.triton_kernel``)."""
-    return triton_kernel(fn, device)
-
-
 def _run_rows(x: torch.Tensor, k: float, max_count: int | None, block_size: int | None, counts: bool):
     """Launch the row kernel: ``counts=False`` -> quantised ``x``; True -> (int32 counts, fp32 v_th)."""
     D = x.shape[-1]
     x2 = x.reshape(-1, D).contiguous()
     R = x2.shape[0]
     if counts:
-        n = _empty((R, D), torch.int32, x.device)
-        vth = _empty((R, 1), torch.float32, x.device)
+        n = triton_utils.empty((R, D), torch.int32, x.device)
+        vth = triton_utils.empty((R, 1), torch.float32, x.device)
         y = n
     else:
-        y = _empty((R, D), x.dtype, x.device)
+        y = triton_utils.empty((R, D), x.dtype, x.device)
         n = vth = y  # never touched (COUNTS=False)
     if R > 0:
-        block = block_size or min(max(triton.next_power_of_2(D), 16), _MAX_ROW_BLOCK)
+        block = block_size or triton_utils.default_block(D, _MAX_ROW_BLOCK)
         launch = dict(BLOCK=block, SINGLE=D <= block, CLAMP=max_count is not None, COUNTS=counts)
         if x.is_cuda:
             launch["num_warps"] = max(1, min(16, block // 256))
-        _kernel(_adaptive_spike_kernel, x.device)[(R,)](
+        triton_utils.kernel(_adaptive_spike_kernel, x.device)[(R,)](
             x2, y, n, vth, D, float(D), float(k), _EPS, float(max_count) if max_count is not None else 0.0, **launch)
     if counts:
         return n.reshape(x.shape), vth.reshape(*x.shape[:-1], 1)
@@ -160,24 +152,19 @@ def adaptive_spike_fused(x: torch.Tensor, k: float = 3.0, max_count: int | None 
     Returns:
         Tensor of ``x``'s shape and dtype; backward is the identity (straight-through).
     Raises:
-        TypeError: ``x`` not a floating tensor.
-        ValueError: ``k <= 0``, ``max_count < 1``, empty last axis, bad ``block_size``.
+        TypeError: ``x`` not a float32/float16/bfloat16/float64 tensor.
+        ValueError: ``k <= 0`` or not finite, ``max_count < 1``, empty last axis, bad ``block_size``.
     """
     _check(x, k, max_count, block_size)
     return AdaptiveSpikeFusedFunction.apply(x, k, max_count, block_size)
 
 
 def _check(x, k, max_count, block_size) -> None:
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise TypeError("x must be a floating-point tensor")
-    if not (k > 0 and math.isfinite(k)):
+    """``checks.check_adaptive_inputs``, plus a finite ``k`` and a power-of-two ``block_size``."""
+    check_adaptive_inputs(x, k, max_count)
+    if not math.isfinite(k):
         raise ValueError(f"adaptive spiking k must be a finite number > 0, got {k}")
-    if max_count is not None and max_count < 1:
-        raise ValueError(f"max_count must be >= 1 or None, got {max_count}")
-    if x.dim() == 0 or x.shape[-1] == 0:
-        raise ValueError(f"x needs a non-empty last (hidden) axis, got shape {tuple(x.shape)}")
-    if block_size is not None and (block_size < 16 or block_size & (block_size - 1)):
-        raise ValueError(f"block_size must be a power of two >= 16, got {block_size}")
+    triton_utils.check_power_of_two("block_size", block_size)
 
 
 def spike_counts_fused(x: torch.Tensor, k: float = 3.0, max_count: int | None = None, *,
@@ -195,8 +182,8 @@ def spike_counts_fused(x: torch.Tensor, k: float = 3.0, max_count: int | None = 
         x: ``[..., D]`` float32/float16/bfloat16 activations on CUDA or CPU (interpreter).
         k, max_count, block_size: as :func:`adaptive_spike_fused`.
     Raises:
-        TypeError: ``x`` not a floating tensor.
-        ValueError: ``k <= 0``, ``max_count < 1``, empty last axis, bad ``block_size``.
+        TypeError: ``x`` not a float32/float16/bfloat16/float64 tensor.
+        ValueError: ``k <= 0`` or not finite, ``max_count < 1``, empty last axis, bad ``block_size``.
     """
     _check(x, k, max_count, block_size)
     return _run_rows(x.detach(), k, max_count, block_size, counts=True)
@@ -216,8 +203,7 @@ def spike_count_fused(x: torch.Tensor, *, block_size: int = _COUNT_BLOCK) -> tor
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if block_size < 16 or block_size & (block_size - 1):
-        raise ValueError(f"block_size must be a power of two >= 16, got {block_size}")
+    triton_utils.check_power_of_two("block_size", block_size)
     flat = x.detach().reshape(-1).contiguous()
     if flat.dtype == torch.bool:
         flat = flat.view(torch.uint8)
@@ -225,6 +211,6 @@ def spike_count_fused(x: torch.Tensor, *, block_size: int = _COUNT_BLOCK) -> tor
     if n == 0:
         return torch.zeros((), dtype=torch.int64, device=x.device)
     grid = triton.cdiv(n, block_size)
-    part = _empty((grid,), torch.int32, x.device)
-    _kernel(_count_kernel, x.device)[(grid,)](flat, part, n, BLOCK=block_size)
+    part = triton_utils.empty((grid,), torch.int32, x.device)
+    triton_utils.kernel(_count_kernel, x.device)[(grid,)](flat, part, n, BLOCK=block_size)
     return part.sum(dtype=torch.int64)

@@ -3,7 +3,9 @@
 Implementations: ``naive.gla_naive`` (token by token, the reference), ``torch_chunk.
 gla_torch_chunk`` (CPU training and prefill path, autograd), ``chunk.gla_chunk`` (Triton,
 chunked, training and prefill) and ``fused_recurrent.gla_fused_recurrent`` (Triton, token by
-token, decoding). Dispatch follows DESIGN.md section 4 (``spikelm.kernels.dispatch``).
+token, decoding). Dispatch (``spikelm.kernels.dispatch``): with ``mode="auto"`` the Triton
+kernels run where :func:`~spikelm.kernels.dispatch.use_triton` says so (CUDA tensors, and CPU tensors under ``TRITON_INTERPRET=1``, unless the backend is ``"torch"``)
+for a float32/float16/bfloat16 input, else the torch paths.
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ MODES = ("auto", "chunk", "fused_recurrent", "torch", "naive")
 
 
 def gla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, scale: float | None = None,
-        initial_state: torch.Tensor | None = None, *, mode: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+        initial_state: torch.Tensor | None = None, *, mode: str = "auto", backend: str | None = None
+        ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gated linear attention ``S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t``, ``o_t = scale q_t S_t``
     (Yang et al. 2024, GLA; formula in ``naive.py``).
 
@@ -29,25 +32,31 @@ def gla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, scal
             (float32/float16/bfloat16, float64 on the torch paths); g: log decays, ``<= 0``.
         scale: multiplies ``q`` (default ``K ** -0.5``).
         initial_state: ``[B, H, K, V]`` (float32 preferred) or None for zeros.
-        mode: ``"auto"`` (Triton ``chunk`` on CUDA, or ``fused_recurrent`` for single tokens
-            and short inference prompts; torch ``chunk`` on CPU, the naive step for one token),
+        mode: ``"auto"`` (where Triton runs: ``chunk``, or ``fused_recurrent`` for single tokens
+            and short inference prompts; else torch ``chunk``, the naive step for one token),
             or force ``"chunk"``/``"fused_recurrent"`` (Triton; on CPU only under
             ``TRITON_INTERPRET=1``), ``"torch"`` (torch chunked) or ``"naive"``.
+        backend: ``"auto"``, ``"triton"``, ``"torch"`` or None for the current setting
+            (``spikelm.kernels.dispatch``): whether Triton may run, for ``mode="auto"`` and the
+            check of the Triton modes (``"triton"`` raises where it cannot run).
     Returns:
         ``(o [B, L, H, V] in v.dtype, final state [B, H, K, V] float32 (float64 for float64))``,
         both differentiable in every input.
     Raises:
         TypeError: non-float inputs or q/k/v dtypes differ.
-        ValueError: shape mismatch, empty sequence, devices differ, unknown ``mode`` (the
-            message lists the accepted ones), a Triton mode where Triton cannot run.
+        ValueError: shape mismatch, empty sequence, devices differ, unknown ``mode`` or
+            ``backend`` (the message lists the accepted ones), a Triton mode where Triton does
+            not run (backend ``"torch"``, a CPU tensor without ``TRITON_INTERPRET=1``, float64).
+        TritonUnavailableError: ``backend="triton"`` where Triton cannot run (not installed,
+            a CPU tensor without ``TRITON_INTERPRET=1``).
     """
     if mode not in MODES:
         raise ValueError(f"unknown gla mode {mode!r}; accepted: {', '.join(MODES)}")
     B, L, H, K, V = check_gla_inputs(q, k, v, g, initial_state)
-    triton_ok = use_triton(q) and q.dtype != torch.float64
+    triton_ok = use_triton(q, backend) and q.dtype != torch.float64
     if mode in ("chunk", "fused_recurrent") and not triton_ok:
-        raise ValueError(f"gla mode {mode!r} needs Triton on a CUDA tensor (or TRITON_INTERPRET=1 on CPU) and "
-                         "a float32/float16/bfloat16 input")
+        raise ValueError(f"gla mode {mode!r} needs Triton on a CUDA tensor (or TRITON_INTERPRET=1 on CPU), a "
+                         "backend other than 'torch' and a float32/float16/bfloat16 input")
     if mode == "auto":
         if triton_ok:
             short = L == 1 or (L <= 64 and not torch.is_grad_enabled())

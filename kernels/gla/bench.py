@@ -20,7 +20,8 @@ import sys
 
 import torch
 
-from ..bench import DTYPES, Timer, _fmt
+from ..bench_harness import (check_dtypes, fmt, fwd_closure, fwdbwd_closure, make_parser,
+                             measure, parse, table_header, table_row, write_report)
 
 
 def _impls(device: torch.device, fused: bool):
@@ -51,35 +52,26 @@ def main(argv: list[str] | None = None) -> int:
     (2 when ``--device cuda`` is asked for without CUDA). A failing implementation's row
     carries the error in its note instead of raising."""
     argv = sys.argv[1:] if argv is None else argv
-    p = argparse.ArgumentParser(prog="python -m spikelm.kernels.gla.bench", description=__doc__.split("\n")[0])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p = make_parser("python -m spikelm.kernels.gla.bench", __doc__)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=2048)
     p.add_argument("--heads", type=int, default=16)
     p.add_argument("--key-dim", type=int, default=128)
     p.add_argument("--value-dim", type=int, default=128)
     p.add_argument("--dtype", default=None, help="fp32, fp16 or bf16 (default: bf16 on CUDA, fp32 on CPU)")
-    p.add_argument("--reps", type=int, default=None)
-    p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=True,
                    help="also time the fused-recurrent (token-by-token) kernels")
-    p.add_argument("--quick", action="store_true", help="tiny shapes (smoke test)")
-    p.add_argument("--out", default=None)
-    a = p.parse_args(argv)
-    device = torch.device(a.device)
-    cuda = device.type == "cuda"
-    if cuda and not torch.cuda.is_available():
-        print("CUDA requested but not available", file=sys.stderr)
+    parsed = parse(p, argv)
+    if parsed is None:
         return 2
+    a, device, timer = parsed
+    cuda = device.type == "cuda"
     if a.quick:
         a.batch, a.seq, a.heads, a.key_dim, a.value_dim = 1, 64, 2, 32, 32
     elif not cuda:
         a.batch, a.seq, a.heads = 2, 512, 4
     dn = a.dtype or ("bf16" if cuda else "fp32")
-    if dn not in DTYPES:
-        p.error(f"unknown dtype {dn!r}; accepted: {', '.join(DTYPES)}")
-    dtype = DTYPES[dn]
-    timer = Timer(device, a.reps or (20 if cuda else 3), a.warmup if a.warmup is not None else (3 if cuda else 1))
+    (dtype,) = check_dtypes(p, [dn])
     B, L, H, K, V = a.batch, a.seq, a.heads, a.key_dim, a.value_dim
     gen = torch.Generator(device=device).manual_seed(0)
     q = torch.randn(B, L, H, K, device=device, generator=gen).to(dtype)
@@ -92,30 +84,15 @@ def main(argv: list[str] | None = None) -> int:
     shape = f"B={B}, L={L}, H={H}, K={K}, V={V}"
     lines = ["# spikelm GLA kernel benchmark", f"- device: {torch.cuda.get_device_name(device) if cuda else 'CPU'}",
              f"- command: python -m spikelm.kernels.gla.bench {' '.join(argv)}".rstrip(), f"- dtype: {dn}", "",
-             "| op | shape | dtype | impl | fwd ms | fwd+bwd ms | peak mem MB | note |", "|---|---|---|---|---:|---:|---:|---|"]
+             *table_header(["op", "shape", "dtype", "impl", "fwd ms", "fwd+bwd ms", "peak mem MB", "note"], "llllrrrl")]
     results = {}
     for name, fn in _impls(device, a.fused).items():
         ins = [t.clone().requires_grad_() for t in (q, k, v, g)]
-
-        def fwd(fn=fn):
-            with torch.no_grad():
-                fn(q, k, v, g, h0)
-
-        def fwdbwd(fn=fn, ins=ins):
-            o, ht = fn(*ins, h0)
-            torch.autograd.backward([o, ht], [do, dht])
-            for t in ins:
-                t.grad = None
-        row = dict(fwd=None, fwdbwd=None, mem=None, note="")
-        try:
-            row["fwd"] = timer(fwd)
-            row["fwdbwd"] = timer(fwdbwd)
-            row["mem"] = timer.peak_mb(fwdbwd)
-        except Exception as e:
-            row["note"] = f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
-        results[name] = row
-        lines.append(f"| gla | {shape} | {dn} | {name} | {_fmt(row['fwd'], '.3f')} | {_fmt(row['fwdbwd'], '.3f')} | "
-                     f"{_fmt(row['mem'], '.0f')} | {row['note']} |")
+        fwd_ms, fwdbwd_ms, mem, note = measure(timer, fwd_closure(fn, (q, k, v, g, h0)),
+                                               fwdbwd_closure(fn, (*ins, h0), [do, dht]))
+        results[name] = dict(fwd=fwd_ms, fwdbwd=fwdbwd_ms, mem=mem, note=note)
+        lines.append(table_row(["gla", shape, dn, name, fmt(fwd_ms, ".3f"), fmt(fwdbwd_ms, ".3f"), fmt(mem, ".0f"),
+                                note]))
         print(lines[-1], file=sys.stderr, flush=True)
     if cuda:
         ours, fla = results.get("triton_chunk"), results.get("fla_chunk")
@@ -127,9 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             lines.append("- fla not measured (not installed or failed): target not checked")
     print("\n".join(lines))
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write("\n".join(lines) + "\n")
+    write_report(a.out, lines)
     return 0
 
 

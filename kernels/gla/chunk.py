@@ -36,7 +36,8 @@ backward (memory ``B H (L/BT) K V`` floats for ``h``). Dots run on float32 opera
 (IEEE for float32 inputs) in the interpreter; on CUDA with float16/bfloat16 inputs their
 operands are cast to the input dtype (tensor cores, float32 accumulation), as fla does.
 Kernels are interpreted for CPU tensors (tests) and compiled with ``triton.jit`` for CUDA
-tensors; they use Triton builtins only.
+tensors (``triton_utils.kernel``); they use Triton builtins and the device functions of
+``tiles.py`` and this module only (``triton_utils.device_function``).
 """
 from __future__ import annotations
 
@@ -44,17 +45,109 @@ import torch
 import triton
 import triton.language as tl
 
-from ..dispatch import triton_kernel
+from .. import triton_utils
+from ..triton_utils import device_function
 from .checks import check_gla_inputs, gate_grad
+from .tiles import dot, head_base, load_row, load_rows, load_state, span, state_tile
 
 __all__ = ["gla_chunk"]
 
 BC_SUB = 16  # sub-chunk length (the tl.dot minimum)
 
 
-def _empty(shape, dtype, device):
-    """Every uninitialised allocation of this module goes through here (tests fill it with NaN)."""
-    return torch.empty(shape, dtype=dtype, device=device)
+# ----------------------------------------------------------------------------------------------
+# device functions
+# ----------------------------------------------------------------------------------------------
+
+@device_function
+def _gated(x_ptr, gc_ptr, rows, cols, stride, mask, gref, MODE: tl.constexpr):
+    """The masked tile ``x * exp(e)`` (x as float32, zeros outside ``mask``) with the exponent
+    ``e = b - b_ref`` (MODE 0, query side), ``b_ref - b`` (MODE 1, key side) or ``b`` (MODE 2;
+    ``gref`` unused); ``b`` is the chunk-local cumsum ``gc`` and ``gref`` a ``[len(cols)]`` row of it."""
+    x = load_rows(x_ptr, rows, cols, stride, mask).to(tl.float32)
+    g = load_rows(gc_ptr, rows, cols, stride, mask)
+    if MODE == 0:
+        e = g - gref[None, :]
+    elif MODE == 1:
+        e = gref[None, :] - g
+    else:
+        e = g
+    return tl.where(mask, x * tl.exp(e), 0.0)
+
+
+@device_function
+def _state_scan(x_ptr, y_ptr, gc_ptr, all_ptr, init_ptr, final_ptr, scale, L, H, K, V, NT,
+                BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_INIT: tl.constexpr,
+                REVERSE: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr):
+    """The recurrence over chunk boundaries (module docstring), program ``(K block, V block, b*H + h)``.
+
+    Forward (``x, y = k, v``): stores ``h_n`` (entering chunk n) for n = 0.., then
+    ``h_{n+1} = diag(exp(b_l)) h_n + (k * exp(b_l - b))^T v``. Backward (``REVERSE``, ``x, y = q,
+    do``): stores ``dh_n`` (leaving chunk n) for n = NT-1.., then ``dh_{n-1} = diag(exp(b_l)) dh_n
+    + scale (q * exp(b))^T do``. Starts from ``init`` (zeros unless ``HAS_INIT``); writes the
+    last value to ``final``.
+    """
+    i_bh = tl.program_id(2)
+    kbase = head_base(i_bh, L, H, K)
+    vbase = head_base(i_bh, L, H, V)
+    ok, ov, mk, mv, mkv, tile = state_tile(tl.program_id(0), tl.program_id(1), K, V, BK, BV)
+    sbase = i_bh.to(tl.int64) * K * V
+    S = load_state(init_ptr + sbase, tile, mkv, HAS_INIT, BK, BV)
+    hbase = i_bh.to(tl.int64) * NT * K * V
+    for i in range(0, NT):
+        if REVERSE:
+            n = NT - 1 - i
+        else:
+            n = i
+        tl.store(all_ptr + hbase + n * K * V + tile, S, mask=mkv)
+        rows, mr = span(n, BT, L)
+        mrk = mr[:, None] & mk[None, :]
+        gl = load_row(gc_ptr + kbase, tl.minimum(n * BT + BT, L) - 1, H * K, ok, mk)
+        if REVERSE:
+            xt = load_rows(x_ptr + kbase, rows, ok, H * K, mrk).to(tl.float32)
+            gt = load_rows(gc_ptr + kbase, rows, ok, H * K, mrk)
+            xd = tl.where(mrk, xt * tl.exp(gt) * scale, 0.0)
+        else:
+            xd = _gated(x_ptr + kbase, gc_ptr + kbase, rows, ok, H * K, mrk, gl, 1)
+        yt = load_rows(y_ptr + vbase, rows, ov, H * V, mr[:, None] & mv[None, :])
+        S = S * tl.exp(gl)[:, None] + dot(xd, yt, x_ptr, LOWP, PREC, TRANS_A=True)
+    tl.store(final_ptr + sbase + tile, S, mask=mkv)
+
+
+@device_function
+def _value_block(L, H, K, V, NT, BT: tl.constexpr, BV: tl.constexpr):
+    """Program ``(V block, chunk i_t, b*H + h)`` of the ``[BT, BV]`` output-like kernels: ``(i_t, i_bh,
+    kbase, vbase, rows, mr, ov, mrv, hbase)``, ``hbase`` the offset of the chunk's state."""
+    i_t = tl.program_id(1)
+    i_bh = tl.program_id(2)
+    rows, mr = span(i_t, BT, L)
+    ov, mv = span(tl.program_id(0), BV, V)
+    hbase = (i_bh.to(tl.int64) * NT + i_t) * K * V
+    return i_t, i_bh, head_base(i_bh, L, H, K), head_base(i_bh, L, H, V), rows, mr, ov, mr[:, None] & mv[None, :], hbase
+
+
+@device_function
+def _through_state(acc, x_ptr, gc_ptr, st_ptr, rows, mr, ov, last, H, K, V, BK: tl.constexpr, MODE: tl.constexpr,
+                   LOWP: tl.constexpr, PREC: tl.constexpr):
+    """``acc + sum_k (x * exp(e)) S`` over the key blocks: the terms through a chunk's state tile
+    ``S = st[K, ov]`` (``h_n`` with MODE 2, ``e = b``; ``dh_n`` with MODE 1, ``e = b_l - b`` at row ``last``)."""
+    for i_k in range(0, (K + BK - 1) // BK):
+        ok, mk = span(i_k, BK, K)
+        if MODE == 1:
+            gref = load_row(gc_ptr, last, H * K, ok, mk)
+        else:
+            gref = ok  # a placeholder: MODE 2 reads no reference row
+        xg = _gated(x_ptr, gc_ptr, rows, ok, H * K, mr[:, None] & mk[None, :], gref, MODE)
+        st = load_rows(st_ptr, ok, ov, V, mk[:, None] & (ov < V)[None, :])
+        acc += dot(xg, st, x_ptr, LOWP, PREC)
+    return acc
+
+
+@device_function
+def _causal(i_t, L, BT: tl.constexpr):
+    """``[BT, BT]`` mask of the intra-chunk pairs ``j <= i`` with token ``j`` inside the sequence."""
+    cols = tl.arange(0, BT)
+    return (cols[None, :] <= tl.arange(0, BT)[:, None]) & ((i_t * BT + cols) < L)[None, :]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -62,57 +155,20 @@ def _empty(shape, dtype, device):
 # ----------------------------------------------------------------------------------------------
 
 def _cumsum_kernel(g_ptr, gc_ptr, L, H, K, BT: tl.constexpr, BK: tl.constexpr):
-    i_k = tl.program_id(0)
-    i_t = tl.program_id(1)
-    i_bh = tl.program_id(2)
-    b = i_bh // H
-    h = i_bh % H
-    rows = i_t * BT + tl.arange(0, BT)
-    ok = i_k * BK + tl.arange(0, BK)
-    m = (rows < L)[:, None] & (ok < K)[None, :]
-    offs = (b.to(tl.int64) * L * H + h) * K + rows[:, None] * H * K + ok[None, :]
-    x = tl.load(g_ptr + offs, mask=m, other=0.0).to(tl.float32)
-    tl.store(gc_ptr + offs, tl.associative_scan(x, 0, tl.standard._sum_combine), mask=m)
+    base = head_base(tl.program_id(2), L, H, K)
+    rows, mr = span(tl.program_id(1), BT, L)
+    ok, mk = span(tl.program_id(0), BK, K)
+    m = mr[:, None] & mk[None, :]
+    x = load_rows(g_ptr + base, rows, ok, H * K, m).to(tl.float32)
+    tl.store(gc_ptr + base + rows[:, None] * H * K + ok[None, :], tl.associative_scan(x, 0, tl.standard._sum_combine),
+             mask=m)
 
 
 def _fwd_h_kernel(k_ptr, v_ptr, gc_ptr, h_ptr, h0_ptr, ht_ptr, L, H, K, V, NT,
                   BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr,
                   LOWP: tl.constexpr, PREC: tl.constexpr):
-    i_k = tl.program_id(0)
-    i_v = tl.program_id(1)
-    i_bh = tl.program_id(2)
-    b = i_bh // H
-    h = i_bh % H
-    if LOWP:
-        DT = k_ptr.dtype.element_ty
-    else:
-        DT = tl.float32
-    ok = i_k * BK + tl.arange(0, BK)
-    ov = i_v * BV + tl.arange(0, BV)
-    mk = ok < K
-    mv = ov < V
-    mkv = mk[:, None] & mv[None, :]
-    tile = ok[:, None] * V + ov[None, :]
-    if HAS_H0:
-        S = tl.load(h0_ptr + i_bh.to(tl.int64) * K * V + tile, mask=mkv, other=0.0).to(tl.float32)
-    else:
-        S = tl.full([BK, BV], 0.0, tl.float32)
-    kbase = (b.to(tl.int64) * L * H + h) * K
-    vbase = (b.to(tl.int64) * L * H + h) * V
-    hbase = i_bh.to(tl.int64) * NT * K * V
-    for n in range(0, NT):
-        tl.store(h_ptr + hbase + n * K * V + tile, S, mask=mkv)
-        rows = n * BT + tl.arange(0, BT)
-        mr = rows < L
-        last = tl.minimum(n * BT + BT, L) - 1
-        mrk = mr[:, None] & mk[None, :]
-        kt = tl.load(k_ptr + kbase + rows[:, None] * H * K + ok[None, :], mask=mrk, other=0.0).to(tl.float32)
-        gt = tl.load(gc_ptr + kbase + rows[:, None] * H * K + ok[None, :], mask=mrk, other=0.0)
-        gl = tl.load(gc_ptr + kbase + last * H * K + ok, mask=mk, other=0.0)
-        vt = tl.load(v_ptr + vbase + rows[:, None] * H * V + ov[None, :], mask=mr[:, None] & mv[None, :], other=0.0)
-        kd = tl.where(mrk, kt * tl.exp(gl[None, :] - gt), 0.0)
-        S = S * tl.exp(gl)[:, None] + tl.dot(tl.trans(kd.to(DT)), vt.to(DT), input_precision=PREC)
-    tl.store(ht_ptr + i_bh.to(tl.int64) * K * V + tile, S, mask=mkv)
+    _state_scan(k_ptr, v_ptr, gc_ptr, h_ptr, h0_ptr, ht_ptr, 1.0, L, H, K, V, NT, BT, BK, BV, HAS_H0, False, LOWP,
+                PREC)
 
 
 def _fwd_A_kernel(q_ptr, k_ptr, gc_ptr, A_ptr, scale, L, H, K,
@@ -121,12 +177,7 @@ def _fwd_A_kernel(q_ptr, k_ptr, gc_ptr, A_ptr, scale, L, H, K,
     i_t = tl.program_id(0)
     i_c = tl.program_id(1)
     i_bh = tl.program_id(2)
-    b = i_bh // H
-    h = i_bh % H
-    if LOWP:
-        DT = q_ptr.dtype.element_ty
-    else:
-        DT = tl.float32
+    base = head_base(i_bh, L, H, K)
     i_i = i_c // NC
     i_j = i_c % NC
     t0 = i_t * BT
@@ -135,38 +186,29 @@ def _fwd_A_kernel(q_ptr, k_ptr, gc_ptr, A_ptr, scale, L, H, K,
     mi = ri < L
     mj = rj < L
     cols = tl.arange(0, BC)
-    base = (b.to(tl.int64) * L * H + h) * K
     a_offs = (i_bh.to(tl.int64) * L + ri[:, None]) * BT + (i_j * BC + cols)[None, :]
-    if i_i > i_j:
+    if i_i > i_j:  # split at the first row of sub-chunk i_i: two bounded factors, one matmul
         rref = tl.minimum(t0 + i_i * BC, L - 1)
         acc = tl.full([BC, BC], 0.0, tl.float32)
         for i_k in range(0, (K + BK - 1) // BK):
-            ok = i_k * BK + tl.arange(0, BK)
-            mk = ok < K
-            mik = mi[:, None] & mk[None, :]
-            mjk = mj[:, None] & mk[None, :]
-            gref = tl.load(gc_ptr + base + rref * H * K + ok, mask=mk, other=0.0)
-            qi = tl.load(q_ptr + base + ri[:, None] * H * K + ok[None, :], mask=mik, other=0.0).to(tl.float32)
-            gi = tl.load(gc_ptr + base + ri[:, None] * H * K + ok[None, :], mask=mik, other=0.0)
-            kj = tl.load(k_ptr + base + rj[:, None] * H * K + ok[None, :], mask=mjk, other=0.0).to(tl.float32)
-            gj = tl.load(gc_ptr + base + rj[:, None] * H * K + ok[None, :], mask=mjk, other=0.0)
-            qg = tl.where(mik, qi * tl.exp(gi - gref[None, :]), 0.0)
-            kg = tl.where(mjk, kj * tl.exp(gref[None, :] - gj), 0.0)
-            acc += tl.dot(qg.to(DT), tl.trans(kg.to(DT)), input_precision=PREC)
+            ok, mk = span(i_k, BK, K)
+            gref = load_row(gc_ptr + base, rref, H * K, ok, mk)
+            qg = _gated(q_ptr + base, gc_ptr + base, ri, ok, H * K, mi[:, None] & mk[None, :], gref, 0)
+            kg = _gated(k_ptr + base, gc_ptr + base, rj, ok, H * K, mj[:, None] & mk[None, :], gref, 1)
+            acc += dot(qg, kg, q_ptr, LOWP, PREC, TRANS_B=True)
         tl.store(A_ptr + a_offs, acc * scale, mask=mi[:, None])
-    elif i_i == i_j:
+    elif i_i == i_j:  # diagonal sub-chunk: pairwise factors exp(b_i - b_j), one column at a time
         acc = tl.full([BC, BC], 0.0, tl.float32)
         for i_k in range(0, (K + BK - 1) // BK):
-            ok = i_k * BK + tl.arange(0, BK)
-            mk = ok < K
+            ok, mk = span(i_k, BK, K)
             mik = mi[:, None] & mk[None, :]
-            qi = tl.load(q_ptr + base + ri[:, None] * H * K + ok[None, :], mask=mik, other=0.0).to(tl.float32)
-            gi = tl.load(gc_ptr + base + ri[:, None] * H * K + ok[None, :], mask=mik, other=0.0)
+            qi = load_rows(q_ptr + base, ri, ok, H * K, mik).to(tl.float32)
+            gi = load_rows(gc_ptr + base, ri, ok, H * K, mik)
             for j in tl.static_range(BC):
                 tj = t0 + i_j * BC + j
                 mkj = mk & ((ok * 0 + tj) < L)
-                kj = tl.load(k_ptr + base + tj * H * K + ok, mask=mkj, other=0.0).to(tl.float32)
-                gj = tl.load(gc_ptr + base + tj * H * K + ok, mask=mkj, other=0.0)
+                kj = load_row(k_ptr + base, tj, H * K, ok, mkj).to(tl.float32)
+                gj = load_row(gc_ptr + base, tj, H * K, ok, mkj)
                 valid = (ri >= tj)[:, None] & mik & mkj[None, :]
                 e = tl.exp(tl.where(valid, gi - gj[None, :], 0.0))
                 col = tl.reduce(tl.where(valid, qi * kj[None, :] * e, 0.0), 1, tl.standard._sum_combine)
@@ -176,39 +218,15 @@ def _fwd_A_kernel(q_ptr, k_ptr, gc_ptr, A_ptr, scale, L, H, K,
 
 def _fwd_o_kernel(q_ptr, v_ptr, gc_ptr, h_ptr, A_ptr, o_ptr, scale, L, H, K, V, NT,
                   BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr):
-    i_v = tl.program_id(0)
-    i_t = tl.program_id(1)
-    i_bh = tl.program_id(2)
-    b = i_bh // H
-    h = i_bh % H
-    if LOWP:
-        DT = q_ptr.dtype.element_ty
-    else:
-        DT = tl.float32
-    rows = i_t * BT + tl.arange(0, BT)
-    mr = rows < L
-    ov = i_v * BV + tl.arange(0, BV)
-    mv = ov < V
-    kbase = (b.to(tl.int64) * L * H + h) * K
-    vbase = (b.to(tl.int64) * L * H + h) * V
-    hbase = (i_bh.to(tl.int64) * NT + i_t) * K * V
+    i_t, i_bh, kbase, vbase, rows, mr, ov, mrv, hbase = _value_block(L, H, K, V, NT, BT, BV)
     acc = tl.full([BT, BV], 0.0, tl.float32)
-    for i_k in range(0, (K + BK - 1) // BK):
-        ok = i_k * BK + tl.arange(0, BK)
-        mk = ok < K
-        mrk = mr[:, None] & mk[None, :]
-        qt = tl.load(q_ptr + kbase + rows[:, None] * H * K + ok[None, :], mask=mrk, other=0.0).to(tl.float32)
-        gt = tl.load(gc_ptr + kbase + rows[:, None] * H * K + ok[None, :], mask=mrk, other=0.0)
-        qg = tl.where(mrk, qt * tl.exp(gt), 0.0)
-        hn = tl.load(h_ptr + hbase + ok[:, None] * V + ov[None, :], mask=mk[:, None] & mv[None, :], other=0.0)
-        acc += tl.dot(qg.to(DT), hn.to(DT), input_precision=PREC)
+    acc = _through_state(acc, q_ptr + kbase, gc_ptr + kbase, h_ptr + hbase, rows, mr, ov, 0, H, K, V, BK, 2, LOWP,
+                         PREC)
     acc = acc * scale
-    cols = tl.arange(0, BT)
-    am = mr[:, None] & (cols[None, :] <= tl.arange(0, BT)[:, None]) & ((i_t * BT + cols) < L)[None, :]
-    Am = tl.load(A_ptr + (i_bh.to(tl.int64) * L + rows[:, None]) * BT + cols[None, :], mask=am, other=0.0)
-    mrv = mr[:, None] & mv[None, :]
-    vt = tl.load(v_ptr + vbase + rows[:, None] * H * V + ov[None, :], mask=mrv, other=0.0)
-    acc += tl.dot(Am.to(DT), vt.to(DT), input_precision=PREC)
+    Am = tl.load(A_ptr + (i_bh.to(tl.int64) * L + rows[:, None]) * BT + tl.arange(0, BT)[None, :],
+                 mask=mr[:, None] & _causal(i_t, L, BT), other=0.0)
+    vt = load_rows(v_ptr + vbase, rows, ov, H * V, mrv)
+    acc += dot(Am, vt, q_ptr, LOWP, PREC)
     tl.store(o_ptr + vbase + rows[:, None] * H * V + ov[None, :], acc.to(o_ptr.dtype.element_ty), mask=mrv)
 
 
@@ -219,105 +237,36 @@ def _fwd_o_kernel(q_ptr, v_ptr, gc_ptr, h_ptr, A_ptr, o_ptr, scale, L, H, K, V, 
 def _bwd_dh_kernel(q_ptr, do_ptr, gc_ptr, dh_ptr, dht_ptr, dh0_ptr, scale, L, H, K, V, NT,
                    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_DHT: tl.constexpr,
                    LOWP: tl.constexpr, PREC: tl.constexpr):
-    i_k = tl.program_id(0)
-    i_v = tl.program_id(1)
-    i_bh = tl.program_id(2)
-    b = i_bh // H
-    h = i_bh % H
-    if LOWP:
-        DT = q_ptr.dtype.element_ty
-    else:
-        DT = tl.float32
-    ok = i_k * BK + tl.arange(0, BK)
-    ov = i_v * BV + tl.arange(0, BV)
-    mk = ok < K
-    mv = ov < V
-    mkv = mk[:, None] & mv[None, :]
-    tile = ok[:, None] * V + ov[None, :]
-    if HAS_DHT:
-        D = tl.load(dht_ptr + i_bh.to(tl.int64) * K * V + tile, mask=mkv, other=0.0).to(tl.float32)
-    else:
-        D = tl.full([BK, BV], 0.0, tl.float32)
-    kbase = (b.to(tl.int64) * L * H + h) * K
-    vbase = (b.to(tl.int64) * L * H + h) * V
-    hbase = i_bh.to(tl.int64) * NT * K * V
-    for i in range(0, NT):
-        n = NT - 1 - i
-        tl.store(dh_ptr + hbase + n * K * V + tile, D, mask=mkv)
-        rows = n * BT + tl.arange(0, BT)
-        mr = rows < L
-        last = tl.minimum(n * BT + BT, L) - 1
-        mrk = mr[:, None] & mk[None, :]
-        qt = tl.load(q_ptr + kbase + rows[:, None] * H * K + ok[None, :], mask=mrk, other=0.0).to(tl.float32)
-        gt = tl.load(gc_ptr + kbase + rows[:, None] * H * K + ok[None, :], mask=mrk, other=0.0)
-        gl = tl.load(gc_ptr + kbase + last * H * K + ok, mask=mk, other=0.0)
-        dot = tl.load(do_ptr + vbase + rows[:, None] * H * V + ov[None, :], mask=mr[:, None] & mv[None, :], other=0.0)
-        qg = tl.where(mrk, qt * tl.exp(gt) * scale, 0.0)
-        D = D * tl.exp(gl)[:, None] + tl.dot(tl.trans(qg.to(DT)), dot.to(DT), input_precision=PREC)
-    tl.store(dh0_ptr + i_bh.to(tl.int64) * K * V + tile, D, mask=mkv)
+    _state_scan(q_ptr, do_ptr, gc_ptr, dh_ptr, dht_ptr, dh0_ptr, scale, L, H, K, V, NT, BT, BK, BV, HAS_DHT, True,
+                LOWP, PREC)
 
 
 def _bwd_dA_kernel(do_ptr, v_ptr, dA_ptr, scale, L, H, V,
                    BT: tl.constexpr, BV: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr):
     i_t = tl.program_id(0)
     i_bh = tl.program_id(1)
-    b = i_bh // H
-    h = i_bh % H
-    if LOWP:
-        DT = v_ptr.dtype.element_ty
-    else:
-        DT = tl.float32
-    rows = i_t * BT + tl.arange(0, BT)
-    mr = rows < L
-    cols = tl.arange(0, BT)
-    vbase = (b.to(tl.int64) * L * H + h) * V
+    rows, mr = span(i_t, BT, L)
+    vbase = head_base(i_bh, L, H, V)
     acc = tl.full([BT, BT], 0.0, tl.float32)
     for i_v in range(0, (V + BV - 1) // BV):
-        ov = i_v * BV + tl.arange(0, BV)
-        mrv = mr[:, None] & (ov < V)[None, :]
-        dot = tl.load(do_ptr + vbase + rows[:, None] * H * V + ov[None, :], mask=mrv, other=0.0)
-        vt = tl.load(v_ptr + vbase + rows[:, None] * H * V + ov[None, :], mask=mrv, other=0.0)
-        acc += tl.dot(dot.to(DT), tl.trans(vt.to(DT)), input_precision=PREC)
-    keep = (cols[None, :] <= tl.arange(0, BT)[:, None]) & ((i_t * BT + cols) < L)[None, :]
-    tl.store(dA_ptr + (i_bh.to(tl.int64) * L + rows[:, None]) * BT + cols[None, :],
-             tl.where(keep, acc * scale, 0.0), mask=mr[:, None])
+        ov, mv = span(i_v, BV, V)
+        mrv = mr[:, None] & mv[None, :]
+        dot_t = load_rows(do_ptr + vbase, rows, ov, H * V, mrv)
+        vt = load_rows(v_ptr + vbase, rows, ov, H * V, mrv)
+        acc += dot(dot_t, vt, v_ptr, LOWP, PREC, TRANS_B=True)
+    tl.store(dA_ptr + (i_bh.to(tl.int64) * L + rows[:, None]) * BT + tl.arange(0, BT)[None, :],
+             tl.where(_causal(i_t, L, BT), acc * scale, 0.0), mask=mr[:, None])
 
 
 def _bwd_dv_kernel(k_ptr, gc_ptr, A_ptr, do_ptr, dh_ptr, dv_ptr, L, H, K, V, NT,
                    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr):
-    i_v = tl.program_id(0)
-    i_t = tl.program_id(1)
-    i_bh = tl.program_id(2)
-    b = i_bh // H
-    h = i_bh % H
-    if LOWP:
-        DT = k_ptr.dtype.element_ty
-    else:
-        DT = tl.float32
-    rows = i_t * BT + tl.arange(0, BT)
-    mr = rows < L
-    ov = i_v * BV + tl.arange(0, BV)
-    mv = ov < V
-    mrv = mr[:, None] & mv[None, :]
-    kbase = (b.to(tl.int64) * L * H + h) * K
-    vbase = (b.to(tl.int64) * L * H + h) * V
-    hbase = (i_bh.to(tl.int64) * NT + i_t) * K * V
-    cols = tl.arange(0, BT)
-    am = mr[:, None] & (cols[None, :] <= tl.arange(0, BT)[:, None]) & ((i_t * BT + cols) < L)[None, :]
-    Am = tl.load(A_ptr + (i_bh.to(tl.int64) * L + rows[:, None]) * BT + cols[None, :], mask=am, other=0.0)
-    dot = tl.load(do_ptr + vbase + rows[:, None] * H * V + ov[None, :], mask=mrv, other=0.0)
-    acc = tl.dot(tl.trans(Am).to(DT), dot.to(DT), input_precision=PREC)
-    last = tl.minimum(i_t * BT + BT, L) - 1
-    for i_k in range(0, (K + BK - 1) // BK):
-        ok = i_k * BK + tl.arange(0, BK)
-        mk = ok < K
-        mrk = mr[:, None] & mk[None, :]
-        kt = tl.load(k_ptr + kbase + rows[:, None] * H * K + ok[None, :], mask=mrk, other=0.0).to(tl.float32)
-        gt = tl.load(gc_ptr + kbase + rows[:, None] * H * K + ok[None, :], mask=mrk, other=0.0)
-        gl = tl.load(gc_ptr + kbase + last * H * K + ok, mask=mk, other=0.0)
-        kd = tl.where(mrk, kt * tl.exp(gl[None, :] - gt), 0.0)
-        dhn = tl.load(dh_ptr + hbase + ok[:, None] * V + ov[None, :], mask=mk[:, None] & mv[None, :], other=0.0)
-        acc += tl.dot(kd.to(DT), dhn.to(DT), input_precision=PREC)
+    i_t, i_bh, kbase, vbase, rows, mr, ov, mrv, hbase = _value_block(L, H, K, V, NT, BT, BV)
+    Am = tl.load(A_ptr + (i_bh.to(tl.int64) * L + rows[:, None]) * BT + tl.arange(0, BT)[None, :],
+                 mask=mr[:, None] & _causal(i_t, L, BT), other=0.0)
+    dot_t = load_rows(do_ptr + vbase, rows, ov, H * V, mrv)
+    acc = dot(Am, dot_t, k_ptr, LOWP, PREC, TRANS_A=True)
+    acc = _through_state(acc, k_ptr + kbase, gc_ptr + kbase, dh_ptr + hbase, rows, mr, ov,
+                         tl.minimum(i_t * BT + BT, L) - 1, H, K, V, BK, 1, LOWP, PREC)
     tl.store(dv_ptr + vbase + rows[:, None] * H * V + ov[None, :], acc.to(dv_ptr.dtype.element_ty), mask=mrv)
 
 
@@ -325,78 +274,58 @@ def _bwd_dqk_kernel(q_ptr, k_ptr, v_ptr, gc_ptr, h_ptr, dh_ptr, do_ptr, dA_ptr, 
                     scale, L, H, K, V, NT,
                     BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NC: tl.constexpr,
                     LOWP: tl.constexpr, PREC: tl.constexpr):
-    i_k = tl.program_id(0)
     i_t = tl.program_id(1)
     i_bh = tl.program_id(2)
-    b = i_bh // H
-    h = i_bh % H
-    if LOWP:
-        DT = q_ptr.dtype.element_ty
-    else:
-        DT = tl.float32
-    ok = i_k * BK + tl.arange(0, BK)
-    mk = ok < K
+    ok, mk = span(tl.program_id(0), BK, K)
     t0 = i_t * BT
-    kbase = (b.to(tl.int64) * L * H + h) * K
-    vbase = (b.to(tl.int64) * L * H + h) * V
+    kbase = head_base(i_bh, L, H, K)
+    vbase = head_base(i_bh, L, H, V)
     hbase = (i_bh.to(tl.int64) * NT + i_t) * K * V
     abase = i_bh.to(tl.int64) * L
     cols = tl.arange(0, BC)
-    last = tl.minimum(t0 + BT, L) - 1
-    gl = tl.load(gc_ptr + kbase + last * H * K + ok, mask=mk, other=0.0)
+    gl = load_row(gc_ptr + kbase, tl.minimum(t0 + BT, L) - 1, H * K, ok, mk)
     for I in tl.static_range(NC):
         ri = t0 + I * BC + tl.arange(0, BC)
         mi = ri < L
         mik = mi[:, None] & mk[None, :]
-        gI = tl.load(gc_ptr + kbase + ri[:, None] * H * K + ok[None, :], mask=mik, other=0.0)
+        gI = load_rows(gc_ptr + kbase, ri, ok, H * K, mik)
         dq = tl.full([BC, BK], 0.0, tl.float32)
         dk = tl.full([BC, BK], 0.0, tl.float32)
         # inter-chunk: through the states h_n (entering) and dh_n (leaving)
         for i_v in range(0, (V + BV - 1) // BV):
-            ov = i_v * BV + tl.arange(0, BV)
-            mv = ov < V
+            ov, mv = span(i_v, BV, V)
             miv = mi[:, None] & mv[None, :]
             mkv = mk[:, None] & mv[None, :]
-            doI = tl.load(do_ptr + vbase + ri[:, None] * H * V + ov[None, :], mask=miv, other=0.0)
-            vI = tl.load(v_ptr + vbase + ri[:, None] * H * V + ov[None, :], mask=miv, other=0.0)
-            hn = tl.load(h_ptr + hbase + ok[:, None] * V + ov[None, :], mask=mkv, other=0.0)
-            dhn = tl.load(dh_ptr + hbase + ok[:, None] * V + ov[None, :], mask=mkv, other=0.0)
-            dq += tl.dot(doI.to(DT), tl.trans(hn.to(DT)), input_precision=PREC)
-            dk += tl.dot(vI.to(DT), tl.trans(dhn.to(DT)), input_precision=PREC)
+            doI = load_rows(do_ptr + vbase, ri, ov, H * V, miv)
+            vI = load_rows(v_ptr + vbase, ri, ov, H * V, miv)
+            dq += dot(doI, load_rows(h_ptr + hbase, ok, ov, V, mkv), q_ptr, LOWP, PREC, TRANS_B=True)
+            dk += dot(vI, load_rows(dh_ptr + hbase, ok, ov, V, mkv), q_ptr, LOWP, PREC, TRANS_B=True)
         dq = tl.where(mik, dq * scale * tl.exp(gI), 0.0)
         dk = tl.where(mik, dk * tl.exp(gl[None, :] - gI), 0.0)
         # intra-chunk, earlier sub-chunks J < I (for dq), split at the first row of I
-        rref = tl.minimum(t0 + I * BC, L - 1)
-        gref = tl.load(gc_ptr + kbase + rref * H * K + ok, mask=mk, other=0.0)
+        gref = load_row(gc_ptr + kbase, tl.minimum(t0 + I * BC, L - 1), H * K, ok, mk)
         for J in tl.static_range(I):
             rj = t0 + J * BC + tl.arange(0, BC)
-            mjk = (rj < L)[:, None] & mk[None, :]
-            kJ = tl.load(k_ptr + kbase + rj[:, None] * H * K + ok[None, :], mask=mjk, other=0.0).to(tl.float32)
-            gJ = tl.load(gc_ptr + kbase + rj[:, None] * H * K + ok[None, :], mask=mjk, other=0.0)
-            kg = tl.where(mjk, kJ * tl.exp(gref[None, :] - gJ), 0.0)
+            kg = _gated(k_ptr + kbase, gc_ptr + kbase, rj, ok, H * K, (rj < L)[:, None] & mk[None, :], gref, 1)
             dAIJ = tl.load(dA_ptr + (abase + ri[:, None]) * BT + (J * BC + cols)[None, :], mask=mi[:, None], other=0.0)
-            part = tl.dot(dAIJ.to(DT), kg.to(DT), input_precision=PREC)
+            part = dot(dAIJ, kg, q_ptr, LOWP, PREC)
             dq += tl.where(mik, tl.exp(gI - gref[None, :]) * part, 0.0)
         # intra-chunk, later sub-chunks I2 > I (for dk), split at the first row of I2
         for I2 in tl.static_range(I + 1, NC):
             r2 = t0 + I2 * BC + tl.arange(0, BC)
             m2 = r2 < L
-            m2k = m2[:, None] & mk[None, :]
-            rref2 = tl.minimum(t0 + I2 * BC, L - 1)
-            gref2 = tl.load(gc_ptr + kbase + rref2 * H * K + ok, mask=mk, other=0.0)
-            q2 = tl.load(q_ptr + kbase + r2[:, None] * H * K + ok[None, :], mask=m2k, other=0.0).to(tl.float32)
-            g2 = tl.load(gc_ptr + kbase + r2[:, None] * H * K + ok[None, :], mask=m2k, other=0.0)
-            qg = tl.where(m2k, q2 * tl.exp(g2 - gref2[None, :]), 0.0)
+            gref2 = load_row(gc_ptr + kbase, tl.minimum(t0 + I2 * BC, L - 1), H * K, ok, mk)
+            qg = _gated(q_ptr + kbase, gc_ptr + kbase, r2, ok, H * K, m2[:, None] & mk[None, :], gref2, 0)
             dA2 = tl.load(dA_ptr + (abase + r2[:, None]) * BT + (I * BC + cols)[None, :], mask=m2[:, None], other=0.0)
-            part = tl.dot(tl.trans(dA2).to(DT), qg.to(DT), input_precision=PREC)
+            part = dot(dA2, qg, q_ptr, LOWP, PREC, TRANS_A=True)
             dk += tl.where(mik, tl.exp(gref2[None, :] - gI) * part, 0.0)
         # diagonal sub-chunk: pairwise factors
         for j in tl.static_range(BC):
             tj = t0 + I * BC + j
             mkj = mk & ((ok * 0 + tj) < L)
-            kj = tl.load(k_ptr + kbase + tj * H * K + ok, mask=mkj, other=0.0).to(tl.float32)
-            qj = tl.load(q_ptr + kbase + tj * H * K + ok, mask=mkj, other=0.0).to(tl.float32)
-            gj = tl.load(gc_ptr + kbase + tj * H * K + ok, mask=mkj, other=0.0)
+            kj = load_row(k_ptr + kbase, tj, H * K, ok, mkj).to(tl.float32)
+            qj = load_row(q_ptr + kbase, tj, H * K, ok, mkj).to(tl.float32)
+            gj = load_row(gc_ptr + kbase, tj, H * K, ok, mkj)
             dAcol = tl.load(dA_ptr + (abase + ri) * BT + I * BC + j, mask=mi, other=0.0)       # dA[i, j], i in I
             dArow = tl.load(dA_ptr + (abase + tj) * BT + I * BC + cols, mask=mi & ((ri * 0 + tj) < L), other=0.0)  # dA[j, r]
             vq = (ri >= tj)[:, None] & mik & mkj[None, :]
@@ -411,20 +340,19 @@ def _bwd_dqk_kernel(q_ptr, k_ptr, v_ptr, gc_ptr, h_ptr, dh_ptr, do_ptr, dA_ptr, 
 # compilation / launch
 # ----------------------------------------------------------------------------------------------
 
-def _kernel(fn, device: torch.device):
-    """Interpreted on CPU, ``triton.jit`` on CUDA (``dispatch.triton_kernel``)."""
-    return triton_kernel(fn, device)
-
-
-def _config(q: torch.Tensor, K: int, V: int, chunk_size: int | None, block_k: int | None, block_v: int | None):
+def _config(q: torch.Tensor, v: torch.Tensor, chunk_size: int | None, block_k: int | None, block_v: int | None):
+    """``(BT, BK, BV, NT, NK, NV, NC, extra, meta)``: tile sizes, their counts over ``L, K, V`` and the
+    sub-chunks per chunk, the CUDA launch options ``extra`` and ``meta`` = ``extra`` plus the
+    dot constexprs ``LOWP`` (fp16/bf16 operands on CUDA) and ``PREC``."""
     cuda = q.device.type == "cuda"
+    L, K, V = q.shape[1], q.shape[-1], v.shape[-1]
     BT = chunk_size or 64
-    BK = block_k or min(max(triton.next_power_of_2(K), 16), 64)
-    BV = block_v or min(max(triton.next_power_of_2(V), 16), 64)
-    lowp = cuda and q.dtype in (torch.float16, torch.bfloat16)
-    prec = "ieee" if (not cuda or q.dtype == torch.float32) else "tf32"
+    BK = block_k or triton_utils.default_block(K, 64)
+    BV = block_v or triton_utils.default_block(V, 64)
     extra = {"num_warps": 4} if cuda else {}
-    return BT, BK, BV, lowp, prec, extra
+    meta = dict(LOWP=cuda and q.dtype in (torch.float16, torch.bfloat16),
+                PREC="ieee" if (not cuda or q.dtype == torch.float32) else "tf32", **extra)
+    return BT, BK, BV, triton.cdiv(L, BT), triton.cdiv(K, BK), triton.cdiv(V, BV), BT // BC_SUB, extra, meta
 
 
 class GLAChunkFunction(torch.autograd.Function):
@@ -434,22 +362,21 @@ class GLAChunkFunction(torch.autograd.Function):
     def forward(ctx, q, k, v, g, h0, scale, chunk_size, block_k, block_v):
         B, L, H, K = q.shape
         V = v.shape[-1]
-        dev = q.device
-        BT, BK, BV, lowp, prec, extra = _config(q, K, V, chunk_size, block_k, block_v)
-        NT, NK, NV, NC = triton.cdiv(L, BT), triton.cdiv(K, BK), triton.cdiv(V, BV), BT // BC_SUB
-        gc = _empty((B, L, H, K), torch.float32, dev)
-        _kernel(_cumsum_kernel, dev)[(NK, NT, B * H)](g, gc, L, H, K, BT=BT, BK=BK, **extra)
-        h = _empty((B, H, NT, K, V), torch.float32, dev)
-        ht = _empty((B, H, K, V), torch.float32, dev)
+        dev, run, empty, f32 = q.device, triton_utils.kernel, triton_utils.empty, torch.float32
+        BT, BK, BV, NT, NK, NV, NC, extra, meta = _config(q, v, chunk_size, block_k, block_v)
+        gc = empty((B, L, H, K), f32, dev)
+        run(_cumsum_kernel, dev)[(NK, NT, B * H)](g, gc, L, H, K, BT=BT, BK=BK, **extra)
+        h = empty((B, H, NT, K, V), f32, dev)
+        ht = empty((B, H, K, V), f32, dev)
         h0c = h0.contiguous() if h0 is not None else ht
-        _kernel(_fwd_h_kernel, dev)[(NK, NV, B * H)](k, v, gc, h, h0c, ht, L, H, K, V, NT, BT=BT, BK=BK, BV=BV,
-                                                     HAS_H0=h0 is not None, LOWP=lowp, PREC=prec, **extra)
-        A = _empty((B, H, L, BT), torch.float32, dev)
-        _kernel(_fwd_A_kernel, dev)[(NT, NC * NC, B * H)](q, k, gc, A, float(scale), L, H, K, BT=BT, BC=BC_SUB,
-                                                          BK=BK, NC=NC, LOWP=lowp, PREC=prec, **extra)
-        o = _empty((B, L, H, V), v.dtype, dev)
-        _kernel(_fwd_o_kernel, dev)[(NV, NT, B * H)](q, v, gc, h, A, o, float(scale), L, H, K, V, NT, BT=BT, BK=BK,
-                                                     BV=BV, LOWP=lowp, PREC=prec, **extra)
+        run(_fwd_h_kernel, dev)[(NK, NV, B * H)](k, v, gc, h, h0c, ht, L, H, K, V, NT, BT=BT, BK=BK, BV=BV,
+                                                 HAS_H0=h0 is not None, **meta)
+        A = empty((B, H, L, BT), f32, dev)
+        run(_fwd_A_kernel, dev)[(NT, NC * NC, B * H)](q, k, gc, A, float(scale), L, H, K, BT=BT, BC=BC_SUB, BK=BK,
+                                                      NC=NC, **meta)
+        o = empty((B, L, H, V), v.dtype, dev)
+        run(_fwd_o_kernel, dev)[(NV, NT, B * H)](q, v, gc, h, A, o, float(scale), L, H, K, V, NT, BT=BT, BK=BK, BV=BV,
+                                                 **meta)
         ctx.save_for_backward(q, k, v, gc, h, A, ht)
         ctx.cfg = (scale, chunk_size, block_k, block_v)
         ctx.dtypes = (g.dtype, h0.dtype if h0 is not None else None)
@@ -461,27 +388,22 @@ class GLAChunkFunction(torch.autograd.Function):
         scale, chunk_size, block_k, block_v = ctx.cfg
         B, L, H, K = q.shape
         V = v.shape[-1]
-        dev = q.device
-        BT, BK, BV, lowp, prec, extra = _config(q, K, V, chunk_size, block_k, block_v)
-        NT, NK, NV, NC = triton.cdiv(L, BT), triton.cdiv(K, BK), triton.cdiv(V, BV), BT // BC_SUB
+        dev, run, empty, f32 = q.device, triton_utils.kernel, triton_utils.empty, torch.float32
+        BT, BK, BV, NT, NK, NV, NC, _, meta = _config(q, v, chunk_size, block_k, block_v)
         do = do.contiguous()
-        dh = _empty((B, H, NT, K, V), torch.float32, dev)
-        dh0 = _empty((B, H, K, V), torch.float32, dev)
+        dh = empty((B, H, NT, K, V), f32, dev)
+        dh0 = empty((B, H, K, V), f32, dev)
         dhtc = dht.contiguous() if dht is not None else dh0
-        _kernel(_bwd_dh_kernel, dev)[(NK, NV, B * H)](q, do, gc, dh, dhtc, dh0, float(scale), L, H, K, V, NT, BT=BT,
-                                                      BK=BK, BV=BV, HAS_DHT=dht is not None, LOWP=lowp, PREC=prec,
-                                                      **extra)
-        dA = _empty((B, H, L, BT), torch.float32, dev)
-        _kernel(_bwd_dA_kernel, dev)[(NT, B * H)](do, v, dA, float(scale), L, H, V, BT=BT, BV=BV, LOWP=lowp,
-                                                  PREC=prec, **extra)
-        dv = _empty((B, L, H, V), v.dtype, dev)
-        _kernel(_bwd_dv_kernel, dev)[(NV, NT, B * H)](k, gc, A, do, dh, dv, L, H, K, V, NT, BT=BT, BK=BK, BV=BV,
-                                                      LOWP=lowp, PREC=prec, **extra)
-        dq = _empty((B, L, H, K), torch.float32, dev)
-        dk = _empty((B, L, H, K), torch.float32, dev)
-        _kernel(_bwd_dqk_kernel, dev)[(NK, NT, B * H)](q, k, v, gc, h, dh, do, dA, dq, dk, float(scale), L, H, K, V,
-                                                       NT, BT=BT, BC=BC_SUB, BK=BK, BV=BV, NC=NC, LOWP=lowp,
-                                                       PREC=prec, **extra)
+        run(_bwd_dh_kernel, dev)[(NK, NV, B * H)](q, do, gc, dh, dhtc, dh0, float(scale), L, H, K, V, NT, BT=BT, BK=BK,
+                                                  BV=BV, HAS_DHT=dht is not None, **meta)
+        dA = empty((B, H, L, BT), f32, dev)
+        run(_bwd_dA_kernel, dev)[(NT, B * H)](do, v, dA, float(scale), L, H, V, BT=BT, BV=BV, **meta)
+        dv = empty((B, L, H, V), v.dtype, dev)
+        run(_bwd_dv_kernel, dev)[(NV, NT, B * H)](k, gc, A, do, dh, dv, L, H, K, V, NT, BT=BT, BK=BK, BV=BV, **meta)
+        dq = empty((B, L, H, K), f32, dev)
+        dk = empty((B, L, H, K), f32, dev)
+        run(_bwd_dqk_kernel, dev)[(NK, NT, B * H)](q, k, v, gc, h, dh, do, dA, dq, dk, float(scale), L, H, K, V, NT,
+                                                   BT=BT, BC=BC_SUB, BK=BK, BV=BV, NC=NC, **meta)
         dg = gate_grad(q, k, dq, dk, ht, dht)
         g_dtype, h0_dtype = ctx.dtypes
         return (dq.to(q.dtype), dk.to(k.dtype), dv, dg.to(g_dtype), dh0.to(h0_dtype) if h0_dtype is not None else None,
@@ -510,11 +432,9 @@ def gla_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor
         ValueError: shape mismatch, ``L == 0``, devices differ, bad chunk or block sizes.
     """
     B, L, H, K, V = check_gla_inputs(q, k, v, g, initial_state)
-    if chunk_size is not None and (chunk_size < BC_SUB or chunk_size & (chunk_size - 1)):
-        raise ValueError(f"chunk_size must be a power of two >= {BC_SUB}, got {chunk_size}")
-    for name, bs in (("block_k", block_k), ("block_v", block_v)):
-        if bs is not None and (bs < 16 or bs & (bs - 1)):
-            raise ValueError(f"{name} must be a power of two >= 16, got {bs}")
+    triton_utils.check_power_of_two("chunk_size", chunk_size, BC_SUB)
+    triton_utils.check_power_of_two("block_k", block_k)
+    triton_utils.check_power_of_two("block_v", block_v)
     scale = K ** -0.5 if scale is None else float(scale)
     q, k, v, g = (t.contiguous() for t in (q, k, v, g))
     return GLAChunkFunction.apply(q, k, v, g, initial_state, scale, chunk_size, block_k, block_v)

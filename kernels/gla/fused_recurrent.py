@@ -23,7 +23,8 @@ block of ``BV`` value channels of the state in registers and walks the sequence;
 ``[NV, B, L, H, K]`` float32 buffer that torch reduces (deterministic, no atomics). All
 arithmetic is float32. This is the decoding path (``L`` small); ``chunk.py`` is the training
 path. Kernels are interpreted for CPU tensors (tests) and compiled with ``triton.jit`` for
-CUDA tensors; they use Triton builtins only.
+CUDA tensors (``triton_utils.kernel``); they use Triton builtins and the device functions of
+``tiles.py`` only.
 """
 from __future__ import annotations
 
@@ -31,45 +32,37 @@ import torch
 import triton
 import triton.language as tl
 
-from ..dispatch import triton_kernel
+from .. import triton_utils
 from .checks import check_gla_inputs, gate_grad
+from .tiles import head_base, load_row, load_state, state_tile
 
 __all__ = ["gla_fused_recurrent"]
 
 
-def _empty(shape, dtype, device):
-    """Every uninitialised allocation of this module goes through here (tests fill it with NaN)."""
-    return torch.empty(shape, dtype=dtype, device=device)
+@triton_utils.device_function
+def _token(k_ptr, g_ptr, v_ptr, qk_base, v_base, t, H, K, V, offs_k, offs_v, mk, mv):
+    """``(k_t, g_t, v_t)`` of token ``t`` as float32 (``[BK]``, ``[BK]``, ``[BV]``)."""
+    kt = load_row(k_ptr + qk_base, t, H * K, offs_k, mk).to(tl.float32)
+    gt = load_row(g_ptr + qk_base, t, H * K, offs_k, mk).to(tl.float32)
+    return kt, gt, load_row(v_ptr + v_base, t, H * V, offs_v, mv).to(tl.float32)
 
 
 def _fwd_kernel(q_ptr, k_ptr, v_ptr, g_ptr, h0_ptr, o_ptr, ht_ptr, scale, L, H, K, V,
                 BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr):
-    i_v = tl.program_id(0)
     i_bh = tl.program_id(1)
-    b = i_bh // H
-    h = i_bh % H
-    offs_k = tl.arange(0, BK)
-    offs_v = i_v * BV + tl.arange(0, BV)
-    mk = offs_k < K
-    mv = offs_v < V
-    mkv = mk[:, None] & mv[None, :]
-    s_offs = i_bh.to(tl.int64) * K * V + offs_k[:, None] * V + offs_v[None, :]
-    if HAS_H0:
-        S = tl.load(h0_ptr + s_offs, mask=mkv, other=0.0).to(tl.float32)
-    else:
-        S = tl.full([BK, BV], 0.0, tl.float32)
-    qk_base = (b.to(tl.int64) * L * H + h) * K
-    v_base = (b.to(tl.int64) * L * H + h) * V
+    offs_k, offs_v, mk, mv, mkv, tile = state_tile(0, tl.program_id(0), K, V, BK, BV)
+    sbase = i_bh.to(tl.int64) * K * V
+    S = load_state(h0_ptr + sbase, tile, mkv, HAS_H0, BK, BV)
+    qk_base = head_base(i_bh, L, H, K)
+    v_base = head_base(i_bh, L, H, V)
     for t in range(0, L):
-        qt = tl.load(q_ptr + qk_base + t * H * K + offs_k, mask=mk, other=0.0).to(tl.float32)
-        kt = tl.load(k_ptr + qk_base + t * H * K + offs_k, mask=mk, other=0.0).to(tl.float32)
-        gt = tl.load(g_ptr + qk_base + t * H * K + offs_k, mask=mk, other=0.0).to(tl.float32)
-        vt = tl.load(v_ptr + v_base + t * H * V + offs_v, mask=mv, other=0.0).to(tl.float32)
+        qt = load_row(q_ptr + qk_base, t, H * K, offs_k, mk).to(tl.float32)
+        kt, gt, vt = _token(k_ptr, g_ptr, v_ptr, qk_base, v_base, t, H, K, V, offs_k, offs_v, mk, mv)
         S = S * tl.exp(gt)[:, None] + kt[:, None] * vt[None, :]
         ot = tl.reduce(S * qt[:, None], 0, tl.standard._sum_combine) * scale
         tl.store(o_ptr + v_base + t * H * V + offs_v, ot.to(o_ptr.dtype.element_ty), mask=mv)
     if STORE_HT:
-        tl.store(ht_ptr + s_offs, S, mask=mkv)
+        tl.store(ht_ptr + sbase + tile, S, mask=mkv)
 
 
 def _bwd_kernel(q_ptr, k_ptr, v_ptr, g_ptr, h0_ptr, do_ptr, dht_ptr, dq_ptr, dk_ptr, dv_ptr, dh0_ptr,
@@ -77,61 +70,40 @@ def _bwd_kernel(q_ptr, k_ptr, v_ptr, g_ptr, h0_ptr, do_ptr, dht_ptr, dq_ptr, dk_
                 BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr):
     i_v = tl.program_id(0)
     i_bh = tl.program_id(1)
-    b = i_bh // H
-    h = i_bh % H
-    offs_k = tl.arange(0, BK)
-    offs_v = i_v * BV + tl.arange(0, BV)
-    mk = offs_k < K
-    mv = offs_v < V
-    mkv = mk[:, None] & mv[None, :]
-    s_offs = i_bh.to(tl.int64) * K * V + offs_k[:, None] * V + offs_v[None, :]
-    qk_base = (b.to(tl.int64) * L * H + h) * K
-    v_base = (b.to(tl.int64) * L * H + h) * V
+    offs_k, offs_v, mk, mv, mkv, tile = state_tile(0, i_v, K, V, BK, BV)
+    sbase = i_bh.to(tl.int64) * K * V
+    qk_base = head_base(i_bh, L, H, K)
+    v_base = head_base(i_bh, L, H, V)
     part = i_v.to(tl.int64) * B * L * H * K  # this value block's slice of the partial-sum buffers
     # forward in time: recompute S_t, dq_t (partial over this value block)
-    if HAS_H0:
-        S = tl.load(h0_ptr + s_offs, mask=mkv, other=0.0).to(tl.float32)
-    else:
-        S = tl.full([BK, BV], 0.0, tl.float32)
+    S = load_state(h0_ptr + sbase, tile, mkv, HAS_H0, BK, BV)
     for t in range(0, L):
-        kt = tl.load(k_ptr + qk_base + t * H * K + offs_k, mask=mk, other=0.0).to(tl.float32)
-        gt = tl.load(g_ptr + qk_base + t * H * K + offs_k, mask=mk, other=0.0).to(tl.float32)
-        vt = tl.load(v_ptr + v_base + t * H * V + offs_v, mask=mv, other=0.0).to(tl.float32)
-        dot = tl.load(do_ptr + v_base + t * H * V + offs_v, mask=mv, other=0.0).to(tl.float32)
+        kt, gt, vt = _token(k_ptr, g_ptr, v_ptr, qk_base, v_base, t, H, K, V, offs_k, offs_v, mk, mv)
+        dot = load_row(do_ptr + v_base, t, H * V, offs_v, mv).to(tl.float32)
         S = S * tl.exp(gt)[:, None] + kt[:, None] * vt[None, :]
         dqt = tl.reduce(S * dot[None, :], 1, tl.standard._sum_combine) * scale
         tl.store(dq_ptr + part + qk_base + t * H * K + offs_k, dqt, mask=mk)
     # reverse in time: dS, dk_t (partial), dv_t (complete: the whole key axis is here)
-    if HAS_DHT:
-        dS = tl.load(dht_ptr + s_offs, mask=mkv, other=0.0).to(tl.float32)
-    else:
-        dS = tl.full([BK, BV], 0.0, tl.float32)
+    dS = load_state(dht_ptr + sbase, tile, mkv, HAS_DHT, BK, BV)
     for i in range(0, L):
         t = L - 1 - i
-        qt = tl.load(q_ptr + qk_base + t * H * K + offs_k, mask=mk, other=0.0).to(tl.float32)
-        kt = tl.load(k_ptr + qk_base + t * H * K + offs_k, mask=mk, other=0.0).to(tl.float32)
-        gt = tl.load(g_ptr + qk_base + t * H * K + offs_k, mask=mk, other=0.0).to(tl.float32)
-        vt = tl.load(v_ptr + v_base + t * H * V + offs_v, mask=mv, other=0.0).to(tl.float32)
-        dot = tl.load(do_ptr + v_base + t * H * V + offs_v, mask=mv, other=0.0).to(tl.float32)
+        qt = load_row(q_ptr + qk_base, t, H * K, offs_k, mk).to(tl.float32)
+        kt, gt, vt = _token(k_ptr, g_ptr, v_ptr, qk_base, v_base, t, H, K, V, offs_k, offs_v, mk, mv)
+        dot = load_row(do_ptr + v_base, t, H * V, offs_v, mv).to(tl.float32)
         dS = dS + (qt * scale)[:, None] * dot[None, :]
         dkt = tl.reduce(dS * vt[None, :], 1, tl.standard._sum_combine)
         dvt = tl.reduce(dS * kt[:, None], 0, tl.standard._sum_combine)
         tl.store(dk_ptr + part + qk_base + t * H * K + offs_k, dkt, mask=mk)
         tl.store(dv_ptr + v_base + t * H * V + offs_v, dvt.to(dv_ptr.dtype.element_ty), mask=mv)
         dS = dS * tl.exp(gt)[:, None]
-    tl.store(dh0_ptr + s_offs, dS, mask=mkv)
-
-
-def _kernel(fn, device: torch.device):
-    """Interpreted on CPU, ``triton.jit`` on CUDA (``dispatch.triton_kernel``)."""
-    return triton_kernel(fn, device)
+    tl.store(dh0_ptr + sbase + tile, dS, mask=mkv)
 
 
 def _blocks(K: int, V: int, block_v: int | None) -> tuple[int, int]:
-    BK = max(triton.next_power_of_2(K), 16)
+    BK = max(triton_utils.next_power_of_2(K), 16)
     if block_v is None:
         # keep the [BK, BV] fp32 state tile within about 16K registers-worth of elements
-        block_v = max(16, min(triton.next_power_of_2(V), 16384 // BK, 64))
+        block_v = max(16, min(triton_utils.next_power_of_2(V), 16384 // BK, 64))
     return BK, block_v
 
 
@@ -144,14 +116,14 @@ class GLAFusedRecurrentFunction(torch.autograd.Function):
         V = v.shape[-1]
         dev = q.device
         BK, BV = _blocks(K, V, block_v)
-        o = _empty((B, L, H, V), v.dtype, dev)
-        ht = _empty((B, H, K, V), torch.float32, dev)
+        o = triton_utils.empty((B, L, H, V), v.dtype, dev)
+        ht = triton_utils.empty((B, H, K, V), torch.float32, dev)
         nv = triton.cdiv(V, BV)
         h0c = h0.contiguous() if h0 is not None else ht
         launch = dict(BK=BK, BV=BV, HAS_H0=h0 is not None, STORE_HT=True)
         if dev.type == "cuda":
             launch["num_warps"] = 4
-        _kernel(_fwd_kernel, dev)[(nv, B * H)](q, k, v, g, h0c, o, ht, float(scale), L, H, K, V, **launch)
+        triton_utils.kernel(_fwd_kernel, dev)[(nv, B * H)](q, k, v, g, h0c, o, ht, float(scale), L, H, K, V, **launch)
         ctx.save_for_backward(q, k, v, g, h0, ht)
         ctx.scale, ctx.block_v = scale, block_v
         ctx.h0_dtype = h0.dtype if h0 is not None else None
@@ -166,16 +138,16 @@ class GLAFusedRecurrentFunction(torch.autograd.Function):
         BK, BV = _blocks(K, V, ctx.block_v)
         nv = triton.cdiv(V, BV)
         do = do.contiguous()
-        dq = _empty((nv, B, L, H, K), torch.float32, dev)
-        dk = _empty((nv, B, L, H, K), torch.float32, dev)
-        dv = _empty((B, L, H, V), v.dtype, dev)
-        dh0 = _empty((B, H, K, V), torch.float32, dev)
+        dq = triton_utils.empty((nv, B, L, H, K), torch.float32, dev)
+        dk = triton_utils.empty((nv, B, L, H, K), torch.float32, dev)
+        dv = triton_utils.empty((B, L, H, V), v.dtype, dev)
+        dh0 = triton_utils.empty((B, H, K, V), torch.float32, dev)
         dhtc = dht.contiguous() if dht is not None else dh0
         launch = dict(BK=BK, BV=BV, HAS_H0=h0 is not None, HAS_DHT=dht is not None)
         if dev.type == "cuda":
             launch["num_warps"] = 4
-        _kernel(_bwd_kernel, dev)[(nv, B * H)](q, k, v, g, h0 if h0 is not None else dh0, do, dhtc, dq, dk, dv,
-                                               dh0, float(ctx.scale), B, L, H, K, V, **launch)
+        triton_utils.kernel(_bwd_kernel, dev)[(nv, B * H)](q, k, v, g, h0 if h0 is not None else dh0, do, dhtc, dq,
+                                                           dk, dv, dh0, float(ctx.scale), B, L, H, K, V, **launch)
         dq, dk = dq.sum(0), dk.sum(0)
         dg = gate_grad(q, k, dq, dk, ht, dht)
         return (dq.to(q.dtype), dk.to(k.dtype), dv, dg.to(g.dtype),
@@ -202,8 +174,7 @@ def gla_fused_recurrent(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: to
         bad ``block_v``.
     """
     B, L, H, K, V = check_gla_inputs(q, k, v, g, initial_state)
-    if block_v is not None and (block_v < 16 or block_v & (block_v - 1)):
-        raise ValueError(f"block_v must be a power of two >= 16, got {block_v}")
+    triton_utils.check_power_of_two("block_v", block_v)
     scale = K ** -0.5 if scale is None else float(scale)
     q, k, v, g = (t.contiguous() for t in (q, k, v, g))
     return GLAFusedRecurrentFunction.apply(q, k, v, g, initial_state, scale, block_v)

@@ -22,6 +22,21 @@ def gla_init_state(batch: int, heads: int, key_dim: int, value_dim: int, device=
     return torch.zeros(batch, heads, key_dim, value_dim, device=device, dtype=dtype)
 
 
+def promote_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, scale: float | None,
+                   initial_state: torch.Tensor | None):
+    """``(q, k, v, g, scale, S0)`` in the math dtype (float64 for float64 ``v``, else float32).
+
+    ``scale`` defaults to ``K ** -0.5``; a None ``initial_state`` becomes zeros ``[B, H, K, V]``.
+    Shared by the torch implementations (``naive``, ``torch_chunk``).
+    """
+    acc = torch.float64 if v.dtype == torch.float64 else torch.float32
+    B, _, H, K = q.shape
+    V = v.shape[-1]
+    scale = K ** -0.5 if scale is None else scale
+    S = gla_init_state(B, H, K, V, q.device, acc) if initial_state is None else initial_state.to(acc)
+    return q.to(acc), k.to(acc), v.to(acc), g.to(acc), scale, S
+
+
 def gla_naive(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, scale: float | None = None,
               initial_state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Sequential GLA (formula: module docstring).
@@ -35,16 +50,13 @@ def gla_naive(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor
         ``(o [B, L, H, V] in v.dtype, final state [B, H, K, V] in the math dtype)``.
         Differentiable with autograd in every input (slow: one step per token).
     """
-    acc = torch.float64 if v.dtype == torch.float64 else torch.float32
     out_dtype = v.dtype
     B, L, H, K = q.shape
     V = v.shape[-1]
-    scale = K ** -0.5 if scale is None else scale
-    S = gla_init_state(B, H, K, V, q.device, acc) if initial_state is None else initial_state.to(acc)
-    q, k, v, g = (t.to(acc) for t in (q, k, v, g))
+    q, k, v, g, scale, S = promote_inputs(q, k, v, g, scale, initial_state)
     outs = []
     for t in range(L):
         S = S * torch.exp(g[:, t])[..., None] + k[:, t, :, :, None] * v[:, t, :, None, :]
         outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t] * scale, S))
-    o = torch.stack(outs, 1) if outs else v.new_zeros(B, 0, H, V, dtype=acc)
+    o = torch.stack(outs, 1) if outs else v.new_zeros(B, 0, H, V)
     return o.to(out_dtype), S

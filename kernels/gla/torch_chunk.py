@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .naive import gla_init_state
+from .naive import promote_inputs
 
 
 FAST_MAX_DECAY = 60.0
@@ -39,17 +39,15 @@ def gla_torch_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    acc = torch.float64 if v.dtype == torch.float64 else torch.float32
     out_dtype = v.dtype
     B, L, H, K = q.shape
     V = v.shape[-1]
-    scale = K ** -0.5 if scale is None else scale
-    S = gla_init_state(B, H, K, V, q.device, acc) if initial_state is None else initial_state.to(acc)
+    q, k, v, g, scale, S = promote_inputs(q, k, v, g, scale, initial_state)
     C = min(chunk_size, max(L, 1))
     n = -(-L // C)
     pad = n * C - L
     # [B, H, n, C, *]; padded tail tokens have k = v = q = 0 and g = 0 (no decay): no effect
-    q, k, v, g = (F.pad(t.to(acc), (0, 0, 0, 0, 0, pad)).transpose(1, 2).reshape(B, H, n, C, -1)
+    q, k, v, g = (F.pad(t, (0, 0, 0, 0, 0, pad)).transpose(1, 2).reshape(B, H, n, C, -1)
                   for t in (q, k, v, g))
     b = g.cumsum(3)                                                   # [B, H, n, C, K]
     causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()

@@ -1,19 +1,21 @@
 """Multi-step LIF / PLIF neuron op: ``lif_multistep``.
 
-Dispatch (DESIGN.md section 4): the Triton kernel on CUDA (and on CPU under
-``TRITON_INTERPRET=1``) when one is installed in this package, else the torch path
-``torch_loop.LIFTorchFunction``. ``naive.lif_naive`` is the reference used by tests.
+Dispatch (``spikelm.kernels.dispatch``): the Triton kernel ``fused_recurrent.lif_fused_recurrent``
+where :func:`~spikelm.kernels.dispatch.use_triton` says so (CUDA tensors, and CPU tensors under ``TRITON_INTERPRET=1``, unless the backend is ``"torch"``)
+and that module imports, else the torch path ``torch_loop.LIFTorchFunction``.
+``naive.lif_naive`` is the reference used by tests.
 """
 from __future__ import annotations
 
 import torch
 
-from ..dispatch import check_same_device, check_tensor, use_triton
+from ..dispatch import use_triton
+from .checks import check_lif_inputs
 from .naive import lif_naive
 from .surrogate import SURROGATES, check_surrogate, heaviside, surrogate_grad
 from .torch_loop import LIFTorchFunction
 
-__all__ = ["lif_multistep", "lif_naive", "heaviside", "surrogate_grad", "SURROGATES"]
+__all__ = ["lif_multistep", "lif_naive", "heaviside", "surrogate_grad", "check_surrogate", "SURROGATES"]
 
 
 def _triton_impl():
@@ -24,17 +26,10 @@ def _triton_impl():
     return lif_fused_recurrent
 
 
-def lif_multistep(
-    x: torch.Tensor,
-    v0: torch.Tensor | None = None,
-    tau: float | torch.Tensor = 2.0,
-    v_th: float = 1.0,
-    v_reset: float | None = 0.0,
-    decay_input: bool = True,
-    detach_reset: bool = False,
-    surrogate: str = "atan",
-    alpha: float = 2.0,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def lif_multistep(x: torch.Tensor, v0: torch.Tensor | None = None, tau: float | torch.Tensor = 2.0,
+                  v_th: float = 1.0, v_reset: float | None = 0.0, decay_input: bool = True, detach_reset: bool = False,
+                  surrogate: str = "atan", alpha: float = 2.0, *, backend: str | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run a LIF neuron over ``T`` time steps (SpikingJelly ``LIFNode``, ``step_mode='m'``).
 
     Args:
@@ -50,38 +45,28 @@ def lif_multistep(
         decay_input: whether the input is divided by ``tau`` too.
         detach_reset: stop the gradient through the reset.
         surrogate: ``"atan"`` or ``"sigmoid"``; ``alpha`` its sharpness.
+        backend: ``"auto"``, ``"triton"``, ``"torch"`` or None for the current setting
+            (``spikelm.kernels.dispatch``). float64 input and ``N = 0`` use the torch path.
     Returns:
         ``(spikes, v_T)``: spikes ``[T, ...]`` in ``x.dtype`` with values in {0, 1}, and the
         final membrane potential ``x.shape[1:]`` in float32 (the state precision).
     Raises:
         TypeError: ``x`` not a float tensor.
         ValueError: empty time axis, ``v0`` shape or device mismatch, ``tau <= 0``,
-            ``v_th <= 0``, unknown surrogate or ``alpha <= 0``.
+            ``v_th <= 0``, unknown surrogate or ``alpha <= 0``; an unknown ``backend``.
+        TritonUnavailableError: ``backend="triton"`` where Triton cannot run (not installed, a
+            CPU tensor without ``TRITON_INTERPRET=1``).
     """
-    check_tensor("x", x)
-    if x.dim() < 1 or x.shape[0] == 0:
-        raise ValueError(f"x must have a non-empty leading time axis, got shape {tuple(x.shape)}")
-    if v0 is not None:
-        check_tensor("v0", v0)
-        if v0.shape != x.shape[1:]:
-            raise ValueError(f"v0 must have shape x.shape[1:] = {tuple(x.shape[1:])}, got {tuple(v0.shape)}")
+    check_lif_inputs(x, v0, tau, v_th, surrogate, alpha)
     if isinstance(tau, torch.Tensor):
-        if tau.numel() != 1:
-            raise ValueError(f"tau must be a number or a one-element tensor, got shape {tuple(tau.shape)}")
         tau = tau.reshape(())
-    check_same_device(x=x, v0=v0, tau=tau if isinstance(tau, torch.Tensor) else None)
-    if not float(tau.detach() if isinstance(tau, torch.Tensor) else tau) > 0:
-        raise ValueError(f"tau must be > 0, got {float(tau)}")
-    if not v_th > 0:
-        raise ValueError(f"v_th must be > 0, got {v_th}")
-    check_surrogate(surrogate, alpha)
     shape = x.shape
     x2 = x.reshape(shape[0], -1)
     if v0 is None:
         v0 = torch.full((x2.shape[1],), 0.0 if v_reset is None else float(v_reset), device=x.device, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
     else:
         v0 = v0.reshape(-1)
-    impl = _triton_impl() if use_triton(x) else None
+    impl = _triton_impl() if use_triton(x, backend) else None
     if impl is not None:
         spikes, v = impl(x2.contiguous(), v0.contiguous(), tau, v_th, v_reset, decay_input, detach_reset, surrogate, alpha)
     else:

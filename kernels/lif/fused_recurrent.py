@@ -27,9 +27,10 @@ PLIF's ``g_tau`` is reduced deterministically: each program writes one partial s
 slot of a buffer that torch then sums (no atomics).
 
 Kernels are compiled with ``triton.jit`` for CUDA tensors and run by Triton's interpreter for
-CPU tensors (tests; see ``_kernel``), whatever ``TRITON_INTERPRET`` was when triton was
-imported. The kernels therefore use only Triton builtins (no ``tl.zeros``/``tl.sum``/
-``tl.sigmoid``, which are themselves jitted helpers).
+CPU tensors (tests), whatever ``TRITON_INTERPRET`` was when triton was imported
+(``triton_utils.kernel``). The kernels therefore use only Triton builtins and this package's
+``triton_utils.device_function`` helpers (not ``tl.zeros``/``tl.sum``/``tl.sigmoid``, which are
+Triton's own jitted helpers and do not run in that interpreter).
 """
 from __future__ import annotations
 
@@ -39,6 +40,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import triton_utils
+from .checks import check_lif_inputs, tau_value
 from .torch_loop import LIFTorchFunction
 
 __all__ = ["lif_fused_recurrent"]
@@ -53,13 +56,8 @@ _CUDA_CHUNK = 8  # steps loaded ahead per chunk when block_size is given on CUDA
 _CPU_CHUNK = 4   # same for the interpreter (tests monkeypatch it)
 
 
-def _empty(shape, dtype, device):
-    """Every uninitialised allocation of this module goes through here (tests fill it with NaN)."""
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
 # ----------------------------------------------------------------------------------------------
-# kernels (plain functions; compiled or interpreted by ``_kernel``)
+# kernels (plain functions; compiled or interpreted by ``triton_utils.kernel``)
 # ----------------------------------------------------------------------------------------------
 
 def _lif_fwd_kernel(x_ptr, v0_ptr, s_ptr, h_ptr, vT_ptr, N, T, inv_tau, decay, v_th, v_reset,
@@ -189,50 +187,11 @@ def _lif_bwd_kernel(h_ptr, x_ptr, v0_ptr, gs_ptr, gvT_ptr, gx_ptr, gv0_ptr, gtau
 # compilation / launch
 # ----------------------------------------------------------------------------------------------
 
-_CACHE: dict = {}
-
-
-def _kernel(fn, device: torch.device, autotune: bool):
-    """The launchable form of ``fn`` for ``device``.
-
-    CPU: Triton's interpreter (built directly, so it works whatever ``TRITON_INTERPRET`` was
-    at import). CUDA: ``triton.jit``, wrapped in ``triton.autotune`` over ``_CUDA_CONFIGS``
-    when ``autotune`` (only ever on CUDA: autotuning without a GPU driver raises).
-    """
-    key = (fn.__name__, device.type, autotune)
-    if key not in _CACHE:
-        if device.type == "cpu":
-            from triton.runtime.interpreter import InterpretedFunction
-
-            _CACHE[key] = InterpretedFunction(fn)
-        elif autotune:
-            configs = [triton.Config({"BLOCK": b, "CHUNK": c}, num_warps=w) for b, w, c in _CUDA_CONFIGS]
-            _CACHE[key] = triton.autotune(configs=configs, key=["N"])(triton.jit(fn))
-        else:
-            _CACHE[key] = triton.jit(fn)
-    return _CACHE[key]
-
-
 def _launch(fn, n: int, device: torch.device, block_size: int | None, args, consts):
     """Launch ``fn`` over ``cdiv(n, BLOCK)`` programs (autotuned BLOCK/CHUNK on CUDA unless given)."""
-    if device.type == "cuda" and block_size is None:
-        k = _kernel(fn, device, autotune=True)
-        k[lambda meta: (triton.cdiv(n, meta["BLOCK"]),)](*args, **consts)
-        return
-    if block_size is None:  # interpreter: few, wide programs are fastest
-        block_size = min(max(triton.next_power_of_2(n), 16), 4096)
-    chunk = _CUDA_CHUNK if device.type == "cuda" else _CPU_CHUNK
-    k = _kernel(fn, device, autotune=False)
-    k[(triton.cdiv(n, block_size),)](*args, BLOCK=block_size, CHUNK=chunk, **consts)
-
-
-def _tau_float(tau) -> float:
-    return float(tau.detach()) if isinstance(tau, torch.Tensor) else float(tau)
-
-
-def _check_block(block_size):
-    if block_size is not None and (block_size < 16 or block_size & (block_size - 1)):
-        raise ValueError(f"block_size must be a power of two >= 16, got {block_size}")
+    triton_utils.launch_lanes(fn, device, n, lambda block: (triton.cdiv(n, block),), block_size, args, consts,
+                              configs=_CUDA_CONFIGS, key=["N"],
+                              chunk=_CUDA_CHUNK if device.type == "cuda" else _CPU_CHUNK)
 
 
 class LIFFusedFunction(torch.autograd.Function):
@@ -241,13 +200,13 @@ class LIFFusedFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, v0, tau, v_th, v_reset, decay_input, detach_reset, surrogate, alpha, block_size):
         T, N = x.shape
-        tau_f = _tau_float(tau)
+        tau_f = tau_value(tau)
         hard = v_reset is not None
         vr = float(v_reset) if hard else 0.0
         need_grad = any(ctx.needs_input_grad[:3])  # (grad mode is off inside forward)
-        spikes = _empty((T, N), x.dtype, x.device)
-        v_T = _empty((N,), torch.float32, x.device)
-        h = _empty((T, N), torch.float32, x.device) if need_grad else spikes
+        spikes = triton_utils.empty((T, N), x.dtype, x.device)
+        v_T = triton_utils.empty((N,), torch.float32, x.device)
+        h = triton_utils.empty((T, N), torch.float32, x.device) if need_grad else spikes
         _launch(_lif_fwd_kernel, N, x.device, block_size,
                 (x, v0, spikes, h, v_T, N, T, 1.0 / tau_f, 1.0 - 1.0 / tau_f, float(v_th), vr),
                 dict(HARD=hard, DECAY_INPUT=bool(decay_input), STORE_H=need_grad))
@@ -267,8 +226,8 @@ class LIFFusedFunction(torch.autograd.Function):
         tau_grad = ctx.tau_meta is not None and ctx.needs_input_grad[2]
         gs = g_spikes.contiguous() if g_spikes is not None else h
         gvT = g_v.contiguous() if g_v is not None else h
-        gx = _empty((T, N), x.dtype, dev)
-        gv0 = _empty((N,), torch.float32, dev)
+        gx = triton_utils.empty((T, N), x.dtype, dev)
+        gv0 = triton_utils.empty((N,), torch.float32, dev)
         n_part = triton.cdiv(N, min(_TAU_BLOCK_MIN, block_size or _TAU_BLOCK_MIN))
         gtau = torch.zeros(n_part if tau_grad else 1, dtype=torch.float32, device=dev)
         _launch(_lif_bwd_kernel, N, dev, block_size,
@@ -286,19 +245,10 @@ class LIFFusedFunction(torch.autograd.Function):
         return g_x, g_v0, g_tau, None, None, None, None, None, None, None
 
 
-def lif_fused_recurrent(
-    x: torch.Tensor,
-    v0: torch.Tensor,
-    tau: float | torch.Tensor = 2.0,
-    v_th: float = 1.0,
-    v_reset: float | None = 0.0,
-    decay_input: bool = True,
-    detach_reset: bool = False,
-    surrogate: str = "atan",
-    alpha: float = 2.0,
-    *,
-    block_size: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def lif_fused_recurrent(x: torch.Tensor, v0: torch.Tensor, tau: float | torch.Tensor = 2.0, v_th: float = 1.0,
+                        v_reset: float | None = 0.0, decay_input: bool = True, detach_reset: bool = False,
+                        surrogate: str = "atan", alpha: float = 2.0, *, block_size: int | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """Multi-step LIF / PLIF on Triton (formula and gradients: module docstring; SpikingJelly ``LIFNode``).
 
     Args:
@@ -316,32 +266,21 @@ def lif_fused_recurrent(
         ``(spikes [T, N] in x.dtype, v_T [N] float32)``, differentiable in ``x``, ``v0`` and a
         tensor ``tau`` (the returned ``v_T`` also carries gradient into ``x``, ``v0``, ``tau``).
     Raises:
-        TypeError: ``x`` or ``v0`` not a floating tensor.
+        TypeError: ``x`` or ``v0`` missing or not a float32/float16/bfloat16/float64 tensor.
         ValueError: wrong ranks/shapes, non-contiguous input, different devices, ``T == 0``,
-            ``tau <= 0``, ``v_th <= 0``, unknown surrogate, ``alpha <= 0``, bad ``block_size``.
+            ``tau <= 0``, ``v_th <= 0``, unknown surrogate, ``alpha <= 0`` or not finite, bad
+            ``block_size`` (``checks.check_lif_inputs`` plus the layout checks here).
     """
-    for name, t in (("x", x), ("v0", v0)):
-        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor")
-    if x.dim() != 2 or x.shape[0] == 0:
+    if v0 is None:
+        raise TypeError("v0 must be a tensor: the [N] initial membrane potential")
+    check_lif_inputs(x, v0, tau, v_th, surrogate, alpha)
+    if x.dim() != 2:
         raise ValueError(f"x must be [T, N] with T > 0, got {tuple(x.shape)}")
-    if v0.shape != (x.shape[1],):
-        raise ValueError(f"v0 must be [N] = [{x.shape[1]}], got {tuple(v0.shape)}")
     if not x.is_contiguous() or not v0.is_contiguous():
         raise ValueError("x and v0 must be contiguous")
-    if v0.device != x.device or (isinstance(tau, torch.Tensor) and tau.device != x.device):
-        raise ValueError("x, v0 and tau must be on one device")
-    if isinstance(tau, torch.Tensor) and tau.numel() != 1:
-        raise ValueError(f"tau must be a float or a one-element tensor, got shape {tuple(tau.shape)}")
-    if not _tau_float(tau) > 0:
-        raise ValueError(f"tau must be > 0, got {_tau_float(tau)}")
-    if not v_th > 0:
-        raise ValueError(f"v_th must be > 0, got {v_th}")
-    if surrogate not in _SURROGATE_ID:
-        raise ValueError(f"unknown surrogate {surrogate!r}; accepted: {', '.join(_SURROGATE_ID)}")
-    if not alpha > 0 or not math.isfinite(alpha):
+    if not math.isfinite(alpha):
         raise ValueError(f"surrogate alpha must be a finite number > 0, got {alpha}")
-    _check_block(block_size)
+    triton_utils.check_power_of_two("block_size", block_size)
     if x.dtype == torch.float64 or x.shape[1] == 0:  # fp64 (gradcheck) and N = 0: the torch path
         return LIFTorchFunction.apply(x, v0, tau, v_th, v_reset, decay_input, detach_reset, surrogate, alpha)
     return LIFFusedFunction.apply(x, v0, tau, v_th, v_reset, decay_input, detach_reset, surrogate, alpha, block_size)

@@ -18,25 +18,22 @@ import torch
 from .surrogate import heaviside
 
 
-def lif_naive(
-    x: torch.Tensor,
-    v0: torch.Tensor | None = None,
-    tau: float | torch.Tensor = 2.0,
-    v_th: float = 1.0,
-    v_reset: float | None = 0.0,
-    decay_input: bool = True,
-    detach_reset: bool = False,
-    surrogate: str = "atan",
-    alpha: float = 2.0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Multi-step LIF over the leading (time) axis.
+def lif_naive(x: torch.Tensor, v0: torch.Tensor | None = None, tau: float | torch.Tensor = 2.0, v_th: float = 1.0,
+              v_reset: float | None = 0.0, decay_input: bool = True, detach_reset: bool = False,
+              surrogate: str = "atan", alpha: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multi-step LIF over the leading (time) axis (formula: module docstring; SpikingJelly ``LIFNode``).
 
     Args:
-        x: ``[T, ...]`` input current per step.
+        x: ``[T, ...]`` input current per step, any float dtype (the math runs in it).
         v0: ``x.shape[1:]`` initial membrane potential, or None for ``v_reset`` (0 for soft reset).
         tau: membrane time constant (> 1 for a leak), a float or a 0-dim tensor (PLIF).
+        v_th, v_reset, decay_input, detach_reset, surrogate, alpha: as in
+            :func:`spikelm.kernels.lif.lif_multistep`.
     Returns:
-        ``(spikes [T, ...] in x.dtype, v_T x.shape[1:])``.
+        ``(spikes [T, ...] in x.dtype, v_T x.shape[1:] in x.dtype)``, differentiable with
+        autograd (surrogate gradient) in ``x``, ``v0`` and a tensor ``tau``.
+    Raises:
+        ValueError: unknown surrogate or ``alpha <= 0`` (no other checks: this is the reference).
     """
     vr = 0.0 if v_reset is None else v_reset
     v = torch.full_like(x[0], vr) if v0 is None else v0.to(x.dtype)

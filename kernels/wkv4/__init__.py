@@ -3,7 +3,10 @@
 Implementations: ``naive.wkv4_naive`` (token by token, the reference and the decoding step),
 ``torch_loop.wkv4_torch_loop`` (CPU training path: hand-written backward, vectorised over
 all but the state recursion), ``torch_chunk.wkv4_torch_chunk`` (autograd through the final
-state too), and a Triton kernel on CUDA when ``fused_recurrent.py`` provides one.
+state too), and the Triton kernels of ``fused_recurrent.py``. Dispatch
+(``spikelm.kernels.dispatch``): Triton where :func:`~spikelm.kernels.dispatch.use_triton` says
+so (CUDA tensors, and CPU tensors under ``TRITON_INTERPRET=1``, unless the backend is ``"torch"``)
+and that module imports, else ``wkv4_torch_loop``.
 """
 from __future__ import annotations
 
@@ -28,9 +31,8 @@ def _triton_impl():
     return wkv4_fused_recurrent
 
 
-def wkv4(
-    w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: State | None = None
-) -> tuple[torch.Tensor, State]:
+def wkv4(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: State | None = None, *,
+         backend: str | None = None) -> tuple[torch.Tensor, State]:
     """RWKV-4 WKV recurrence over a sequence (formula in ``naive.py``).
 
     Args:
@@ -39,15 +41,20 @@ def wkv4(
         k, v: ``[B, L, D]`` keys and values, fp32/fp16/bf16 (fp64 for gradcheck), same dtype.
         state: ``(aa, bb, pp)``, each ``[B, D]`` float32, from ``wkv4_init_state`` or a previous
             call (continuing a sequence exactly); None for the empty state.
+        backend: ``"auto"``, ``"triton"``, ``"torch"`` or None for the current setting
+            (``spikelm.kernels.dispatch``). float64 and empty batches use the torch path.
     Returns:
         ``(y, state)``: ``y [B, L, D]`` in ``v.dtype``; the state after the last token (fp32).
         The returned state is not differentiable on the fast paths.
     Raises:
         TypeError: non-float inputs or ``k``/``v`` of different dtypes.
-        ValueError: shape mismatch, empty sequence, tensors on different devices.
+        ValueError: shape mismatch, empty sequence, tensors on different devices, an unknown
+            ``backend``.
+        TritonUnavailableError: ``backend="triton"`` where Triton cannot run (not installed, a
+            CPU tensor without ``TRITON_INTERPRET=1``).
     """
     check_wkv4_inputs(w, u, k, v, state)
-    if use_triton(k):
+    if use_triton(k, backend):
         impl = _triton_impl()
         if impl is not None:
             return impl(w, u, k, v, state)

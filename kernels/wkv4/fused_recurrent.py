@@ -32,8 +32,9 @@ gradient is needed. ``gw``/``gu`` are reduced deterministically: per ``(b, d)`` 
 written to a ``[B, D]`` buffer, then summed over ``B`` by torch (no atomics).
 
 Kernels are compiled with ``triton.jit`` for CUDA tensors and run by Triton's interpreter
-for CPU tensors (tests), whatever ``TRITON_INTERPRET`` was when triton was imported; they
-use Triton builtins only (no jitted helpers such as ``tl.zeros``).
+for CPU tensors (tests), whatever ``TRITON_INTERPRET`` was when triton was imported
+(``triton_utils.kernel``); they use Triton builtins and ``triton_utils.device_function``
+helpers only (not Triton's own jitted helpers such as ``tl.zeros``).
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import triton_utils
 from .checks import check_wkv4_inputs
 from .naive import wkv4_init_state
 from .torch_loop import WKV4TorchFunction
@@ -55,61 +57,93 @@ _CPU_CHUNK = 4   # same for the interpreter (tests monkeypatch it)
 State = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-def _empty(shape, dtype, device):
-    """Every uninitialised allocation of this module goes through here (tests fill it with NaN)."""
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
 # ----------------------------------------------------------------------------------------------
-# kernels (plain functions; compiled or interpreted by ``_kernel``)
+# kernels (plain functions; compiled or interpreted by ``triton_utils.kernel``)
 # ----------------------------------------------------------------------------------------------
 
-def _wkv4_fwd_kernel(w_ptr, u_ptr, k_ptr, v_ptr, aa_ptr, bb_ptr, pp_ptr, y_ptr,
-                     sa_ptr, sb_ptr, sp_ptr, oa_ptr, ob_ptr, op_ptr, B, L, D, LD,
-                     BLOCK: tl.constexpr, CHUNK: tl.constexpr, SAVE: tl.constexpr):
+@triton_utils.device_function
+def _channels(w_ptr, u_ptr, D, LD, BLOCK: tl.constexpr):
+    """Program ``(b, j)``: its channels ``offs``, their mask, ``w``/``u`` (fp32), the ``[B, D]``
+    state offsets and the 64-bit offset of token 0 in the ``[B, L, D]`` tensors."""
     b = tl.program_id(0)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     m = offs < D
     w = tl.load(w_ptr + offs, mask=m, other=0.0).to(tl.float32)
     u = tl.load(u_ptr + offs, mask=m, other=0.0).to(tl.float32)
-    soffs = b * D + offs
-    aa = tl.load(aa_ptr + soffs, mask=m, other=0.0).to(tl.float32)
-    bb = tl.load(bb_ptr + soffs, mask=m, other=0.0).to(tl.float32)
-    pp = tl.load(pp_ptr + soffs, mask=m, other=0.0).to(tl.float32)
-    base = b.to(tl.int64) * LD + offs
+    return offs, m, w, u, b * D + offs, b.to(tl.int64) * LD + offs
+
+
+@triton_utils.device_function
+def _output(aa, bb, pp, u, kt, vt):
+    """``wkv_t`` from the state ``(aa, bb, pp)`` entering token t; also ``q_t``, ``e^{u+k_t-q_t}``, ``d_t``."""
+    uk = u + kt
+    q = tl.maximum(pp, uk)
+    e1 = tl.exp(pp - q)
+    e2 = tl.exp(uk - q)
+    d = e1 * bb + e2
+    return (e1 * aa + e2 * vt) / d, q, e2, d
+
+
+@triton_utils.device_function
+def _load_state(aa_ptr, bb_ptr, pp_ptr, off, m):
+    """A state triple ``(aa, bb, pp)`` as float32 from three tensors at the offsets ``off`` (lanes ``m``)."""
+    aa = tl.load(aa_ptr + off, mask=m, other=0.0).to(tl.float32)
+    bb = tl.load(bb_ptr + off, mask=m, other=0.0).to(tl.float32)
+    return aa, bb, tl.load(pp_ptr + off, mask=m, other=0.0).to(tl.float32)
+
+
+@triton_utils.device_function
+def _offset3(a_ptr, b_ptr, c_ptr, off):
+    """The three pointers moved by ``off`` elements (the saved ``aa, bb, pp`` of one token)."""
+    return a_ptr + off, b_ptr + off, c_ptr + off
+
+
+@triton_utils.device_function
+def _store_state(aa_ptr, bb_ptr, pp_ptr, off, aa, bb, pp, m):
+    """Store a triple ``(aa, bb, pp)`` (a state or its gradient) into three tensors at ``off``."""
+    tl.store(aa_ptr + off, aa, mask=m)
+    tl.store(bb_ptr + off, bb, mask=m)
+    tl.store(pp_ptr + off, pp, mask=m)
+
+
+@triton_utils.device_function
+def _prefetch(p, m, offs, t, L, D, CHUNK: tl.constexpr, REVERSE: tl.constexpr):
+    """Issue the loads of ``CHUNK`` tokens ``t, t + 1, ...`` (``t, t - 1, ...`` when ``REVERSE``) through
+    the pointer ``p`` (token ``t`` of this program's channels), masked to the lanes ``m`` and the
+    tokens in ``[0, L)``; returns the loads (stored dtype) and ``p`` moved past them."""
+    xs = ()
+    for i in tl.static_range(CHUNK):
+        if REVERSE:
+            xs = xs + (tl.load(p, mask=m & ((offs * 0 + (t - i)) >= 0), other=0.0),)
+            p -= D
+        else:
+            xs = xs + (tl.load(p, mask=m & ((offs * 0 + (t + i)) < L), other=0.0),)
+            p += D
+    return xs, p
+
+
+def _wkv4_fwd_kernel(w_ptr, u_ptr, k_ptr, v_ptr, aa_ptr, bb_ptr, pp_ptr, y_ptr,
+                     sa_ptr, sb_ptr, sp_ptr, oa_ptr, ob_ptr, op_ptr, B, L, D, LD,
+                     BLOCK: tl.constexpr, CHUNK: tl.constexpr, SAVE: tl.constexpr):
+    offs, m, w, u, soffs, base = _channels(w_ptr, u_ptr, D, LD, BLOCK)
+    aa, bb, pp = _load_state(aa_ptr, bb_ptr, pp_ptr, soffs, m)
     kp = k_ptr + base
     vp = v_ptr + base
     yp = y_ptr + base
-    sap = sa_ptr + base
-    sbp = sb_ptr + base
-    spp = sp_ptr + base
+    sap, sbp, spp = _offset3(sa_ptr, sb_ptr, sp_ptr, base)  # the saved state entering each token
     for t0 in range(0, L, CHUNK):
         # issue the loads of CHUNK tokens before the sequential update
-        ks = ()
-        vs = ()
-        for i in tl.static_range(CHUNK):
-            mt = m & ((offs * 0 + (t0 + i)) < L)
-            ks = ks + (tl.load(kp, mask=mt, other=0.0),)
-            vs = vs + (tl.load(vp, mask=mt, other=0.0),)
-            kp += D
-            vp += D
+        ks, kp = _prefetch(kp, m, offs, t0, L, D, CHUNK, False)
+        vs, vp = _prefetch(vp, m, offs, t0, L, D, CHUNK, False)
         for i in tl.static_range(CHUNK):
             live = (offs * 0 + (t0 + i)) < L
             mt = m & live
             kt = ks[i].to(tl.float32)
             vt = vs[i].to(tl.float32)
             if SAVE:  # the state entering this token
-                tl.store(sap, aa, mask=mt)
-                tl.store(sbp, bb, mask=mt)
-                tl.store(spp, pp, mask=mt)
-                sap += D
-                sbp += D
-                spp += D
-            ww = u + kt
-            p = tl.maximum(pp, ww)
-            e1 = tl.exp(pp - p)
-            e2 = tl.exp(ww - p)
-            y = (e1 * aa + e2 * vt) / (e1 * bb + e2)
+                _store_state(sap, sbp, spp, 0, aa, bb, pp, mt)
+                sap, sbp, spp = _offset3(sap, sbp, spp, D)
+            y, q, e2, d = _output(aa, bb, pp, u, kt, vt)
             tl.store(yp, y.to(y_ptr.dtype.element_ty), mask=mt)
             yp += D
             ww = pp - w
@@ -119,32 +153,20 @@ def _wkv4_fwd_kernel(w_ptr, u_ptr, k_ptr, v_ptr, aa_ptr, bb_ptr, pp_ptr, y_ptr,
             aa = tl.where(live, e1 * aa + e2 * vt, aa)
             bb = tl.where(live, e1 * bb + e2, bb)
             pp = tl.where(live, p, pp)
-    tl.store(oa_ptr + soffs, aa, mask=m)
-    tl.store(ob_ptr + soffs, bb, mask=m)
-    tl.store(op_ptr + soffs, pp, mask=m)
+    _store_state(oa_ptr, ob_ptr, op_ptr, soffs, aa, bb, pp, m)
 
 
 def _wkv4_bwd_kernel(w_ptr, u_ptr, k_ptr, v_ptr, gy_ptr, sa_ptr, sb_ptr, sp_ptr,
                      gk_ptr, gv_ptr, gw_ptr, gu_ptr, gaa_ptr, gbb_ptr, gpp_ptr, B, L, D, LD, LAST,
                      BLOCK: tl.constexpr, CHUNK: tl.constexpr):
-    b = tl.program_id(0)
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    m = offs < D
-    w = tl.load(w_ptr + offs, mask=m, other=0.0).to(tl.float32)
-    u = tl.load(u_ptr + offs, mask=m, other=0.0).to(tl.float32)
-    soffs = b * D + offs
-    base = b.to(tl.int64) * LD + offs
+    offs, m, w, u, soffs, base = _channels(w_ptr, u_ptr, D, LD, BLOCK)
     # state entering token 0 = the initial state (saved by the forward at t = 0)
-    aa0 = tl.load(sa_ptr + base, mask=m, other=0.0)
-    bb0 = tl.load(sb_ptr + base, mask=m, other=0.0)
-    pp0 = tl.load(sp_ptr + base, mask=m, other=0.0)
-    base = base + LAST
+    aa0, bb0, pp0 = _load_state(sa_ptr, sb_ptr, sp_ptr, base, m)
+    base = base + LAST  # pointers at token L-1, moving back D elements per token
     kp = k_ptr + base
     vp = v_ptr + base
     gyp = gy_ptr + base
-    sap = sa_ptr + base
-    sbp = sb_ptr + base
-    spp = sp_ptr + base
+    sap, sbp, spp = _offset3(sa_ptr, sb_ptr, sp_ptr, base)
     gkp = gk_ptr + base
     gvp = gv_ptr + base
     o = tl.full([BLOCK], -1e38, tl.float32)  # EMPTY_PP (a literal: jitted code reads no globals)
@@ -154,26 +176,12 @@ def _wkv4_bwd_kernel(w_ptr, u_ptr, k_ptr, v_ptr, gy_ptr, sa_ptr, sb_ptr, sp_ptr,
     gu = tl.full([BLOCK], 0.0, tl.float32)
     for c0 in range(0, L, CHUNK):
         t_hi = L - 1 - c0  # tokens t_hi, t_hi - 1, ..., t_hi - CHUNK + 1 (those >= 0)
-        ks = ()
-        vs = ()
-        gys = ()
-        sas = ()
-        sbs = ()
-        sps = ()
-        for i in tl.static_range(CHUNK):
-            mt = m & ((offs * 0 + (t_hi - i)) >= 0)
-            ks = ks + (tl.load(kp, mask=mt, other=0.0),)
-            vs = vs + (tl.load(vp, mask=mt, other=0.0),)
-            gys = gys + (tl.load(gyp, mask=mt, other=0.0),)
-            sas = sas + (tl.load(sap, mask=mt, other=0.0),)
-            sbs = sbs + (tl.load(sbp, mask=mt, other=0.0),)
-            sps = sps + (tl.load(spp, mask=mt, other=0.0),)
-            kp -= D
-            vp -= D
-            gyp -= D
-            sap -= D
-            sbp -= D
-            spp -= D
+        ks, kp = _prefetch(kp, m, offs, t_hi, L, D, CHUNK, True)
+        vs, vp = _prefetch(vp, m, offs, t_hi, L, D, CHUNK, True)
+        gys, gyp = _prefetch(gyp, m, offs, t_hi, L, D, CHUNK, True)
+        sas, sap = _prefetch(sap, m, offs, t_hi, L, D, CHUNK, True)
+        sbs, sbp = _prefetch(sbp, m, offs, t_hi, L, D, CHUNK, True)
+        sps, spp = _prefetch(spp, m, offs, t_hi, L, D, CHUNK, True)
         for i in tl.static_range(CHUNK):
             live = (offs * 0 + (t_hi - i)) >= 0
             mt = m & live
@@ -183,12 +191,7 @@ def _wkv4_bwd_kernel(w_ptr, u_ptr, k_ptr, v_ptr, gy_ptr, sa_ptr, sb_ptr, sp_ptr,
             a_t = sas[i]
             b_t = sbs[i]
             p_t = sps[i]
-            uk = u + kt
-            q = tl.maximum(p_t, uk)
-            e1 = tl.exp(p_t - q)
-            e2 = tl.exp(uk - q)
-            d = e1 * b_t + e2
-            y = (e1 * a_t + e2 * vt) / d
+            y, q, e2, d = _output(a_t, b_t, p_t, u, kt, vt)
             c = tl.where(mt, gyt / d, 0.0)
             direct = c * e2
             ek = tl.exp(kt + o)
@@ -208,9 +211,7 @@ def _wkv4_bwd_kernel(w_ptr, u_ptr, k_ptr, v_ptr, gy_ptr, sa_ptr, sb_ptr, sp_ptr,
             gb = tl.where(live, f1 * gb - f2 * c * y, gb)
             o = tl.where(live, no, o)
     s0 = tl.exp(pp0 + o)
-    tl.store(gaa_ptr + soffs, s0 * ga, mask=m)
-    tl.store(gbb_ptr + soffs, s0 * gb, mask=m)
-    tl.store(gpp_ptr + soffs, s0 * (aa0 * ga + bb0 * gb), mask=m)
+    _store_state(gaa_ptr, gbb_ptr, gpp_ptr, soffs, s0 * ga, s0 * gb, s0 * (aa0 * ga + bb0 * gb), m)
     tl.store(gw_ptr + soffs, -gw, mask=m)
     tl.store(gu_ptr + soffs, gu, mask=m)
 
@@ -219,36 +220,12 @@ def _wkv4_bwd_kernel(w_ptr, u_ptr, k_ptr, v_ptr, gy_ptr, sa_ptr, sb_ptr, sp_ptr,
 # compilation / launch
 # ----------------------------------------------------------------------------------------------
 
-_CACHE: dict = {}
-
-
-def _kernel(fn, device: torch.device, autotune: bool):
-    """The launchable form of ``fn``: interpreted on CPU, ``triton.jit`` (optionally autotuned) on CUDA."""
-    key = (fn.__name__, device.type, autotune)
-    if key not in _CACHE:
-        if device.type == "cpu":
-            from triton.runtime.interpreter import InterpretedFunction
-
-            _CACHE[key] = InterpretedFunction(fn)
-        elif autotune:
-            configs = [triton.Config({"BLOCK": b, "CHUNK": c}, num_warps=nw) for b, nw, c in _CUDA_CONFIGS]
-            # keyed on the parallelism (B, D), not on L: a new prompt length must not re-tune
-            _CACHE[key] = triton.autotune(configs=configs, key=["B", "D"])(triton.jit(fn))
-        else:
-            _CACHE[key] = triton.jit(fn)
-    return _CACHE[key]
-
-
 def _launch(fn, B: int, D: int, device: torch.device, block_size: int | None, args, consts):
-    if device.type == "cuda" and block_size is None:
-        k = _kernel(fn, device, autotune=True)
-        k[lambda meta: (B, triton.cdiv(D, meta["BLOCK"]))](*args, **consts)
-        return
-    if block_size is None:  # interpreter: one wide program per batch row
-        block_size = min(max(triton.next_power_of_2(D), 16), 4096)
-    chunk = _CUDA_CHUNK if device.type == "cuda" else _CPU_CHUNK
-    k = _kernel(fn, device, autotune=False)
-    k[(B, triton.cdiv(D, block_size))](*args, BLOCK=block_size, CHUNK=chunk, **consts)
+    """Launch ``fn`` over ``(B, cdiv(D, BLOCK))`` programs; autotuned on the parallelism ``(B, D)``
+    (not on ``L``: a new prompt length must not re-tune) unless ``block_size`` is given."""
+    triton_utils.launch_lanes(fn, device, D, lambda block: (B, triton.cdiv(D, block)), block_size, args, consts,
+                              configs=_CUDA_CONFIGS, key=["B", "D"],
+                              chunk=_CUDA_CHUNK if device.type == "cuda" else _CPU_CHUNK)
 
 
 class WKV4FusedFunction(torch.autograd.Function):
@@ -259,10 +236,10 @@ class WKV4FusedFunction(torch.autograd.Function):
         B, L, D = k.shape
         dev = k.device
         need_grad = any(ctx.needs_input_grad[:7])
-        y = _empty((B, L, D), v.dtype, dev)
-        oa, ob, op = (_empty((B, D), torch.float32, dev) for _ in range(3))
+        y = triton_utils.empty((B, L, D), v.dtype, dev)
+        oa, ob, op = (triton_utils.empty((B, D), torch.float32, dev) for _ in range(3))
         if need_grad:
-            sa, sb, sp = (_empty((B, L, D), torch.float32, dev) for _ in range(3))
+            sa, sb, sp = (triton_utils.empty((B, L, D), torch.float32, dev) for _ in range(3))
         else:
             sa = sb = sp = oa  # never touched (SAVE=False)
         _launch(_wkv4_fwd_kernel, B, D, dev, block_size,
@@ -280,9 +257,9 @@ class WKV4FusedFunction(torch.autograd.Function):
         B, L, D = k.shape
         dev = k.device
         gy = gy.contiguous()
-        gk = _empty((B, L, D), k.dtype, dev)
-        gv = _empty((B, L, D), v.dtype, dev)
-        gw, gu, gaa, gbb, gpp = (_empty((B, D), torch.float32, dev) for _ in range(5))
+        gk = triton_utils.empty((B, L, D), k.dtype, dev)
+        gv = triton_utils.empty((B, L, D), v.dtype, dev)
+        gw, gu, gaa, gbb, gpp = (triton_utils.empty((B, D), torch.float32, dev) for _ in range(5))
         _launch(_wkv4_bwd_kernel, B, D, dev, ctx.block_size,
                 (w, u, k, v, gy, sa, sb, sp, gk, gv, gw, gu, gaa, gbb, gpp, B, L, D, L * D, (L - 1) * D), {})
         dw, du, daa, dbb, dpp = ctx.dtypes
@@ -323,8 +300,7 @@ def wkv4_fused_recurrent(
     B, L, D = k.shape
     if state is None:
         state = wkv4_init_state(B, D, k.device)
-    if block_size is not None and (block_size < 16 or block_size & (block_size - 1)):
-        raise ValueError(f"block_size must be a power of two >= 16, got {block_size}")
+    triton_utils.check_power_of_two("block_size", block_size)
     if v.dtype == torch.float64 or B * D == 0:  # fp64 (gradcheck) and empty batches: the torch path
         y, aa, bb, pp = WKV4TorchFunction.apply(w, u, k, v, *state)
         return y, (aa, bb, pp)

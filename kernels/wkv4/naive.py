@@ -23,6 +23,18 @@ def wkv4_init_state(batch: int, channels: int, device=None) -> tuple[torch.Tenso
     return aa, aa.clone(), torch.full_like(aa, EMPTY_PP)
 
 
+def promote_inputs(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state=None):
+    """``(w, u, k, v, (aa, bb, pp))`` in the math dtype: float64 for float64 ``v``, else float32.
+
+    A None ``state`` becomes the empty state ``wkv4_init_state(B, D)``; shapes are unchanged.
+    Shared by the torch implementations (``naive``, ``torch_chunk``).
+    """
+    acc = torch.float64 if v.dtype == torch.float64 else torch.float32
+    if state is None:
+        state = wkv4_init_state(k.shape[0], k.shape[2], k.device)
+    return w.to(acc), u.to(acc), k.to(acc), v.to(acc), tuple(s.to(acc) for s in state)
+
+
 def wkv4_naive(
     w: torch.Tensor,
     u: torch.Tensor,
@@ -35,14 +47,9 @@ def wkv4_naive(
     Math in float32 (float64 for float64 input). Slow (one step per token); used by tests and
     as the single-token decoding step.
     """
-    acc = torch.float64 if v.dtype == torch.float64 else torch.float32
-    B, L, D = k.shape
-    if state is None:
-        state = wkv4_init_state(B, D, k.device)
-    aa, bb, pp = (s.to(acc) for s in state)
-    w, u, k32, v32 = w.to(acc), u.to(acc), k.to(acc), v.to(acc)
+    w, u, k32, v32, (aa, bb, pp) = promote_inputs(w, u, k, v, state)
     ys = []
-    for t in range(L):
+    for t in range(k.shape[1]):
         kt, vt = k32[:, t], v32[:, t]
         ww = u + kt
         p = torch.maximum(pp, ww)

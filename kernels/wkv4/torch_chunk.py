@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .naive import wkv4_init_state
+from .naive import promote_inputs
 
 
 def _combine(pa, a1, b1, pb, a2, b2):
@@ -70,12 +70,8 @@ def wkv4_torch_chunk(
 
     Differentiable with autograd in every input, the initial state included.
     """
-    acc = torch.float64 if v.dtype == torch.float64 else torch.float32
     B, L, D = k.shape
-    if state is None:
-        state = wkv4_init_state(B, D, k.device)
-    aa, bb, pp = (s.to(acc) for s in state)
-    w, u, k32, v32 = w.to(acc), u.to(acc), k.to(acc), v.to(acc)
+    w, u, k32, v32, (aa, bb, pp) = promote_inputs(w, u, k, v, state)
     ys = []
     full = (L // chunk_size) * chunk_size
     for lo, hi, c in ((0, full, chunk_size), (full, L, L - full)):

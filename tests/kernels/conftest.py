@@ -3,22 +3,16 @@
 The Triton kernels run on CPU tensors through Triton's interpreter (the fused modules build
 interpreted kernels for CPU tensors themselves, so these tests work in one pytest process
 whatever ``TRITON_INTERPRET`` was when triton was first imported). Every uninitialised
-allocation the fused modules make goes through their ``_empty`` helper; the autouse fixture
-below fills those with NaN (or a sentinel for integer buffers) so that a kernel reading a slot
-it never wrote shows up as a NaN / wrong count in the comparison.
+allocation the Triton modules make goes through ``spikelm.kernels.triton_utils.empty``; the
+autouse fixture below fills those with NaN (or a sentinel for integer buffers) so that a
+kernel reading a slot it never wrote shows up as a NaN / wrong count in the comparison.
 """
 from __future__ import annotations
-
-import importlib
 
 import pytest
 import torch
 
-FUSED_MODULES = (
-    "spikelm.kernels.lif.fused_recurrent",
-    "spikelm.kernels.wkv4.fused_recurrent",
-    "spikelm.kernels.adaptive_spike.fused",
-)
+from spikelm.kernels import triton_utils
 
 
 def poisoned_empty(shape, dtype, device):
@@ -31,10 +25,27 @@ def poisoned_empty(shape, dtype, device):
 
 @pytest.fixture(autouse=True)
 def nan_filled_allocations(monkeypatch):
-    """Make every fresh allocation in the fused kernel modules NaN-filled for the test."""
-    for name in FUSED_MODULES:
-        monkeypatch.setattr(importlib.import_module(name), "_empty", poisoned_empty)
+    """Make every fresh allocation of the Triton kernel modules NaN-filled for the test."""
+    monkeypatch.setattr(triton_utils, "empty", poisoned_empty)
     yield
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """``spy(module, name)``: wrap ``module.name`` so that each call is recorded; returns the
+    list of calls (one entry per call), for checking that a public op dispatched to it."""
+    def install(module, name: str) -> list:
+        calls = []
+        real = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            calls.append(1)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, wrapper)
+        return calls
+
+    return install
 
 
 # GPU-only tests are marked ``@pytest.mark.gpu`` and ``skipif(not torch.cuda.is_available())``.

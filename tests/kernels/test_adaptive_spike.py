@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from spikelm.kernels import triton_utils
 from spikelm.kernels.adaptive_spike import (adaptive_spike, adaptive_threshold, collapse_train, count_nonzero_spikes,
                                             expand_counts, spike_counts)
 from spikelm.kernels.adaptive_spike import fused as fz
@@ -100,17 +101,10 @@ def test_noncontiguous_input():
     check(x)
 
 
-def test_public_dispatch_and_nan_poisoning(monkeypatch):
-    assert torch.isnan(fz._empty((2,), torch.float32, "cpu")).all()
+def test_public_dispatch_and_nan_poisoning(monkeypatch, spy):
+    assert torch.isnan(triton_utils.empty((2,), torch.float32, "cpu")).all()
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    calls = []
-    real = fz.adaptive_spike_fused
-
-    def spy(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(fz, "adaptive_spike_fused", spy)
+    calls = spy(fz, "adaptive_spike_fused")
     x = torch.randn(2, 3, 50)
     out = adaptive_spike(x, 3.0, 4)
     assert calls, "public adaptive_spike did not dispatch to the fused kernel"

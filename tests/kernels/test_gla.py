@@ -9,8 +9,6 @@ the Triton modules are filled with NaN (uninitialised reads show up as NaN).
 """
 from __future__ import annotations
 
-import importlib
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -23,15 +21,7 @@ FP32_OUT = 1e-5   # o and the final state: same recurrence, different summation 
 FP32_GRAD = 1e-4  # gradients (dg is a reverse cumulative sum of products: more rounding)
 FP16_OUT = 3e-3   # tensors stored in fp16 (2^-11 ~ 4.9e-4 relative per element)
 
-GLA_MODULES = ("spikelm.kernels.gla.chunk", "spikelm.kernels.gla.fused_recurrent")
-
-
-@pytest.fixture(autouse=True)
-def nan_filled_gla_allocations(monkeypatch):
-    from .conftest import poisoned_empty
-
-    for name in GLA_MODULES:
-        monkeypatch.setattr(importlib.import_module(name), "_empty", poisoned_empty)
+# fresh allocations of chunk.py and fused_recurrent.py are NaN-filled by conftest's autouse fixture
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 
+from spikelm.kernels import triton_utils
 from spikelm.kernels.lif import lif_multistep
 from spikelm.kernels.lif import fused_recurrent as fr
 from spikelm.kernels.lif.fused_recurrent import lif_fused_recurrent
@@ -116,17 +117,10 @@ def test_partial_upstream_gradients(loss):
     check_against_naive(6, 37, torch.float32, CONFIGS[2], loss=loss)
 
 
-def test_default_block_and_public_shapes(monkeypatch):
+def test_default_block_and_public_shapes(monkeypatch, spy):
     # the public function under TRITON_INTERPRET=1 dispatches to the fused kernel on CPU
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    calls = []
-    real = fr.lif_fused_recurrent
-
-    def spy(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(fr, "lif_fused_recurrent", spy)
+    calls = spy(fr, "lif_fused_recurrent")
     x = (torch.randn(5, 3, 11) * 2).requires_grad_()
     tau = torch.tensor(3.0, requires_grad=True)
     s, v = lif_multistep(x, None, tau, 1.0, 0.0, True, False, "atan", 2.0)
@@ -162,7 +156,7 @@ def test_chunked_calls_equal_one_call():
 
 def test_tau_gradient_deterministic_and_nan_poisoning_active():
     # the autouse fixture makes fresh allocations NaN: the kernels must write every slot they read
-    assert torch.isnan(fr._empty((3,), torch.float32, "cpu")).all()
+    assert torch.isnan(triton_utils.empty((3,), torch.float32, "cpu")).all()
     x, v0, gs, gv = make_inputs(9, 70, torch.float32, seed=5)
     cfg = CONFIGS[0]
     a = run(lambda *a, **k: lif_fused_recurrent(*a, **k, block_size=16), x, v0, 2.0, gs, gv, "both", **cfg)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from spikelm.kernels import triton_utils
 from spikelm.kernels.wkv4 import wkv4, wkv4_init_state
 from spikelm.kernels.wkv4 import fused_recurrent as fr
 from spikelm.kernels.wkv4.fused_recurrent import wkv4_fused_recurrent
@@ -104,16 +105,9 @@ def test_large_keys_long_sequence_stable():
     check(1, 150, 19, torch.float32, with_state=True, block_size=32, seed=7, kscale=20.0)
 
 
-def test_default_block_and_public_dispatch(monkeypatch):
+def test_default_block_and_public_dispatch(monkeypatch, spy):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    calls = []
-    real = fr.wkv4_fused_recurrent
-
-    def spy(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(fr, "wkv4_fused_recurrent", spy)
+    calls = spy(fr, "wkv4_fused_recurrent")
     w, u, k, v, gy, state = make_inputs(2, 7, 33, torch.float32, seed=4)
     y, st, g = run(wkv4, w, u, k, v, gy, state)
     assert calls, "public wkv4 did not dispatch to the fused kernel"
@@ -139,7 +133,7 @@ def test_chunked_calls_equal_one_call():
 
 
 def test_gradients_deterministic_and_nan_poisoning_active():
-    assert torch.isnan(fr._empty((3,), torch.float32, "cpu")).all()
+    assert torch.isnan(triton_utils.empty((3,), torch.float32, "cpu")).all()
     w, u, k, v, gy, state = make_inputs(3, 6, 20, torch.float32, seed=1)
     a = run(lambda *x: wkv4_fused_recurrent(*x, block_size=16), w, u, k, v, gy, state)
     b = run(lambda *x: wkv4_fused_recurrent(*x, block_size=16), w, u, k, v, gy, state)
