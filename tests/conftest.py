@@ -9,6 +9,16 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 
+def spiking_weights(model, std: float = 0.5):
+    """Redraw every weight matrix from ``N(0, std)``: larger weights than the init, so that the
+    neurons spike and the logits differ. Returns ``model``."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, std)
+    return model
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

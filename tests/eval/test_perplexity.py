@@ -8,7 +8,14 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from spikelm import SpikeLMConfig, SpikeLMForCausalLM
 from spikelm.data import train_bpe_tokenizer_from_iterator
-from spikelm.eval.perplexity import evaluate_files, evaluate_stream, strided_windows, token_byte_lengths
+from spikelm.eval.perplexity import (
+    evaluate_files,
+    evaluate_stream,
+    strided_windows,
+    token_byte_lengths,
+)
+
+from ..conftest import spiking_weights
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak. Ünïcödé – ok ✓.\n" * 3
 
@@ -29,12 +36,7 @@ def spiking(vocab):
     torch.manual_seed(0)
     cfg = SpikeLMConfig(vocab_size=vocab, hidden_size=16, num_hidden_layers=1, intermediate_size=32,
                         num_attention_heads=2, context_length=64)
-    m = SpikeLMForCausalLM(cfg).eval()
-    with torch.no_grad():
-        for p in m.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.5)
-    return m
+    return spiking_weights(SpikeLMForCausalLM(cfg).eval(), 0.5)
 
 
 @pytest.mark.parametrize("T,bs,st", [(2, 4, 4), (20, 8, 8), (20, 8, 3), (21, 5, 1), (9, 8, 5)])

@@ -21,6 +21,8 @@ from spikelm.data import train_bpe_tokenizer_from_iterator
 from spikelm.hub import AUTO_MAP, bundle_sources, write_hf_extras
 from spikelm.hub.remote_code import collect_modules
 
+from ..conftest import spiking_weights
+
 FILES = {"configuration_spikelm.py", "modeling_spikelm.py"}
 
 TEXT = ["ROMEO:\nBut soft, what light through yonder window breaks?\n", "JULIET:\nAy me.\n"] * 30
@@ -58,12 +60,7 @@ def tiny_model(vocab: int, eos: int) -> SpikeLMForCausalLM:
                         mlp_types=["channel_mix", "swiglu", "swiglu", "spiking_mlp", "channel_mix"],
                         neuron_types=["lif", "none", "none", "plif", "lif"], adaptive_spike_mode="ste",
                         sliding_window=8, context_length=32, eos_token_id=eos, pad_token_id=eos)
-    m = SpikeLMForCausalLM(cfg).eval()
-    with torch.no_grad():
-        for p in m.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.3)
-    return m
+    return spiking_weights(SpikeLMForCausalLM(cfg).eval(), 0.3)
 
 
 def clean_sys_path(tmp: Path) -> list[str]:

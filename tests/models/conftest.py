@@ -3,15 +3,7 @@ import torch
 
 from spikelm.layers import state_tensors
 
-
-def spiking_weights(model, std: float = 0.5):
-    """Redraw every weight matrix from ``N(0, std)``: larger weights than the init, so that the
-    neurons spike and the logits differ. Returns ``model``."""
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, std)
-    return model
+from ..conftest import spiking_weights  # noqa: F401  (re-exported for the model tests)
 
 
 def cache_tensors(cache) -> list[list[torch.Tensor]]:
