@@ -15,7 +15,7 @@ MODEL is a Hugging Face directory or a Hub model id.
 
 RECIPE is a YAML file or the name of a shipped recipe (``spikelm train --list-recipes``);
 without one the default ``shakespeare`` recipe runs. Errors print one line and exit 2
-(``SPIKELM_DEBUG=1`` shows the traceback instead).
+(``spikelm --debug CMD ...``, or ``--debug`` anywhere, shows the traceback instead).
 
 One module per command in this package (``spikelm.cli.train``, ``.finetune``, ``.convert``,
 ``.generate``, ``.eval``, ``.export`` (with ``push``), ``.plot``); ``CLIError`` (``.errors``) is
@@ -23,7 +23,7 @@ the one user error.
 """
 from __future__ import annotations
 
-import os
+import json
 import sys
 
 from .convert import cmd_convert
@@ -44,11 +44,35 @@ COMMANDS = {"train": cmd_train, "finetune": cmd_finetune, "convert": cmd_convert
             "eval": cmd_eval, "export": cmd_export, "push": cmd_push, "plot": cmd_plot}
 
 
+def _one_line(e: BaseException) -> str:
+    """An expected failure as one line naming the file (``OSError.filename``) when there is one."""
+    if isinstance(e, CLIError):
+        return str(e)
+    msg = " ".join(str(e).split()) or type(e).__name__
+    name = getattr(e, "filename", None)
+    if isinstance(e, OSError):
+        what = e.strerror or msg
+        return f"{name}: {what}" if name else what
+    if isinstance(e, json.JSONDecodeError):
+        return f"not valid JSON ({msg})"
+    return f"{type(e).__name__}: {msg}"
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """Failures that come from the user's files or machine, not from a bug: printed as one line."""
+    from safetensors import SafetensorError
+
+    return CLIError, OSError, json.JSONDecodeError, SafetensorError, UnicodeDecodeError
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``spikelm`` console script; returns the exit status."""
+    """Entry point of the ``spikelm`` console script; returns the exit status (2 for a user error,
+    printed as one line; ``--debug`` re-raises it with its traceback)."""
     argv = sys.argv[1:] if argv is None else argv
     # the DeepSpeed launcher prepends --local_rank=N (and sets LOCAL_RANK): drop it
     argv = [a for a in argv if not a.startswith("--local_rank=")]
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(__doc__)
         if argv and argv[0] not in ("-h", "--help"):
@@ -57,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return COMMANDS[argv[0]](argv[1:])
-    except CLIError as e:
-        if os.environ.get("SPIKELM_DEBUG") == "1":
+    except _expected_errors() as e:
+        if debug:
             raise
-        print(f"spikelm {argv[0]}: error: {e}", file=sys.stderr)
+        print(f"spikelm {argv[0]}: error: {_one_line(e)}", file=sys.stderr)
         return 2

@@ -73,6 +73,7 @@ from pathlib import Path
 
 import torch
 
+from ..hub.ids import read_json_file
 from ..models.configuration_spikelm import SpikeLMConfig
 from .mapping import (
     LINEAR_MIXER,
@@ -242,7 +243,7 @@ def convert_checkpoint(src_dir: str | Path, out_dir: str | Path, *, layout: str 
         raise FileExistsError(f"output directory {out} already exists; choose a new one (convert never overwrites)")
     if not (src / "config.json").is_file():
         raise FileNotFoundError(f"no config.json in {src}: not a Hugging Face checkpoint directory")
-    raw = json.loads((src / "config.json").read_text())
+    raw = read_json_file(src / "config.json")
     arch_spec(raw.get("model_type"), raw.get("architectures"))
     from transformers import AutoConfig
 

@@ -9,6 +9,23 @@ FILE_SUFFIXES = (".txt", ".json", ".jsonl", ".parquet", ".csv", ".gz", ".bz2", "
 """File name endings that make a name a (missing) local file rather than a Hub id."""
 
 
+def read_json_file(path: str | Path) -> dict:
+    """A JSON object from ``path`` (a model's ``config.json``, a run's ``model_config.json``).
+
+    Raises:
+        ValueError: the file is not UTF-8 JSON holding an object (names the file and the fault).
+        OSError: the file cannot be read.
+    """
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); restore it from the model or run it came from") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{path} holds a JSON {type(d).__name__}, not an object of config fields")
+    return d
+
+
 def is_hub_id(name: str | Path) -> bool:
     """Whether ``name`` is to be looked up as a Hugging Face Hub repo id (model, dataset or
     tokenizer): ``owner/name`` or ``name``, not an existing local path, not path-like (no
@@ -41,7 +58,7 @@ def resolve_model(name: str | Path) -> tuple[str, dict]:
         if not cfg.is_file():
             raise FileNotFoundError(f"{d} is not a Hugging Face model directory (no config.json); "
                                     "pass the 'final' folder of a run, e.g. runs/shakespeare/final")
-        return s, json.loads(cfg.read_text())
+        return s, read_json_file(cfg)
     from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
@@ -59,7 +76,7 @@ def resolve_model(name: str | Path) -> tuple[str, dict]:
                else f"{type(e).__name__}: {' '.join(str(e).split())[:200]}")
         raise FileNotFoundError(f"{s!r} is not a local directory, so it was looked up as a Hugging Face Hub model "
                                 f"id, but {why}") from None
-    return s, json.loads(Path(path).read_text())
+    return s, read_json_file(path)
 
 
 MODEL_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.py"]

@@ -112,16 +112,14 @@ def load_config_file(path):
     as its own class (``SpikeLMConfig``, ``LlamaConfig``, ...).
 
     Raises:
-        ValueError: the file holds no ``model_type``.
+        ValueError: the file is not JSON, or holds no ``model_type``.
     """
-    import json
-    from pathlib import Path
-
     from transformers import AutoConfig
 
     from .. import models  # noqa: F401  (registers spikelm with AutoConfig)
+    from ..hub.ids import read_json_file
 
-    d = json.loads(Path(path).read_text())
+    d = read_json_file(path)
     if "model_type" not in d:
         raise ValueError(f"{path} has no model_type; not a Hugging Face model config")
     return AutoConfig.for_model(d["model_type"]).__class__.from_json_file(str(path))

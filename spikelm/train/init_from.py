@@ -78,14 +78,14 @@ def init_source(recipe: Recipe, rank: int, run_dir: Path) -> Path | None:
     src = recipe.model.init_from
     if src is None:
         return None
-    from ..hub.ids import local_model_dir
+    from ..hub.ids import local_model_dir, read_json_file
 
     try:  # a local directory, or a Hub model id (downloaded into the HF cache)
         d = local_model_dir(src)
     except FileNotFoundError as e:
         raise FileNotFoundError(f"model.init_from: {e}; pass a model directory, e.g. runs/shakespeare/final, "
                                 "or a Hub model id") from None
-    kind = json.loads((d / "config.json").read_text()).get("model_type")
+    kind = read_json_file(d / "config.json").get("model_type")
     if recipe.model.convert_layout is not None:
         if kind == "spikelm":
             raise ValueError(f"model.init_from {src} is already a spikelm model; drop model.convert_layout")

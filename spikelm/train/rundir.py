@@ -8,6 +8,11 @@ import tempfile
 from pathlib import Path
 
 RUN_MARKERS = ("checkpoints", "final", "metrics.jsonl", "tokenizer")
+RUN_OUTPUTS = RUN_MARKERS + ("tb", "model_config.json", "recipe.json")
+"""What a run writes into its directory (``converted/``, derived from the source, is kept)."""
+REPLACED = ".replaced-run"
+"""Folder of the run directory holding the old run under ``--overwrite`` until the new run has
+written its first checkpoint."""
 
 
 class RunDirError(ValueError):
@@ -42,21 +47,52 @@ def check_run_dir(run_dir: str | os.PathLike, resume: bool, overwrite: bool) -> 
 
 
 def prepare_run_dir(run_dir: str | os.PathLike, resume: bool, overwrite: bool) -> Path:
-    """:func:`check_run_dir`, then create ``run_dir`` (with ``overwrite``: delete the old run's
-    outputs first). Call it once all input has been validated."""
+    """:func:`check_run_dir`, then create ``run_dir``. With ``overwrite`` the old run's outputs
+    are moved into ``run_dir/.replaced-run`` (not deleted): :func:`drop_replaced` deletes them
+    once the new run has a checkpoint, :func:`restore_replaced` puts them back if it fails
+    first. Call it once all input has been validated."""
     path = check_run_dir(run_dir, resume, overwrite)
     if resume:
         return path
     holds_run = path.is_dir() and any((path / m).exists() for m in RUN_MARKERS)
     if holds_run and overwrite:
-        for m in RUN_MARKERS + ("tb",):
-            p = path / m
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
+        old = path / REPLACED
+        if old.exists():  # an earlier replacement that never finished: the user asked to overwrite again
+            shutil.rmtree(old)
+        old.mkdir()
+        for m in RUN_OUTPUTS:
+            if (path / m).exists():
+                (path / m).rename(old / m)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def drop_replaced(run_dir: str | os.PathLike) -> bool:
+    """Delete the run that ``--overwrite`` moved aside; returns whether there was one."""
+    old = Path(run_dir) / REPLACED
+    if not old.is_dir():
+        return False
+    shutil.rmtree(old)
+    return True
+
+
+def restore_replaced(run_dir: str | os.PathLike) -> bool:
+    """Put back the run that ``--overwrite`` moved aside, deleting what the failed new run wrote
+    in its place; returns whether there was one."""
+    path = Path(run_dir)
+    old = path / REPLACED
+    if not old.is_dir():
+        return False
+    for m in RUN_OUTPUTS:
+        new = path / m
+        if new.is_dir():
+            shutil.rmtree(new)
+        elif new.exists():
+            new.unlink()
+        if (old / m).exists():
+            (old / m).rename(new)
+    old.rmdir()
+    return True
 
 
 @contextlib.contextmanager

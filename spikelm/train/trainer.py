@@ -34,7 +34,7 @@ from .flops import model_flops_per_token, peak_flops
 from .init_from import init_config, init_dir, init_source
 from .metrics import RunLog, spike_rates
 from .model_init import build_model
-from .rundir import atomic_dir, check_run_dir, prepare_run_dir, remove_stale_temps
+from .rundir import atomic_dir, check_run_dir, drop_replaced, prepare_run_dir, remove_stale_temps, restore_replaced
 from .schedule import BatchOrder
 from .signals import StopRequest
 
@@ -262,6 +262,8 @@ class Trainer:
         log.record(rec)
         if self._due(t.checkpoint_every, done) or stop:
             checkpoint.save_checkpoint(self.engine, self.ckpt_dir, done, t.keep_checkpoints, self.rank)
+            if self.rank == 0 and drop_replaced(self.run_dir):  # --overwrite: the new run now stands
+                log.write(f"the replaced run in {self.run_dir} is deleted now that this run has a checkpoint")
 
     def train(self) -> dict:
         """Train from the start (or resumed) step to ``train.max_steps``, then evaluate and export
@@ -275,18 +277,23 @@ class Trainer:
         self.engine.train()
         self.nonfinite, self.tokens_seen, self.t_loop = 0, 0, time.time()
         done, stopped = self.start_step, None
-        with RunLog(self.run_dir, self.rank, t.max_steps, self.start_step, t.log_every) as log, \
-                StopRequest() as stop:
-            for step in range(self.start_step, t.max_steps):
-                loss, any_stop = self.train_step(step, stop.requested is not None)
-                done = step + 1
-                self._check_finite(loss, done, log)
-                self._after_step(done, loss, log, any_stop)
-                if any_stop:
-                    stopped = stop.requested or "a signal on another rank"
-                    log.write(f"stopped by {stopped} after step {done}; checkpoint saved, continue with --resume")
-                    break
-            last_eval = log.last_eval
+        try:
+            with RunLog(self.run_dir, self.rank, t.max_steps, self.start_step, t.log_every) as log, \
+                    StopRequest() as stop:
+                for step in range(self.start_step, t.max_steps):
+                    loss, any_stop = self.train_step(step, stop.requested is not None)
+                    done = step + 1
+                    self._check_finite(loss, done, log)
+                    self._after_step(done, loss, log, any_stop)
+                    if any_stop:
+                        stopped = stop.requested or "a signal on another rank"
+                        log.write(f"stopped by {stopped} after step {done}; checkpoint saved, continue with --resume")
+                        break
+                last_eval = log.last_eval
+        except BaseException:
+            if self.rank == 0 and restore_replaced(self.run_dir):  # failed before its first checkpoint
+                self.log(f"the run that --overwrite replaced in {self.run_dir} is restored")
+            raise
         return self._finish(done, stopped, last_eval)
 
     def _finish(self, done: int, stopped, last_eval: dict | None) -> dict:
