@@ -342,3 +342,48 @@ def validate_recipe(r: Recipe) -> None:
          "model.lora needs train.zero_stage 0, 1 or 2 (only the adapters are trained, so ZeRO-2 already shards "
          "all optimizer state and gradients)"),
     ])
+
+
+RESUMABLE_KEYS = frozenset({
+    "train.max_steps", "train.eval_every", "train.checkpoint_every", "train.log_every", "train.keep_checkpoints",
+    "train.eval_max_batches", "train.sample_prompt", "train.sample_tokens", "train.threads",
+    "train.collective_timeout_s", "train.max_nonfinite_steps", "train.kernel_backend", "train.run_dir",
+    "optim.min_lr_ratio", "optim.decay_fraction", "model.init_from",
+})
+"""Keys ``--resume`` may change: length, the LR schedule's tail, logging, evaluation and
+checkpoint cadence, paths. Every other key shapes the model, the optimizer state or the data
+order, which the checkpoint fixes (``model.init_from`` is not re-read on resume)."""
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and k != "deepspeed" and k != "overrides" and k != "rope_params":
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def resume_changes(stored: dict, recipe: Recipe) -> dict[str, list]:
+    """``{key: [stored value, new value]}`` for the keys ``recipe`` changes against the run's
+    ``recipe.json`` (``stored``), all in :data:`RESUMABLE_KEYS`.
+
+    Raises:
+        ValueError: a change of any other key (all of them listed, with both values).
+    """
+    import json
+    from dataclasses import asdict
+
+    old = _flat(stored)
+    new = _flat(json.loads(json.dumps(asdict(recipe))))  # tuples -> lists, as stored
+    changed = {k: [old.get(k), v] for k, v in new.items() if k in old and old[k] != v}
+    refused = {k: v for k, v in changed.items() if k not in RESUMABLE_KEYS}
+    if refused:
+        listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in refused.items())
+        raise ValueError(f"--resume continues the run as it was recorded in recipe.json, but the given recipe "
+                         f"changes {listed}; these fix the model, the optimizer state or the data order. Resume "
+                         f"with the recorded values, or start a new run (another --train.run_dir or --overwrite). "
+                         f"Keys that may change on resume: {', '.join(sorted(RESUMABLE_KEYS))}")
+    return changed

@@ -26,7 +26,8 @@ from ..data.batches import batch_targets, make_batch
 from ..eval.loss import batch_nll_sum, count_targets
 from . import checkpoint
 from .archs import build_config, describe, flops_config, load_config_file
-from .config import Recipe, validate_recipe
+from ..hub.ids import read_json_file
+from .config import Recipe, resume_changes, validate_recipe
 from .distributed import all_reduce_sum, barrier, init_distributed
 from .engine import deepspeed_config, initialize, resolve_precision, zero_stage
 from .export import MODEL_CONFIG, write_hf_dir
@@ -69,6 +70,8 @@ class Trainer:
             torch.set_flush_denormal(True)
         self.run_dir = Path(t.run_dir)
         check_run_dir(self.run_dir, resume, overwrite)
+        stored = self.run_dir / "recipe.json"
+        self.resume_changes = resume_changes(read_json_file(stored), recipe) if resume and stored.is_file() else {}
         self._setup_data()
         self._setup_model()
         # DeepSpeed checks its config (batch sizes against the world size, ZeRO options) here,
@@ -166,6 +169,10 @@ class Trainer:
                     self.tok.save_pretrained(tmp)
                 self.config.to_json_file(str(self.run_dir / MODEL_CONFIG))
             (self.run_dir / "recipe.json").write_text(json.dumps(asdict(self.recipe), indent=2) + "\n")
+            if self.resume_changes:  # what this resume applied, for the record
+                with open(self.run_dir / "resumes.jsonl", "a") as f:
+                    f.write(json.dumps({"changes": self.resume_changes}) + "\n")
+                self.log("resuming with " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in self.resume_changes.items()))
         barrier()
 
     def mfu(self, tokens_per_s: float | None) -> float | None:
