@@ -9,15 +9,16 @@ def check_model_dir(model_dir: str | Path) -> dict:
     ANN baseline): a local HF directory or a Hub id (:func:`spikelm.hub.resolve_model`).
 
     Raises:
-        FileNotFoundError: the directory or its config.json does not exist, or a Hub id cannot be
-            fetched (offline and not cached, no such repo).
+        FileNotFoundError: the directory, its config.json or its tokenizer does not exist, or a
+            Hub id cannot be fetched (offline and not cached, no such repo).
         ValueError: the directory holds another kind of model (names the ``model_type`` found).
     """
-    from .hub.ids import resolve_model
-
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+    from .hub.ids import check_tokenizer_files, resolve_model
+
     name, cfg = resolve_model(model_dir)
+    check_tokenizer_files(name)
     kind = cfg.get("model_type")
     if kind != "spikelm" and kind not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise ValueError(f"{name} holds a {kind!r} model, not a causal language model (a spikelm checkpoint, "
@@ -55,6 +56,10 @@ def generate_text(model_dir: str | Path, prompt: str, max_new_tokens: int = 200,
     """
     from transformers import set_seed
 
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0 = no top-k filter), got {top_k}")
     cfg = check_model_dir(model_dir)
     if not prompt:
         raise ValueError("the prompt is empty; give at least one character")

@@ -98,6 +98,10 @@ def load_recipe(recipe: str | None, overrides: list[str]):
         ns = parser.parse_args(["--config", str(path), *overrides])
     except (ArgumentError, SystemExit) as e:
         raise CLIError(_parse_error(path, e)) from None
+    for name in ("model", "data", "optim", "train"):
+        section = getattr(ns, name, None)
+        if not hasattr(section, "as_dict"):
+            raise CLIError(f"bad recipe {path}: section {name!r} must be a mapping of keys, got {section!r}")
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", DeprecationWarning)

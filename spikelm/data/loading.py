@@ -132,8 +132,37 @@ def _nonempty(texts: list[str | None]) -> list[bool]:
     return [bool(t) for t in texts]
 
 
-def _records_to_documents(ds: Dataset, text_field: str, where: str) -> Dataset:
-    """Keep `text_field` of a row-per-document dataset as "text"; drop empty rows; doc_end=True."""
+BAD_RECORD_POLICIES = ("error", "skip")
+MAX_BAD_FRACTION = 0.01
+"""Under ``on_bad_record="error"``, the share of records without the text field that is still
+skipped (with a warning) rather than refused."""
+
+
+class DataWarning(UserWarning):
+    """Records were skipped while loading (the message counts them and names the files)."""
+
+
+def _count_bad_records(ds: Dataset, text_field: str, where: str, on_bad_record: str) -> None:
+    """Warn about, or refuse, records whose ``text_field`` is missing (null): more than
+    :data:`MAX_BAD_FRACTION` of them under ``"error"``; any number is skipped under ``"skip"``."""
+    import warnings
+
+    if on_bad_record not in BAD_RECORD_POLICIES:
+        raise ValueError(f"on_bad_record must be one of {BAD_RECORD_POLICIES}, got {on_bad_record!r}")
+    bad = ds.select_columns([text_field]).with_format("arrow")
+    n_bad = sum(t.column(text_field).null_count for t in bad.iter(batch_size=65536))
+    if not n_bad:
+        return
+    msg = f"{where}: {n_bad} of {len(ds)} records have no {text_field!r} string"
+    if on_bad_record == "error" and n_bad > MAX_BAD_FRACTION * len(ds):
+        raise ValueError(f"{msg} (over {MAX_BAD_FRACTION:.0%}); fix the data, pick another data.text_field, or "
+                         "set data.on_bad_record: skip to train on the rest")
+    warnings.warn(f"{msg}; they are skipped", DataWarning, stacklevel=2)
+
+
+def _records_to_documents(ds: Dataset, text_field: str, where: str, on_bad_record: str = "error") -> Dataset:
+    """Keep `text_field` of a row-per-document dataset as "text"; drop empty rows (records
+    without the field counted: :func:`_count_bad_records`); doc_end=True."""
     if text_field not in ds.column_names:
         raise ValueError(
             f"{where}: text field {text_field!r} not found; fields present: {ds.column_names}. "
@@ -142,6 +171,7 @@ def _records_to_documents(ds: Dataset, text_field: str, where: str) -> Dataset:
     feature = ds.features[text_field]
     if not (isinstance(feature, Value) and feature.dtype in ("string", "large_string")):
         raise ValueError(f"{where}: field {text_field!r} holds {feature}, not strings; pick a text field")
+    _count_bad_records(ds, text_field, where, on_bad_record)
     ds = ds.select_columns([text_field])
     if text_field != "text":
         ds = ds.rename_column(text_field, "text")
@@ -151,7 +181,7 @@ def _records_to_documents(ds: Dataset, text_field: str, where: str) -> Dataset:
     return _with_doc_end(ds, np.ones(len(ds), dtype=bool))
 
 
-def _load_record_files(paths: list[str], fmt: str, text_field: str) -> Dataset:
+def _load_record_files(paths: list[str], fmt: str, text_field: str, on_bad_record: str = "error") -> Dataset:
     kwargs = {}
     if fmt == "parquet" and not any(p.lower().endswith(COMPRESSION_EXTENSIONS) for p in paths):
         import pyarrow.parquet as pq
@@ -166,10 +196,11 @@ def _load_record_files(paths: list[str], fmt: str, text_field: str) -> Dataset:
         kwargs["columns"] = [text_field]
     ds = _builder_load(fmt, paths, **kwargs)
     where = repr(paths[0]) if len(paths) == 1 else f"files {paths}"
-    return _records_to_documents(ds, text_field, where)
+    return _records_to_documents(ds, text_field, where, on_bad_record)
 
 
-def load_documents(files: list[str], text_field: str = "text", what: str = "train") -> Dataset:
+def load_documents(files: list[str], text_field: str = "text", what: str = "train",
+                   on_bad_record: str = "error") -> Dataset:
     """Load local files, in order, as one dataset of documents (no splitting).
 
     Args:
@@ -179,6 +210,9 @@ def load_documents(files: list[str], text_field: str = "text", what: str = "trai
             each may end in .gz/.bz2/.xz.
         text_field: column holding the text in json/parquet files.
         what: word used in error messages ("train", "validation").
+        on_bad_record: json/parquet records without a string ``text_field``: ``"error"``
+            refuses more than 1% of them (fewer are skipped with a :class:`DataWarning`),
+            ``"skip"`` skips any number (counted in the warning).
 
     Returns:
         `datasets.Dataset` with columns "text" (string) and "doc_end" (bool), rows in file
@@ -187,7 +221,8 @@ def load_documents(files: list[str], text_field: str = "text", what: str = "trai
     Raises:
         FileNotFoundError: a file does not exist (named).
         ValueError: directory instead of a file, unknown extension (accepted ones listed),
-            missing/non-string `text_field` (fields present listed), or no text at all.
+            missing/non-string `text_field` (fields present listed), too many records
+            without it, or no text at all.
     """
     files = _as_list(files, what)
     fmts = [_check_file(f, what) for f in files]
@@ -206,7 +241,7 @@ def load_documents(files: list[str], text_field: str = "text", what: str = "trai
         j = i
         while j < len(files) and fmts[j] == fmt:
             j += 1
-        parts.append(_load_record_files(files[i:j], fmt, text_field))
+        parts.append(_load_record_files(files[i:j], fmt, text_field, on_bad_record))
         i = j
     parts = [p for p in parts if len(p)] or parts[:1]
     ds = parts[0] if len(parts) == 1 else concatenate_datasets(parts)
@@ -319,6 +354,7 @@ def load_text_splits(
     val_files: list[str] | None = None,
     val_fraction: float = 0.1,
     text_field: str = "text",
+    on_bad_record: str = "error",
 ) -> tuple[Dataset, Dataset]:
     """Load a training corpus and its validation part as datasets of documents.
 
@@ -332,6 +368,7 @@ def load_text_splits(
             validation, contiguous).
         val_fraction: validation share of the bytes, 0 < val_fraction < 1 (checked always).
         text_field: column holding the text in json/parquet files and Hub datasets.
+        on_bad_record: records without a string ``text_field``: see :func:`load_documents`.
 
     Returns:
         ``(train, validation)``: `datasets.Dataset` s with columns "text" (string) and
@@ -350,9 +387,9 @@ def load_text_splits(
         if val_files is not None:
             raise ValueError("val_files cannot be combined with a Hub dataset name; pass local files")
         return _load_hub(train_files[0], val_fraction, text_field)
-    train = load_documents(train_files, text_field, what="train")
+    train = load_documents(train_files, text_field, what="train", on_bad_record=on_bad_record)
     if val_files is not None:
-        val = load_documents(val_files, text_field, what="validation")
+        val = load_documents(val_files, text_field, what="validation", on_bad_record=on_bad_record)
         return train, val
     return split_by_bytes(train, val_fraction)
 

@@ -56,8 +56,9 @@ def read_texts(recipe) -> RunTexts:
     if d.format != "text":
         return RunTexts(train_files, val_files, None, None)
     if d.streaming:
-        return RunTexts(train_files, val_files, None, load_documents(val_files, d.text_field, "validation"))
-    train, val = load_text_splits(train_files, val_files, d.val_fraction, d.text_field)
+        return RunTexts(train_files, val_files, None,
+                        load_documents(val_files, d.text_field, "validation", on_bad_record=d.on_bad_record))
+    train, val = load_text_splits(train_files, val_files, d.val_fraction, d.text_field, on_bad_record=d.on_bad_record)
     return RunTexts(train_files, val_files, train, val)
 
 

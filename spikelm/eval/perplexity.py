@@ -248,10 +248,17 @@ def evaluate_files(model_dir: str | Path, files: list[str], block_size: int | No
 
     import spikelm  # noqa: F401  (registers the Auto classes)
 
-    from ..hub.ids import resolve_model
+    from ..hub.ids import check_tokenizer_files, resolve_model
     from .energy import energy_estimate
 
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if stride is not None and stride < 1:
+        raise ValueError(f"stride must be >= 1 (tokens between window starts), got {stride}")
+    if block_size is not None and block_size < 2:
+        raise ValueError(f"block_size must be >= 2, got {block_size}")
     name, cfg = resolve_model(model_dir)
+    check_tokenizer_files(name)
     overrides = dict(config_overrides or {})
     unknown = sorted(set(overrides) - set(cfg))
     if unknown:

@@ -26,6 +26,18 @@ def read_json_file(path: str | Path) -> dict:
     return d
 
 
+def check_tokenizer_files(name: str | Path) -> None:
+    """For a local model directory: raise ``FileNotFoundError`` when it holds no tokenizer
+    (none of ``spikelm.data.tokenizer.TOKENIZER_FILES``), instead of transformers' advice to
+    install sentencepiece or tiktoken. Hub ids are left to transformers."""
+    from ..data.tokenizer import TOKENIZER_FILES
+
+    d = Path(name)
+    if d.is_dir() and not any((d / f).exists() for f in TOKENIZER_FILES):
+        raise FileNotFoundError(f"{d} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)}); copy the tokenizer "
+                                "the model was trained with into it (tokenizer.save_pretrained)")
+
+
 def is_hub_id(name: str | Path) -> bool:
     """Whether ``name`` is to be looked up as a Hugging Face Hub repo id (model, dataset or
     tokenizer): ``owner/name`` or ``name``, not an existing local path, not path-like (no

@@ -57,13 +57,16 @@ def build_config(arch: str, flavour: str, overrides: dict, vocab_size: int, max_
     clash = sorted(set(fixed) & set(overrides)) + (["context_length"] if "context_length" in overrides else [])
     if clash:
         raise ValueError(f"model.overrides may not set {clash}: they come from the tokenizer and data.block_size")
-    if arch == "spikelm":
-        from ..models import flavour_config
+    try:
+        if arch == "spikelm":
+            from ..models import flavour_config
 
-        return flavour_config(flavour, **{**overrides, **fixed})
-    from transformers import LlamaConfig
+            return flavour_config(flavour, **{**overrides, **fixed})
+        from transformers import LlamaConfig
 
-    return LlamaConfig(**{"tie_word_embeddings": False, **table[flavour], **overrides, **fixed})
+        return LlamaConfig(**{"tie_word_embeddings": False, **table[flavour], **overrides, **fixed})
+    except TypeError as e:  # a value of the wrong type in the model keys
+        raise ValueError(f"model keys {overrides}: {e}") from None
 
 
 def causal_lm_class(config):

@@ -109,9 +109,23 @@ class ModelConfig(ModelLayout):
         if isinstance(self.lora, dict):  # from jsonargparse's as_dict()
             self.lora = LoraConfig(**self.lora)
         if self.overrides:
+            self._check_overrides()
             warnings.warn("model.overrides is deprecated: write its keys as typed model keys, e.g. "
                           "`model: {neuron: plif}` or `--model.neuron plif`", DeprecationWarning, stacklevel=3)
         self.check()
+
+    def _check_overrides(self) -> None:
+        """The deprecated ``overrides`` dict: its keys must be config fields of ``arch``."""
+        from .layout import LLAMA_KEYS, layout_key_names
+
+        if not isinstance(self.overrides, dict):
+            raise ValueError(f"model.overrides must be a mapping of config fields, got {self.overrides!r}")
+        known = set(layout_key_names() if self.arch == "spikelm" else LLAMA_KEYS) | {
+            "vocab_size", "context_length", "max_position_embeddings", "bos_token_id", "eos_token_id", "pad_token_id"}
+        unknown = sorted(set(self.overrides) - known)
+        if unknown:
+            raise ValueError(f"model.overrides: unknown key(s) {unknown} for model.arch {self.arch}; accepted: "
+                             f"{', '.join(sorted(known))}")
 
     def layout(self) -> dict:
         """The config fields this section sets: ``overrides`` (deprecated) under the typed keys."""
@@ -154,6 +168,9 @@ class DataConfig:
             of ``vocab_size`` on the train split and saves it with the model.
         vocab_size: size of the trained BPE vocabulary (ignored when ``tokenizer`` is set).
         block_size: tokens per training sequence (the model's context length).
+        on_bad_record: json/parquet records without a string ``text_field``: ``error`` refuses
+            more than 1% of them (fewer are skipped, with a warning that counts them), ``skip``
+            skips any number (counted in the warning).
         packing: ``instructions`` rows: ``pad`` (one example per row, right-padded) or ``pack``
             (whole examples back to back, never split across rows).
         streaming: read ``train_files`` as a stream (``spikelm.data.streaming``): tokenized on
@@ -174,6 +191,7 @@ class DataConfig:
     vocab_size: int = 512
     block_size: int = 128
     packing: Packing = "pad"
+    on_bad_record: Literal["error", "skip"] = "error"
     streaming: bool = False
     stream_shards: int = 8
     shuffle_buffer: int = 1000

@@ -29,6 +29,11 @@ def check_run_dir(run_dir: str | os.PathLike, resume: bool, overwrite: bool) -> 
     path = Path(run_dir)
     if resume and overwrite:
         raise RunDirError("pass --resume or --overwrite, not both")
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"train.run_dir {path} is a file, not a directory; choose another --train.run_dir")
+    parent = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise RunDirError(f"train.run_dir {path}: {parent} is not writable; choose another --train.run_dir")
     holds_run = path.is_dir() and any((path / m).exists() for m in RUN_MARKERS)
     if resume:
         from .checkpoint import CHECKPOINTS, complete_steps
