@@ -29,13 +29,15 @@ def check_model_dir(model_dir: str | Path) -> dict:
 def load_pipeline(model_dir: str | Path, device: str | None = None):
     """``pipeline("text-generation")`` over a saved spikelm directory or Hub id (model + tokenizer)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+    from transformers import AutoTokenizer, pipeline
+
+    from .hub.ids import load_causal_lm
 
     import spikelm  # noqa: F401  (registers the Auto classes)
 
     check_model_dir(model_dir)
     tok = AutoTokenizer.from_pretrained(str(model_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    model = load_causal_lm(model_dir)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return pipeline("text-generation", model=model.to(device), tokenizer=tok, device=torch.device(device))
 

@@ -244,11 +244,11 @@ def evaluate_files(model_dir: str | Path, files: list[str], block_size: int | No
         ValueError: bad block_size/stride, data shorter than 2 tokens, or an override of a
             field the model's config does not have.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     import spikelm  # noqa: F401  (registers the Auto classes)
 
-    from ..hub.ids import check_tokenizer_files, resolve_model
+    from ..hub.ids import check_tokenizer_files, load_causal_lm, resolve_model
     from .energy import energy_estimate
 
     if batch_size < 1:
@@ -265,7 +265,7 @@ def evaluate_files(model_dir: str | Path, files: list[str], block_size: int | No
         raise ValueError(f"cannot override {unknown}: not fields of {name}'s config.json")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     tok = AutoTokenizer.from_pretrained(name)
-    model = AutoModelForCausalLM.from_pretrained(name, **overrides).to(device).eval()
+    model = load_causal_lm(name, **overrides).to(device).eval()
     ids = tokenize_stream(files, tok, text_field, split)
     res = evaluate_stream(model, ids, token_byte_lengths(tok), block_size, stride, batch_size)
     mc = model.config

@@ -116,3 +116,28 @@ def local_model_dir(name: str | Path) -> Path:
     except Exception as e:
         raise FileNotFoundError(f"could not download the Hub model {s!r}: {type(e).__name__}: "
                                 f"{' '.join(str(e).split())[:200]}") from None
+
+
+def damaged_weights(name: str | Path, e: Exception) -> ValueError:
+    """The one-line error for weights that safetensors cannot read (truncated or corrupt)."""
+    return ValueError(f"the weights of {name} cannot be read ({type(e).__name__}: {' '.join(str(e).split())[:160]}): "
+                      "model.safetensors is truncated or damaged; copy or export the model again")
+
+
+def load_causal_lm(name: str | Path, **kwargs):
+    """``AutoModelForCausalLM.from_pretrained(name, **kwargs)`` (spikelm registered), with
+    damaged weights reported as one line.
+
+    Raises:
+        ValueError: the safetensors weights cannot be read (:func:`damaged_weights`).
+    """
+    from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM
+
+    from .. import models  # noqa: F401  (registers spikelm with the Auto classes)
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(name), **kwargs)
+    except SafetensorError as e:
+        raise damaged_weights(name, e) from None
+

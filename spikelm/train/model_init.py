@@ -24,10 +24,15 @@ class SafetensorsWeights:
         if index.is_file():
             self.files = {k: d / v for k, v in json.loads(index.read_text())["weight_map"].items()}
         elif (d / "model.safetensors").is_file():
-            from safetensors import safe_open
+            from safetensors import SafetensorError, safe_open
 
-            with safe_open(str(d / "model.safetensors"), framework="pt") as f:
-                self.files = {k: d / "model.safetensors" for k in f.keys()}
+            from ..hub.ids import damaged_weights
+
+            try:
+                with safe_open(str(d / "model.safetensors"), framework="pt") as f:
+                    self.files = {k: d / "model.safetensors" for k in f.keys()}
+            except SafetensorError as e:
+                raise damaged_weights(d, e) from None
         else:
             raise FileNotFoundError(f"{d} holds no model.safetensors (or model.safetensors.index.json); "
                                     "init_from needs a directory written by save_pretrained")

@@ -77,11 +77,11 @@ class Trainer:
         # DeepSpeed checks its config (batch sizes against the world size, ZeRO options) here,
         # still before anything is written to the run directory
         self.engine, self.scheduler = initialize(self.model, recipe, self.ds_config)
-        self._write_run_start()
         self.ckpt_dir = self.run_dir / checkpoint.CHECKPOINTS
         self.start_step = checkpoint.load_checkpoint(self.engine, self.ckpt_dir, self.device, self.log) if resume else 0
         if resume:
             self.log(f"resumed from {self.ckpt_dir} at step {self.start_step}")
+        self._write_run_start()
         r = recipe
         self.order = self.train_blocks if r.data.streaming else \
             BatchOrder(len(self.train_blocks), t.micro_batch_size * t.grad_accum * self.world, t.seed)
