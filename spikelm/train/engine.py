@@ -84,6 +84,6 @@ def initialize(model, recipe: Recipe, ds_config: dict):
                                                        lr_scheduler=make_scheduler, config=ds_config)
     except (AssertionError, ValueError, TypeError, KeyError) as e:  # DeepSpeed's config checks
         raise ValueError(f"DeepSpeed rejected the configuration built from train.* and train.deepspeed "
-                         f"({' '.join(str(e).split())[:300] or type(e).__name__}); fix train.deepspeed or the "
-                         "batch keys (train.micro_batch_size x train.grad_accum x ranks = train_batch_size)") from None
+                         f"({' '.join(str(e).split())[:300] or type(e).__name__}); fix those keys (batch sizes: "
+                         "train.micro_batch_size x train.grad_accum x ranks = train_batch_size)") from None
     return engine, scheduler
