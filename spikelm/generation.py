@@ -18,11 +18,11 @@ def check_model_dir(model_dir: str | Path) -> dict:
     from .hub.ids import check_tokenizer_files, resolve_model
 
     name, cfg = resolve_model(model_dir)
-    check_tokenizer_files(name)
     kind = cfg.get("model_type")
     if kind != "spikelm" and kind not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise ValueError(f"{name} holds a {kind!r} model, not a causal language model (a spikelm checkpoint, "
                          "or a transformers causal LM such as the llama ANN baseline, is expected)")
+    check_tokenizer_files(name)
     return cfg
 
 

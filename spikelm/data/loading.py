@@ -151,8 +151,8 @@ def _count_bad_records(ds: Dataset, text_field: str, where: str, on_bad_record: 
         raise ValueError(f"on_bad_record must be one of {BAD_RECORD_POLICIES}, got {on_bad_record!r}")
     bad = ds.select_columns([text_field]).with_format("arrow")
     n_bad = sum(t.column(text_field).null_count for t in bad.iter(batch_size=65536))
-    if not n_bad:
-        return
+    if not n_bad or n_bad == len(ds) or not int(_byte_lengths(ds, text_field).sum()):
+        return  # nothing skipped, or no text at all: the "empty corpus" error names that
     msg = f"{where}: {n_bad} of {len(ds)} records have no {text_field!r} string"
     if on_bad_record == "error" and n_bad > MAX_BAD_FRACTION * len(ds):
         raise ValueError(f"{msg} (over {MAX_BAD_FRACTION:.0%}); fix the data, pick another data.text_field, or "

@@ -115,3 +115,11 @@ def test_no_usable_checkpoint_says_what_to_do(full_run, recipe):
         train(recipe(), resume=True)
     with pytest.raises(FileNotFoundError, match="no usable checkpoint"):
         export_checkpoint(run, run.parent / "hf")
+
+
+def test_outputs_get_the_umasks_permissions_not_0700(full_run):
+    run, _ = full_run
+    umask = os.umask(0)
+    os.umask(umask)
+    for d in (run / "final", run / "tokenizer"):
+        assert d.stat().st_mode & 0o777 == 0o777 & ~umask, oct(d.stat().st_mode)
