@@ -6,34 +6,44 @@ import argparse
 import json
 
 from ..convert.convert import DEFAULT_GLA_MEMORY, REPORT_NAME
-from ..convert.mapping import ARCHITECTURES, LAYOUTS, SPIKING_MODES
+from ..convert.mapping import ARCHITECTURES, LAYOUTS
 from .errors import CLIError
 
 
 def convert_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="spikelm convert",
-        description="Convert a Hugging Face causal-LM checkpoint (" + ", ".join(ARCHITECTURES) + ") into a spikelm "
-                    "checkpoint: embeddings, norms, MLP and attention projections reused; softmax attention kept as "
-                    "sliding-window attention or turned into spiking gated linear attention; adaptive spiking neurons "
-                    "on projection inputs. Writes OUT_DIR atomically, with conversion_report.json.")
-    p.add_argument("src_dir", metavar="SRC_DIR", help="HF checkpoint directory (config.json, safetensors, tokenizer)")
+        description="Convert a checkpoint into a spikelm checkpoint: a SpikeGPT .pth (SpikeGPT's trainer), a "
+                    "transformers RWKV-4 (model_type rwkv), SpikingBrain-7B (model_type gla_swa) or a Hugging Face "
+                    "Llama-family causal LM (" + ", ".join(ARCHITECTURES) + "; embeddings, norms, MLP and attention "
+                    "projections reused, softmax attention kept as sliding-window attention or turned into spiking "
+                    "gated linear attention, adaptive spiking neurons on projection inputs). Writes OUT_DIR "
+                    "atomically, with conversion_report.json.")
+    p.add_argument("src_dir", metavar="SRC", help="a SpikeGPT .pth (or its folder) or an HF checkpoint directory")
     p.add_argument("out_dir", metavar="OUT_DIR", help="new output directory (must not exist)")
-    p.add_argument("--layout", default="hybrid",
-                   help=f"{' | '.join(LAYOUTS)} or a comma-separated gla/swa list, one per layer. softmax: every layer "
-                        "sliding-window softmax attention (exact with --spiking off); hybrid: SpikingBrain-7B, GLA on "
-                        "even layers and SWA on odd ones; linear: all GLA (default: hybrid)")
-    p.add_argument("--spiking", default="ste", choices=SPIKING_MODES,
-                   help="adaptive spiking on projection inputs: off, ste (training) or expanded (inference) "
-                        "(default: ste)")
+    p.add_argument("--spiking", default=None, choices=("off", "ste", "expanded", "lif"),
+                   help="neurons: SpikeGPT/RWKV sources lif (LIF after each sub-block, default) or off; "
+                        "SpikingBrain/Llama sources adaptive spiking on projection inputs: ste (training, default), "
+                        "expanded (inference) or off")
+    p.add_argument("--context-length", type=int, default=None,
+                   help="SpikeGPT .pth: the context length it was trained with (required: the file does not hold it)")
+    p.add_argument("--spike-embedding", default=None, choices=("on", "off"),
+                   help="SpikeGPT/RWKV: binarise the embedding (SpikeGPT's model.py: on; RWKV default: off)")
+    p.add_argument("--tokenizer", default=None, metavar="PATH",
+                   help="tokenizer directory (SpikeGPT: also a tokenizer.json file; default: the source's)")
+    p.add_argument("--layout", default=None,
+                   help=f"Llama family: {' | '.join(LAYOUTS)} or a comma-separated gla/swa list, one per layer. "
+                        "softmax: every layer sliding-window softmax attention (exact with --spiking off); hybrid: "
+                        "SpikingBrain-7B, GLA on even layers and SWA on odd ones; linear: all GLA (default: hybrid)")
     p.add_argument("--window", type=int, default=None,
-                   help="SWA window in tokens (default: the source's context/window for softmax, else min(4096, it))")
-    p.add_argument("--tokenizer", default=None, metavar="DIR", help="tokenizer directory (default: SRC_DIR)")
-    p.add_argument("--gla-memory", type=float, default=DEFAULT_GLA_MEMORY,
-                   help=f"initial GLA gate memory in tokens (default {DEFAULT_GLA_MEMORY:g})")
-    p.add_argument("--gla-norm-init", default="v_rms", choices=("v_rms", "ones"),
-                   help="GLA head-norm weight init (default v_rms: the estimated RMS of v)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the new random GLA gate factor (default 0)")
+                   help="Llama family: SWA window in tokens (default: the source's context/window for softmax, "
+                        "else min(4096, it))")
+    p.add_argument("--gla-memory", type=float, default=None,
+                   help=f"Llama family: initial GLA gate memory in tokens (default {DEFAULT_GLA_MEMORY:g})")
+    p.add_argument("--gla-norm-init", default=None, choices=("v_rms", "ones"),
+                   help="Llama family: GLA head-norm weight init (default v_rms: the estimated RMS of v)")
+    p.add_argument("--seed", type=int, default=None, help="Llama family: seed of the new random GLA gate factor "
+                   "(default 0)")
     p.add_argument("--json", action="store_true", help="print the whole report as JSON")
     return p
 
@@ -46,24 +56,32 @@ def cmd_convert(argv: list[str]) -> int:
         CLIError: bad arguments, an existing OUT_DIR, a missing file, or a checkpoint
             that cannot be converted (the message says which tensor/file and why).
     """
-    from ..convert.convert import convert_checkpoint
+    from ..convert.sources import convert_any
 
     args = convert_parser().parse_args(argv)  # usage errors: argparse prints usage and exits 2, as other commands
-    if args.window is not None and args.window < 1:
-        raise CLIError(f"--window must be >= 1, got {args.window}")
+    for name in ("window", "context_length"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    emb = None if args.spike_embedding is None else args.spike_embedding == "on"
     try:
-        report = convert_checkpoint(args.src_dir, args.out_dir, layout=args.layout, spiking=args.spiking,
-                                    window=args.window, tokenizer_dir=args.tokenizer, gla_memory=args.gla_memory,
-                                    gla_norm_init=args.gla_norm_init, seed=args.seed)
+        report = convert_any(args.src_dir, args.out_dir, spiking=args.spiking, tokenizer=args.tokenizer,
+                             context_length=args.context_length, spike_embedding=emb, layout=args.layout,
+                             window=args.window, gla_memory=args.gla_memory, gla_norm_init=args.gla_norm_init,
+                             seed=args.seed)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         raise CLIError(str(e)) from e
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    used = sum(1 for t in report["tensors"].values() if t["to"])
-    print(f"converted {report['source_model_type']} {args.src_dir} -> {args.out_dir}")
-    print(f"  layers: {', '.join(report['mixer_types'])} (window {report['window']}), spiking: {report['spiking']}"
-          f"{' (exact: same logits as the source)' if report['exact'] else ''}")
-    print(f"  {used} of {len(report['tensors'])} source tensors reused, {len(report['new_tensors'])} new; "
+    tensors = report.get("tensors", {})
+    used = sum(1 for t in tensors.values() if t.get("to"))
+    print(f"converted {report.get('source_model_type', report['source_kind'])} {args.src_dir} -> {args.out_dir}")
+    mixers = report.get("mixer_types") or (report.get("config") or {}).get("mixer_types")
+    if mixers:
+        window = f" (window {report['window']})" if report.get("window") else ""
+        print(f"  layers: {', '.join(map(str, mixers))}{window}, spiking: {report.get('spiking')}"
+              f"{' (exact: same logits as the source)' if report.get('exact') else ''}")
+    print(f"  {used} of {len(tensors)} source tensors reused, {len(report.get('new_tensors', {}))} new; "
           f"details in {args.out_dir}/{REPORT_NAME}")
     return 0

@@ -1,11 +1,17 @@
-"""ANN -> spiking conversion: Hugging Face Llama-family checkpoints (Llama, Qwen2/2.5, Qwen3,
-Mistral) into spikelm checkpoints (SpikingBrain technical report, arXiv:2509.05276).
+"""Conversion into spikelm checkpoints: Hugging Face Llama-family checkpoints (Llama, Qwen2/2.5,
+Qwen3, Mistral; SpikingBrain technical report, arXiv:2509.05276), SpikeGPT ``.pth`` files,
+transformers RWKV-4 and SpikingBrain-7B (``gla_swa``).
 
-``convert_checkpoint(src_dir, out_dir, layout=..., spiking=...)`` does the whole job;
+``convert_any(src, out_dir, ...)`` (``sources.py``) recognises the source and calls its
+converter; ``convert_checkpoint(src_dir, out_dir, layout=..., spiking=...)`` does the Llama family;
 ``convert_config`` only translates the configuration; ``spikelm convert`` is the command line
 (:func:`spikelm.cli.convert.cmd_convert`).
 """
 from .convert import REPORT_NAME, convert_checkpoint, gla_init_tensors
+from .rwkv import convert_rwkv
+from .sources import SOURCE_KINDS, convert_any, source_kind
+from .spikegpt import convert_spikegpt
+from .spikingbrain import convert_spikingbrain
 from .mapping import (
            ARCHITECTURES,
            LAYOUTS,
@@ -15,5 +21,6 @@ from .mapping import (
            map_tensor,
 )
 
-__all__ = ["ARCHITECTURES", "LAYOUTS", "REPORT_NAME", "SPIKING_MODES", "ConversionError", "convert_checkpoint",
-           "convert_config", "gla_init_tensors", "map_tensor"]
+__all__ = ["ARCHITECTURES", "LAYOUTS", "REPORT_NAME", "SOURCE_KINDS", "SPIKING_MODES", "ConversionError",
+           "convert_any", "convert_checkpoint", "convert_config", "convert_rwkv", "convert_spikegpt",
+           "convert_spikingbrain", "gla_init_tensors", "map_tensor", "source_kind"]
