@@ -1,15 +1,21 @@
-"""Model architectures a recipe can train: spikelm's spiking LM, or a transformers Llama (ANN baseline).
+"""Model architectures a recipe can train: spikelm's spiking LM, or an ANN baseline from transformers
+(a Llama, or the RWKV-4 that is the SpikeGPT default without its neurons).
 
 ``model.arch`` picks the family and ``model.flavour`` a size within it:
 
 * ``spikelm``: :class:`spikelm.models.SpikeLMForCausalLM`, flavours ``spikelm.models.FLAVOURS``;
 * ``llama``: transformers' own ``LlamaForCausalLM`` (pre-norm RMSNorm, RoPE, full causal softmax
   attention, SwiGLU MLP), flavours :data:`LLAMA_FLAVOURS`, each sized to match the parameter
-  count of the spikelm flavour of the same data, so every spiking result has an ANN reference.
+  count of the spikelm flavour of the same data, so every spiking result has an ANN reference;
+* ``rwkv``: transformers' own ``RwkvForCausalLM`` (RWKV-4, Peng et al. 2023), flavours
+  :data:`RWKV_FLAVOURS`: the exact ANN twin of the SpikeGPT flavour of the same size (the same
+  time-mix and channel-mix blocks, LayerNorms and untied head, without the LIF neurons and the
+  spike embedding; ``rescale_every=0``, so eval mode computes what training computes), so the
+  default's ANN comparison is like for like, and a source for ``spikelm convert``.
 """
 from __future__ import annotations
 
-ARCHS = ("spikelm", "llama")
+ARCHS = ("spikelm", "llama", "rwkv")
 
 LLAMA_FLAVOURS: dict[str, dict] = {
     # vs spikelm "debug" (D=32, 2 layers): 45,984 vs 46,656 parameters at vocab 300
@@ -24,6 +30,20 @@ LLAMA_FLAVOURS: dict[str, dict] = {
 }
 """Llama sizes by name (``LlamaConfig`` fields); vocabulary, context and token ids come from the data."""
 
+RWKV_FLAVOURS: dict[str, dict] = {
+    # the spikelm "debug" / "shakespeare" SpikeGPT sizes: the same parameter count (no neuron has parameters)
+    "rwkv-debug": dict(hidden_size=32, attention_hidden_size=32, intermediate_size=128, num_hidden_layers=2),
+    "rwkv-shakespeare": dict(hidden_size=256, attention_hidden_size=256, intermediate_size=1024, num_hidden_layers=4),
+}
+"""RWKV-4 sizes by name (``RwkvConfig`` fields, ``rescale_every=0``, untied head)."""
+
+ANN_LAYOUT_KEYS = {
+    "llama": ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+              "head_dim", "attention_bias", "mlp_bias", "initializer_range", "tie_word_embeddings"),
+    "rwkv": ("hidden_size", "intermediate_size", "num_hidden_layers", "tie_word_embeddings"),
+}
+"""Recipe layout keys each ANN arch accepts (fields of its transformers config)."""
+
 
 def flavours(arch: str) -> dict[str, dict]:
     """The flavour table of ``arch``. Raises ``ValueError`` for an unknown arch (lists the known ones)."""
@@ -33,6 +53,8 @@ def flavours(arch: str) -> dict[str, dict]:
         return FLAVOURS
     if arch == "llama":
         return LLAMA_FLAVOURS
+    if arch == "rwkv":
+        return RWKV_FLAVOURS
     raise ValueError(f"model.arch {arch!r} is unknown; accepted: {', '.join(ARCHS)}")
 
 
@@ -62,6 +84,13 @@ def build_config(arch: str, flavour: str, overrides: dict, vocab_size: int, max_
             from ..models import flavour_config
 
             return flavour_config(flavour, **{**overrides, **fixed})
+        if arch == "rwkv":
+            from transformers import RwkvConfig
+
+            kw = {"tie_word_embeddings": False, "rescale_every": 0, **table[flavour], **overrides, **fixed}
+            kw["context_length"] = kw.pop("max_position_embeddings")
+            kw["attention_hidden_size"] = kw["hidden_size"]  # spikelm's time-mix has D x D projections
+            return RwkvConfig(**kw)
         from transformers import LlamaConfig
 
         return LlamaConfig(**{"tie_word_embeddings": False, **table[flavour], **overrides, **fixed})
@@ -83,7 +112,11 @@ def causal_lm_class(config):
         from transformers import LlamaForCausalLM
 
         return LlamaForCausalLM
-    raise ValueError(f"model_type {config.model_type!r} cannot be trained here; supported: spikelm, llama "
+    if config.model_type == "rwkv":
+        from transformers import RwkvForCausalLM
+
+        return RwkvForCausalLM
+    raise ValueError(f"model_type {config.model_type!r} cannot be trained here; supported: spikelm, llama, rwkv "
                      "(convert other Llama-family checkpoints with model.convert_layout)")
 
 
@@ -94,8 +127,15 @@ def flops_config(config):
         return config
     from types import SimpleNamespace
 
+    from ..layers.channel_mix import RWKV4ChannelMix
     from ..layers.registry import kind_of
     from ..layers.swa import SlidingWindowAttention
+    from ..layers.time_mix import RWKV4TimeMix
+
+    n = config.num_hidden_layers
+    if config.model_type == "rwkv":  # the SpikeGPT blocks' own count (WKV per channel)
+        return SimpleNamespace(hidden_size=config.hidden_size, mixer_types=[kind_of(RWKV4TimeMix)] * n,
+                               mlp_types=[kind_of(RWKV4ChannelMix)] * n)
 
     heads = config.num_attention_heads
     return SimpleNamespace(hidden_size=config.hidden_size, num_attention_heads=heads,

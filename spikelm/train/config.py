@@ -12,7 +12,7 @@ from typing import Literal
 
 from .layout import ModelLayout
 
-Arch = Literal["spikelm", "llama"]
+Arch = Literal["spikelm", "llama", "rwkv"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Schedule = Literal["cosine", "wsd"]
 DataFormat = Literal["text", "instructions"]
@@ -63,11 +63,13 @@ class ModelConfig(ModelLayout):
     ``SpikeLMConfig``; None = the flavour's value).
 
     Attributes:
-        arch: ``spikelm`` (the spiking LM, ``SpikeLMForCausalLM``) or ``llama`` (transformers'
-            ``LlamaForCausalLM``, the ANN baseline); see ``spikelm.train.archs``.
+        arch: ``spikelm`` (the spiking LM, ``SpikeLMForCausalLM``), ``llama`` (transformers'
+            ``LlamaForCausalLM``, the ANN baseline) or ``rwkv`` (transformers' ``RwkvForCausalLM``,
+            the SpikeGPT default's exact ANN twin); see ``spikelm.train.archs``.
         flavour: a size of that arch: for ``spikelm`` a name from ``spikelm.models.FLAVOURS``
             (``debug``, ``shakespeare``, ``spikegpt-45m``, ...), for ``llama`` one of
-            ``spikelm.train.archs.LLAMA_FLAVOURS`` (``llama-debug``, ``llama-shakespeare``).
+            ``spikelm.train.archs.LLAMA_FLAVOURS`` (``llama-debug``, ``llama-shakespeare``), for
+            ``rwkv`` one of ``RWKV_FLAVOURS`` (``rwkv-debug``, ``rwkv-shakespeare``).
             Ignored with ``init_from``.
         overrides: deprecated (untyped): a dict of config fields, e.g. ``{neuron: plif}``;
             write the typed keys instead (``model.neuron: plif``). Still read, merged under
@@ -116,11 +118,12 @@ class ModelConfig(ModelLayout):
 
     def _check_overrides(self) -> None:
         """The deprecated ``overrides`` dict: its keys must be config fields of ``arch``."""
-        from .layout import LLAMA_KEYS, layout_key_names
+        from .archs import ANN_LAYOUT_KEYS
+        from .layout import layout_key_names
 
         if not isinstance(self.overrides, dict):
             raise ValueError(f"model.overrides must be a mapping of config fields, got {self.overrides!r}")
-        known = set(layout_key_names() if self.arch == "spikelm" else LLAMA_KEYS) | {
+        known = set(layout_key_names() if self.arch == "spikelm" else ANN_LAYOUT_KEYS.get(self.arch, ())) | {
             "vocab_size", "context_length", "max_position_embeddings", "bos_token_id", "eos_token_id", "pad_token_id"}
         unknown = sorted(set(self.overrides) - known)
         if unknown:

@@ -27,11 +27,6 @@ MlpType = Literal[tuple(MLPS)]
 """MLPs, the kinds of ``spikelm.layers.registry.MLPS`` (channel_mix, swiglu, spiking_mlp)."""
 NeuronType = Literal[NEURONS]
 
-LLAMA_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-              "num_key_value_heads", "head_dim", "attention_bias", "mlp_bias",
-              "initializer_range", "tie_word_embeddings")
-"""Layout keys that also apply to ``model.arch: llama`` (fields of transformers' ``LlamaConfig``)."""
-
 _NONE_WORDS = {"lif_v_reset": "soft", "adaptive_spike_max_count": "none"}
 """Keys whose SpikeLMConfig value None is written as a word in a recipe."""
 
@@ -109,11 +104,13 @@ class ModelLayout:
 
     def check_layout(self, arch: str) -> None:
         """Raise ``ValueError`` for a set key that ``arch`` has no use for (lists the accepted ones)."""
-        if arch == "llama":
-            bad = sorted(set(self.layout_keys()) - set(LLAMA_KEYS))
+        if arch != "spikelm":
+            from .archs import ANN_LAYOUT_KEYS
+
+            bad = sorted(set(self.layout_keys()) - set(ANN_LAYOUT_KEYS[arch]))
             if bad:
-                raise ValueError(f"model.{bad[0]} is a spikelm layout key; model.arch llama accepts: "
-                                 f"{', '.join(LLAMA_KEYS)}")
+                raise ValueError(f"model.{bad[0]} is a spikelm layout key; model.arch {arch} accepts: "
+                                 f"{', '.join(ANN_LAYOUT_KEYS[arch])}")
         for name in ("hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads", "sliding_window"):
             v = getattr(self, name)
             if v is not None and v < 1:

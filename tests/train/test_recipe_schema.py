@@ -11,7 +11,8 @@ import pytest
 from spikelm.cli import CLIError, load_recipe, shipped_recipes
 from spikelm.models import SpikeLMConfig
 from spikelm.train.config import ModelConfig, Recipe
-from spikelm.train.layout import LLAMA_KEYS, MixerType, MlpType, NeuronType, layout_key_names
+from spikelm.train.archs import ANN_LAYOUT_KEYS
+from spikelm.train.layout import MixerType, MlpType, NeuronType, layout_key_names
 
 DATA_KEYS = {"vocab_size", "max_position_embeddings", "context_length", "bos_token_id", "eos_token_id",
              "pad_token_id", "use_cache", "kwargs"}
@@ -38,9 +39,11 @@ def test_recipes_written_by_the_tests_round_trip(recipe, tmp_path):
 def test_layout_keys_are_spikelm_configs_fields():
     params = set(inspect.signature(SpikeLMConfig.__init__).parameters) - {"self"}
     assert set(layout_key_names()) == params - DATA_KEYS
-    from transformers import LlamaConfig
+    from transformers import LlamaConfig, RwkvConfig
 
-    assert all(hasattr(LlamaConfig(), k) for k in LLAMA_KEYS)
+    assert all(hasattr(LlamaConfig(), k) for k in ANN_LAYOUT_KEYS["llama"])
+    assert all(hasattr(RwkvConfig(), k) for k in ANN_LAYOUT_KEYS["rwkv"])
+    assert set(ANN_LAYOUT_KEYS["llama"]) <= set(layout_key_names()) >= set(ANN_LAYOUT_KEYS["rwkv"])
 
 
 def test_layout_literals_are_the_configs_accepted_values():
