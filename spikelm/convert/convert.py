@@ -185,6 +185,43 @@ def gla_init_tensors(config: SpikeLMConfig, layer: int, v_weight: torch.Tensor, 
             p + "g_norm.weight": torch.full((K,), scale, dtype=dtype)}
 
 
+def shard_tensors(src: Path, weight_map: dict[str, str], file: str):
+    """Yield ``(name, tensor, report entry)`` for every tensor of the safetensors shard
+    ``src/file``, by name, after checking it holds every tensor the index lists for it. The
+    entry is ``{"to": [], "file", "shape", "dtype"}`` (the caller adds ``note`` and ``to``).
+
+    Raises:
+        ConversionError: a tensor listed for ``file`` in the index is missing from it.
+    """
+    from safetensors import safe_open
+
+    with safe_open(src / file, framework="pt") as f:
+        present = set(f.keys())
+        lost = sorted(k for k, v in weight_map.items() if v == file and k not in present)
+        if lost:
+            raise ConversionError(f"tensor {lost[0]} is listed in model.safetensors.index.json for {file} "
+                                  f"but that file does not hold it ({len(lost)} such tensors)")
+        for name in sorted(present):
+            t = f.get_tensor(name)
+            yield name, t, {"to": [], "file": file, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
+
+
+def read_source(src_dir: str | Path, out_dir: str | Path) -> tuple[Path, Path, dict]:
+    """``(src, out, config.json of src)`` of a Hugging Face checkpoint conversion, checked first.
+
+    Raises:
+        FileExistsError: ``out_dir`` exists (convert never overwrites).
+        FileNotFoundError: ``src_dir`` has no ``config.json``.
+        ValueError: its ``config.json`` is not JSON.
+    """
+    src, out = Path(src_dir), Path(out_dir)
+    if out.exists():
+        raise FileExistsError(f"output directory {out} already exists; choose a new one (convert never overwrites)")
+    if not (src / "config.json").is_file():
+        raise FileNotFoundError(f"no config.json in {src}: not a Hugging Face checkpoint directory")
+    return src, out, read_json_file(src / "config.json")
+
+
 def convert_checkpoint(src_dir: str | Path, out_dir: str | Path, *, layout: str = "hybrid", spiking: str = "ste",
                        window: int | None = None, tokenizer_dir: str | Path | None = None,
                        gla_memory: float = DEFAULT_GLA_MEMORY, gla_norm_init: str = "v_rms",
@@ -238,12 +275,7 @@ def convert_checkpoint(src_dir: str | Path, out_dir: str | Path, *, layout: str 
 
     from ..train.rundir import atomic_dir
 
-    src, out = Path(src_dir), Path(out_dir)
-    if out.exists():
-        raise FileExistsError(f"output directory {out} already exists; choose a new one (convert never overwrites)")
-    if not (src / "config.json").is_file():
-        raise FileNotFoundError(f"no config.json in {src}: not a Hugging Face checkpoint directory")
-    raw = read_json_file(src / "config.json")
+    src, out, raw = read_source(src_dir, out_dir)
     arch_spec(raw.get("model_type"), raw.get("architectures"))
     from transformers import AutoConfig
 
@@ -276,66 +308,56 @@ def convert_checkpoint(src_dir: str | Path, out_dir: str | Path, *, layout: str 
     mixers = config.mixer_types
     with atomic_dir(out) as tmp:
         for file in files:
-            listed = sorted(k for k, v in weight_map.items() if v == file)
             tensors: dict[str, torch.Tensor] = {}
-            with safe_open(src / file, framework="pt") as f:
-                present = set(f.keys())
-                lost = [k for k in listed if k not in present]
-                if lost:
-                    raise ConversionError(f"tensor {lost[0]} is listed in model.safetensors.index.json for {file} "
-                                          f"but that file does not hold it ({len(lost)} such tensors)")
-                for name in sorted(present):
-                    dest, note = map_tensor(name, n_layers, tied)
-                    t = f.get_tensor(name)
-                    entry = {"to": [], "file": file, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch."),
-                             "note": note}
-                    report_tensors[name] = entry
-                    if dest is None:
-                        continue
-                    if dest not in expected:
-                        raise ConversionError(f"tensor {name} maps to {dest}, which the converted model does not have "
-                                              f"(config/tensor disagreement, e.g. a bias the config does not declare)")
-                    if tuple(t.shape) != expected[dest]:
-                        raise ConversionError(f"shape mismatch for tensor {name}: the config implies "
-                                              f"{list(expected[dest])} (for {dest}), the checkpoint has {list(t.shape)}")
-                    if dest in written:
-                        raise ConversionError(f"tensor {name} maps to {dest}, already written from another tensor")
-                    layer = int(dest.split(".")[2]) if dest.startswith("model.blocks.") else None
-                    if layer is not None and ".att." in dest:
-                        entry["note"] = f"copied into {mixers[layer]} layer {layer}"
-                        group = config.num_attention_heads // config.gla_num_key_value_heads
-                        kv = dest.endswith(("k_proj.weight", "v_proj.weight", "k_proj.bias", "v_proj.bias"))
-                        if mixers[layer] == LINEAR_MIXER and group > 1 and kv:
-                            entry["note"] += (f" (grouped-query: each of its {config.gla_num_key_value_heads} heads "
-                                              f"serves {group} query heads)")
-                    tensors[dest] = t.contiguous()
-                    entry["to"] = [dest]
-                    written[dest] = out_names[file]
-                    if name == "model.embed_tokens.weight" and tied:
-                        entry["to"].append("head.weight")
-                        entry["note"] = "copied; head.weight is tied to it (tie_word_embeddings)"
-                    if layer is not None and mixers[layer] == LINEAR_MIXER and dest.endswith("att.v_proj.weight"):
-                        if layer not in ln_weights:
-                            raise ConversionError(f"model.layers.{layer}.input_layernorm.weight is missing from the "
-                                                  "source; it is needed for the GLA init of that layer")
-                        vb = f"model.layers.{layer}.self_attn.v_proj.bias"
-                        v_bias = None
-                        if vb in weight_map:
-                            with safe_open(src / weight_map[vb], framework="pt") as fb:
-                                v_bias = fb.get_tensor(vb)
-                        new = gla_init_tensors(config, layer, t, v_bias, ln_weights[layer], gla_memory, gla_norm_init,
-                                               seed)
-                        for k, v in new.items():
-                            tensors[k] = v
-                            written[k] = out_names[file]
-                        decay = math.exp(-1.0 / gla_memory)
-                        p = f"model.blocks.{layer}.att."
-                        new_tensors[p + "g_proj.0.weight"] = f"N(0, {config.initializer_range}) (seed {seed})"
-                        new_tensors[p + "g_proj.1.weight"] = "zeros (gate starts input-independent)"
-                        new_tensors[p + "g_proj.1.bias"] = (f"{float(new[p + 'g_proj.1.bias'][0]):.4f}: per-token decay "
-                                                            f"{decay:.5f} (memory {gla_memory:g} tokens)")
-                        new_tensors[p + "g_norm.weight"] = (f"{float(new[p + 'g_norm.weight'][0]):.4g} "
-                                                            f"({gla_norm_init}: estimated RMS of the layer's v)")
+            for name, t, entry in shard_tensors(src, weight_map, file):
+                dest, entry["note"] = map_tensor(name, n_layers, tied)
+                report_tensors[name] = entry
+                if dest is None:
+                    continue
+                if dest not in expected:
+                    raise ConversionError(f"tensor {name} maps to {dest}, which the converted model does not have "
+                                          f"(config/tensor disagreement, e.g. a bias the config does not declare)")
+                if tuple(t.shape) != expected[dest]:
+                    raise ConversionError(f"shape mismatch for tensor {name}: the config implies "
+                                          f"{list(expected[dest])} (for {dest}), the checkpoint has {list(t.shape)}")
+                if dest in written:
+                    raise ConversionError(f"tensor {name} maps to {dest}, already written from another tensor")
+                layer = int(dest.split(".")[2]) if dest.startswith("model.blocks.") else None
+                if layer is not None and ".att." in dest:
+                    entry["note"] = f"copied into {mixers[layer]} layer {layer}"
+                    group = config.num_attention_heads // config.gla_num_key_value_heads
+                    kv = dest.endswith(("k_proj.weight", "v_proj.weight", "k_proj.bias", "v_proj.bias"))
+                    if mixers[layer] == LINEAR_MIXER and group > 1 and kv:
+                        entry["note"] += (f" (grouped-query: each of its {config.gla_num_key_value_heads} heads "
+                                          f"serves {group} query heads)")
+                tensors[dest] = t.contiguous()
+                entry["to"] = [dest]
+                written[dest] = out_names[file]
+                if name == "model.embed_tokens.weight" and tied:
+                    entry["to"].append("head.weight")
+                    entry["note"] = "copied; head.weight is tied to it (tie_word_embeddings)"
+                if layer is not None and mixers[layer] == LINEAR_MIXER and dest.endswith("att.v_proj.weight"):
+                    if layer not in ln_weights:
+                        raise ConversionError(f"model.layers.{layer}.input_layernorm.weight is missing from the "
+                                              "source; it is needed for the GLA init of that layer")
+                    vb = f"model.layers.{layer}.self_attn.v_proj.bias"
+                    v_bias = None
+                    if vb in weight_map:
+                        with safe_open(src / weight_map[vb], framework="pt") as fb:
+                            v_bias = fb.get_tensor(vb)
+                    new = gla_init_tensors(config, layer, t, v_bias, ln_weights[layer], gla_memory, gla_norm_init,
+                                           seed)
+                    for k, v in new.items():
+                        tensors[k] = v
+                        written[k] = out_names[file]
+                    decay = math.exp(-1.0 / gla_memory)
+                    p = f"model.blocks.{layer}.att."
+                    new_tensors[p + "g_proj.0.weight"] = f"N(0, {config.initializer_range}) (seed {seed})"
+                    new_tensors[p + "g_proj.1.weight"] = "zeros (gate starts input-independent)"
+                    new_tensors[p + "g_proj.1.bias"] = (f"{float(new[p + 'g_proj.1.bias'][0]):.4f}: per-token decay "
+                                                        f"{decay:.5f} (memory {gla_memory:g} tokens)")
+                    new_tensors[p + "g_norm.weight"] = (f"{float(new[p + 'g_norm.weight'][0]):.4g} "
+                                                        f"({gla_norm_init}: estimated RMS of the layer's v)")
             for dest, t in tensors.items():
                 total_size += t.numel() * t.element_size()
             save_file(tensors, str(tmp / out_names[file]), metadata={"format": "pt"})

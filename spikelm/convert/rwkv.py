@@ -142,15 +142,9 @@ def convert_rwkv(src_dir: str | Path, out_dir: str | Path, *, spiking: str = "li
     """
     from safetensors import safe_open
 
-    from ..hub.ids import read_json_file
-    from .convert import _source_shards, _tokenizer_vocab
+    from .convert import _source_shards, _tokenizer_vocab, read_source
 
-    src, out = Path(src_dir), Path(out_dir)
-    if out.exists():
-        raise FileExistsError(f"output directory {out} already exists; choose a new one (convert never overwrites)")
-    if not (src / "config.json").is_file():
-        raise FileNotFoundError(f"no config.json in {src}: not a Hugging Face checkpoint directory")
-    raw = read_json_file(src / "config.json")
+    src, out, raw = read_source(src_dir, out_dir)
     config = rwkv_config(raw, spiking=spiking, spike_embedding=spike_embedding)
     weight_map = _source_shards(src)
     unknown = sorted(k for k in weight_map if map_rwkv_name(k) is None)

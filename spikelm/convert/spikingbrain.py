@@ -39,7 +39,6 @@ from types import SimpleNamespace
 
 import torch
 
-from ..hub.ids import read_json_file
 from ..layers.mlp import SwiGLU
 from ..layers.registry import kind_of
 from ..models.configuration_spikelm import SpikeLMConfig
@@ -50,6 +49,8 @@ from .convert import (
     _expected_shapes,
     _source_shards,
     _tokenizer_vocab,
+    read_source,
+    shard_tensors,
 )
 from .mapping import (
     LINEAR_MIXER,
@@ -254,18 +255,12 @@ def convert_spikingbrain(src_dir: str | Path, out_dir: str | Path, *, spiking: s
             shape differs from what the config implies (names both), a missing tensor, a tokenizer
             larger than the embedding, no tokenizer. On any error nothing is left at ``out_dir``.
     """
-    from safetensors import safe_open
     from safetensors.torch import save_file
 
     from ..hub import write_remote_code
     from ..train.rundir import atomic_dir
 
-    src, out = Path(src_dir), Path(out_dir)
-    if out.exists():
-        raise FileExistsError(f"output directory {out} already exists; choose a new one (convert never overwrites)")
-    if not (src / "config.json").is_file():
-        raise FileNotFoundError(f"no config.json in {src}: not a Hugging Face checkpoint directory")
-    raw = read_json_file(src / "config.json")
+    src, out, raw = read_source(src_dir, out_dir)
     config = spikingbrain_config(raw, spiking=spiking, **(config_overrides or {}))
     mixers, tied = list(config.mixer_types), config.tie_word_embeddings
     H, Hk = config.num_attention_heads, config.gla_num_key_value_heads
@@ -285,38 +280,29 @@ def convert_spikingbrain(src_dir: str | Path, out_dir: str | Path, *, spiking: s
     with atomic_dir(out) as tmp:
         for file in files:
             tensors: dict[str, torch.Tensor] = {}
-            with safe_open(src / file, framework="pt") as f:
-                present = set(f.keys())
-                lost = sorted(k for k, v in weight_map.items() if v == file and k not in present)
-                if lost:
-                    raise ConversionError(f"tensor {lost[0]} is listed in model.safetensors.index.json for {file} "
-                                          f"but that file does not hold it ({len(lost)} such tensors)")
-                for name in sorted(present):
-                    dest, note = map_spikingbrain_tensor(name, mixers, tied)
-                    t = f.get_tensor(name)
-                    entry = {"to": [], "file": file, "shape": list(t.shape),
-                             "dtype": str(t.dtype).removeprefix("torch."), "note": note}
-                    report_tensors[name] = entry
-                    if dest is None:
-                        continue
-                    if ".att.g_proj.1." in dest and H != Hk:
-                        t = repeat_gate_rows(t, H, Hk)
-                        entry["note"] += (f" (gate of {Hk} KV heads, rows repeated for the {H // Hk} query heads "
-                                          f"of each group: {list(entry['shape'])} -> {list(t.shape)})")
-                    if dest not in expected:
-                        raise ConversionError(f"tensor {name} maps to {dest}, which the converted model does not have")
-                    if tuple(t.shape) != expected[dest]:
-                        raise ConversionError(f"shape mismatch for tensor {name}: the config implies "
-                                              f"{list(expected[dest])} (for {dest}), the checkpoint has "
-                                              f"{list(entry['shape'])}")
-                    if dest in written:
-                        raise ConversionError(f"tensor {name} maps to {dest}, already written from another tensor")
-                    tensors[dest] = t.contiguous()
-                    entry["to"] = [dest]
-                    written[dest] = out_names[file]
-                    if name == "model.embeddings.weight" and tied:
-                        entry["to"].append("head.weight")
-                        entry["note"] = "copied; head.weight is tied to it (tie_word_embeddings)"
+            for name, t, entry in shard_tensors(src, weight_map, file):
+                dest, entry["note"] = map_spikingbrain_tensor(name, mixers, tied)
+                report_tensors[name] = entry
+                if dest is None:
+                    continue
+                if ".att.g_proj.1." in dest and H != Hk:
+                    t = repeat_gate_rows(t, H, Hk)
+                    entry["note"] += (f" (gate of {Hk} KV heads, rows repeated for the {H // Hk} query heads "
+                                      f"of each group: {list(entry['shape'])} -> {list(t.shape)})")
+                if dest not in expected:
+                    raise ConversionError(f"tensor {name} maps to {dest}, which the converted model does not have")
+                if tuple(t.shape) != expected[dest]:
+                    raise ConversionError(f"shape mismatch for tensor {name}: the config implies "
+                                          f"{list(expected[dest])} (for {dest}), the checkpoint has "
+                                          f"{list(entry['shape'])}")
+                if dest in written:
+                    raise ConversionError(f"tensor {name} maps to {dest}, already written from another tensor")
+                tensors[dest] = t.contiguous()
+                entry["to"] = [dest]
+                written[dest] = out_names[file]
+                if name == "model.embeddings.weight" and tied:
+                    entry["to"].append("head.weight")
+                    entry["note"] = "copied; head.weight is tied to it (tie_word_embeddings)"
             total_size += sum(t.numel() * t.element_size() for t in tensors.values())
             save_file(tensors, str(tmp / out_names[file]), metadata={"format": "pt"})
             del tensors
