@@ -206,6 +206,48 @@ def shard_tensors(src: Path, weight_map: dict[str, str], file: str):
             yield name, t, {"to": [], "file": file, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
 
 
+def output_shard_names(files: list[str]) -> dict[str, str]:
+    """Output file of each source shard: ``model.safetensors`` for one shard, else
+    ``model-XXXXX-of-YYYYY.safetensors`` (one output shard per source shard, in order)."""
+    n = len(files)
+    return {f: ("model.safetensors" if n == 1 else f"model-{k + 1:05d}-of-{n:05d}.safetensors")
+            for k, f in enumerate(files)}
+
+
+def check_destination(name: str, dest: str, shape: tuple[int, ...], source_shape: list[int],
+                      expected: dict[str, tuple[int, ...]], written: dict[str, str]) -> None:
+    """Check that source tensor ``name`` may be written as ``dest`` with ``shape``.
+
+    Raises:
+        ConversionError: ``dest`` is not a parameter of the converted model, its shape differs
+            from what the config implies (``source_shape`` reported), or it was already written.
+    """
+    if dest not in expected:
+        raise ConversionError(f"tensor {name} maps to {dest}, which the converted model does not have "
+                              f"(config/tensor disagreement, e.g. a bias the config does not declare)")
+    if tuple(shape) != expected[dest]:
+        raise ConversionError(f"shape mismatch for tensor {name}: the config implies "
+                              f"{list(expected[dest])} (for {dest}), the checkpoint has {source_shape}")
+    if dest in written:
+        raise ConversionError(f"tensor {name} maps to {dest}, already written from another tensor")
+
+
+def finish_shards(tmp: Path, expected: dict, written: dict[str, str], total_size: int, n_files: int) -> None:
+    """After every shard is written: check that no parameter is missing and, for several
+    shards, write ``model.safetensors.index.json``.
+
+    Raises:
+        ConversionError: the source lacks tensors the converted model needs (a few named).
+    """
+    missing = sorted(set(expected) - set(written))
+    if missing:
+        raise ConversionError(f"the source lacks {len(missing)} tensor(s) the converted model needs, e.g. "
+                              f"{missing[:3]} (check the checkpoint is complete and matches its config.json)")
+    if n_files > 1:
+        index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(written.items()))}
+        (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
 def read_source(src_dir: str | Path, out_dir: str | Path) -> tuple[Path, Path, dict]:
     """``(src, out, config.json of src)`` of a Hugging Face checkpoint conversion, checked first.
 
@@ -298,9 +340,7 @@ def convert_checkpoint(src_dir: str | Path, out_dir: str | Path, *, layout: str 
             with safe_open(src / weight_map[name], framework="pt") as f:
                 ln_weights[i] = f.get_tensor(name)
     files = sorted(set(weight_map.values()))
-    n_out = len(files)
-    out_names = {f: ("model.safetensors" if n_out == 1 else f"model-{k + 1:05d}-of-{n_out:05d}.safetensors")
-                 for k, f in enumerate(files)}
+    out_names = output_shard_names(files)
     report_tensors: dict[str, dict] = {}
     new_tensors: dict[str, str] = {}
     written: dict[str, str] = {}
@@ -314,14 +354,7 @@ def convert_checkpoint(src_dir: str | Path, out_dir: str | Path, *, layout: str 
                 report_tensors[name] = entry
                 if dest is None:
                     continue
-                if dest not in expected:
-                    raise ConversionError(f"tensor {name} maps to {dest}, which the converted model does not have "
-                                          f"(config/tensor disagreement, e.g. a bias the config does not declare)")
-                if tuple(t.shape) != expected[dest]:
-                    raise ConversionError(f"shape mismatch for tensor {name}: the config implies "
-                                          f"{list(expected[dest])} (for {dest}), the checkpoint has {list(t.shape)}")
-                if dest in written:
-                    raise ConversionError(f"tensor {name} maps to {dest}, already written from another tensor")
+                check_destination(name, dest, t.shape, list(t.shape), expected, written)
                 layer = int(dest.split(".")[2]) if dest.startswith("model.blocks.") else None
                 if layer is not None and ".att." in dest:
                     entry["note"] = f"copied into {mixers[layer]} layer {layer}"
@@ -362,13 +395,7 @@ def convert_checkpoint(src_dir: str | Path, out_dir: str | Path, *, layout: str 
                 total_size += t.numel() * t.element_size()
             save_file(tensors, str(tmp / out_names[file]), metadata={"format": "pt"})
             del tensors
-        missing = sorted(set(expected) - set(written))
-        if missing:
-            raise ConversionError(f"the source lacks {len(missing)} tensor(s) the converted model needs, e.g. "
-                                  f"{missing[:3]} (check the checkpoint is complete and matches its config.json)")
-        if n_out > 1:
-            index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(written.items()))}
-            (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        finish_shards(tmp, expected, written, total_size, len(files))
         config.save_pretrained(tmp)
         from ..hub import write_remote_code
 

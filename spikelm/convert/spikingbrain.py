@@ -49,6 +49,9 @@ from .convert import (
     _expected_shapes,
     _source_shards,
     _tokenizer_vocab,
+    check_destination,
+    finish_shards,
+    output_shard_names,
     read_source,
     shard_tensors,
 )
@@ -272,8 +275,7 @@ def convert_spikingbrain(src_dir: str | Path, out_dir: str | Path, *, spiking: s
                               f"(model.embeddings.weight, vocab_size) has only {config.vocab_size} rows")
     expected = _expected_shapes(config)
     files = sorted(set(weight_map.values()))
-    out_names = {f: ("model.safetensors" if len(files) == 1 else f"model-{k + 1:05d}-of-{len(files):05d}.safetensors")
-                 for k, f in enumerate(files)}
+    out_names = output_shard_names(files)
     report_tensors: dict[str, dict] = {}
     written: dict[str, str] = {}
     total_size = 0
@@ -289,14 +291,7 @@ def convert_spikingbrain(src_dir: str | Path, out_dir: str | Path, *, spiking: s
                     t = repeat_gate_rows(t, H, Hk)
                     entry["note"] += (f" (gate of {Hk} KV heads, rows repeated for the {H // Hk} query heads "
                                       f"of each group: {list(entry['shape'])} -> {list(t.shape)})")
-                if dest not in expected:
-                    raise ConversionError(f"tensor {name} maps to {dest}, which the converted model does not have")
-                if tuple(t.shape) != expected[dest]:
-                    raise ConversionError(f"shape mismatch for tensor {name}: the config implies "
-                                          f"{list(expected[dest])} (for {dest}), the checkpoint has "
-                                          f"{list(entry['shape'])}")
-                if dest in written:
-                    raise ConversionError(f"tensor {name} maps to {dest}, already written from another tensor")
+                check_destination(name, dest, t.shape, entry["shape"], expected, written)
                 tensors[dest] = t.contiguous()
                 entry["to"] = [dest]
                 written[dest] = out_names[file]
@@ -306,13 +301,7 @@ def convert_spikingbrain(src_dir: str | Path, out_dir: str | Path, *, spiking: s
             total_size += sum(t.numel() * t.element_size() for t in tensors.values())
             save_file(tensors, str(tmp / out_names[file]), metadata={"format": "pt"})
             del tensors
-        missing = sorted(set(expected) - set(written))
-        if missing:
-            raise ConversionError(f"the source lacks {len(missing)} tensor(s) the converted model needs, e.g. "
-                                  f"{missing[:3]} (check the checkpoint is complete and matches its config.json)")
-        if len(files) > 1:
-            index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(written.items()))}
-            (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        finish_shards(tmp, expected, written, total_size, len(files))
         config.save_pretrained(tmp)
         write_remote_code(tmp)  # auto_map + self-contained modeling code: loads without spikelm installed
         for name in tok_files:
