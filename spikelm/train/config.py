@@ -289,6 +289,9 @@ class TrainConfig:
         kernel_backend: ``auto`` (Triton kernels on CUDA, torch paths elsewhere), ``triton``
             (fail where Triton cannot run) or ``torch`` (the pure-PyTorch paths everywhere);
             ``spikelm.kernels.dispatch.set_backend``.
+        compile: ``torch.compile`` each block of the model (torchtitan's per-block pattern); the
+            recurrent kernels are opaque custom ops (``spikelm.kernels.custom_op``), so every
+            layout compiles without graph breaks. Costs a compile at the first steps.
     """
 
     run_dir: str = "runs/shakespeare"
@@ -313,6 +316,7 @@ class TrainConfig:
     collective_timeout_s: int = 600
     deepspeed: dict = field(default_factory=dict)
     kernel_backend: KernelBackend = "auto"
+    compile: bool = False
 
     def __post_init__(self):
         self.check()
@@ -368,7 +372,7 @@ def validate_recipe(r: Recipe) -> None:
 RESUMABLE_KEYS = frozenset({
     "train.max_steps", "train.eval_every", "train.checkpoint_every", "train.log_every", "train.keep_checkpoints",
     "train.eval_max_batches", "train.sample_prompt", "train.sample_tokens", "train.threads",
-    "train.collective_timeout_s", "train.max_nonfinite_steps", "train.kernel_backend", "train.run_dir",
+    "train.collective_timeout_s", "train.max_nonfinite_steps", "train.kernel_backend", "train.compile", "train.run_dir",
     "optim.min_lr_ratio", "optim.decay_fraction", "model.init_from",
 })
 """Keys ``--resume`` may change: length, the LR schedule's tail, logging, evaluation and
