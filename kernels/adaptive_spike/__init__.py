@@ -8,14 +8,29 @@ from __future__ import annotations
 
 import torch
 
+from ..custom_op import opaque_op
 from ..dispatch import check_tensor, use_triton
 from .checks import check_adaptive_inputs
-from .naive import (ENCODINGS, adaptive_spike_naive, adaptive_threshold, collapse_train, count_nonzero_spikes,
-                    expand_counts)
+from .naive import (
+    ENCODINGS,
+    adaptive_spike_naive,
+    adaptive_threshold,
+    collapse_train,
+    count_nonzero_spikes,
+    expand_counts,
+)
 from .naive import spike_counts as spike_counts_naive
 
-__all__ = ["adaptive_spike", "adaptive_spike_naive", "adaptive_threshold", "spike_counts", "expand_counts",
-           "collapse_train", "count_nonzero_spikes", "ENCODINGS"]
+__all__ = [
+    "ENCODINGS",
+    "adaptive_spike",
+    "adaptive_spike_naive",
+    "adaptive_threshold",
+    "collapse_train",
+    "count_nonzero_spikes",
+    "expand_counts",
+    "spike_counts",
+]
 
 
 def _triton_impl(name: str = "adaptive_spike_fused"):
@@ -68,8 +83,13 @@ def adaptive_spike(x: torch.Tensor, k: float = 3.0, max_count: int | None = None
             CPU tensor without ``TRITON_INTERPRET=1``).
     """
     check_adaptive_inputs(x, k, max_count)
-    if use_triton(x, backend):
-        impl = _triton_impl()
-        if impl is not None:
-            return impl(x, k, max_count)
+    if use_triton(x, backend) and _triton_impl() is not None:
+        # under torch.compile the Triton kernel is the custom op spikelm::adaptive_spike; the
+        # torch path is elementwise and row means, which the compiler traces and fuses
+        return _ADAPTIVE_OP(x, k, max_count)[0] if torch.compiler.is_compiling() else _triton_impl()(x, k, max_count)
     return adaptive_spike_naive(x, k, max_count)
+
+
+_ADAPTIVE_OP = opaque_op("adaptive_spike", lambda x, k, max_count: (_triton_impl()(x, k, max_count),),
+                         fake=lambda x, k, max_count: (torch.empty_like(x),))
+"""The Triton ``adaptive_spike_fused`` as the custom op ``spikelm::adaptive_spike``."""

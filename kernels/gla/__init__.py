@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from ..custom_op import opaque_op
 from ..dispatch import use_triton
 from .checks import check_gla_inputs
 from .naive import gla_init_state, gla_naive
@@ -52,7 +53,7 @@ def gla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, scal
     """
     if mode not in MODES:
         raise ValueError(f"unknown gla mode {mode!r}; accepted: {', '.join(MODES)}")
-    B, L, H, K, V = check_gla_inputs(q, k, v, g, initial_state)
+    L = check_gla_inputs(q, k, v, g, initial_state)[1]
     triton_ok = use_triton(q, backend) and q.dtype != torch.float64
     if mode in ("chunk", "fused_recurrent") and not triton_ok:
         raise ValueError(f"gla mode {mode!r} needs Triton on a CUDA tensor (or TRITON_INTERPRET=1 on CPU), a "
@@ -63,6 +64,15 @@ def gla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, scal
             mode = "fused_recurrent" if short else "chunk"
         else:
             mode = "naive" if L == 1 else "torch"
+    args = (q, k, v, g, scale, initial_state, mode)
+    # under torch.compile the Triton modes are the custom op spikelm::gla; the torch modes are
+    # tensor code over L / 64 chunks (or one step), which the compiler traces
+    opaque = mode in ("chunk", "fused_recurrent") and torch.compiler.is_compiling()
+    return tuple(_GLA_OP(*args)) if opaque else _gla_mode(*args)
+
+
+def _gla_mode(q, k, v, g, scale, initial_state, mode):
+    """``gla`` with the implementation ``mode`` resolved (chunk, fused_recurrent, naive, torch)."""
     if mode == "chunk":
         from .chunk import gla_chunk
 
@@ -72,6 +82,16 @@ def gla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, scal
 
         return gla_fused_recurrent(q, k, v, g, scale, initial_state)
     if mode == "naive":
-        o, S = gla_naive(q, k, v, g, scale, initial_state)
-        return o, S
+        return gla_naive(q, k, v, g, scale, initial_state)
     return gla_torch_chunk(q, k, v, g, scale, initial_state)
+
+
+def _gla_fake(q, k, v, g, scale, initial_state, mode):
+    B, _, H, K = q.shape
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    return torch.empty_like(v), torch.empty(B, H, K, v.shape[-1], dtype=acc, device=q.device)
+
+
+_GLA_OP = opaque_op("gla", _gla_mode, fake=_gla_fake)
+"""``_gla_mode`` as the custom op ``spikelm::gla`` (``spikelm.kernels.custom_op``; the Triton
+modes under ``torch.compile``)."""

@@ -60,7 +60,7 @@ def gla_torch_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.
     safe_b = torch.where(unsafe[:, None, None], torch.zeros_like(bf), bf)  # no inf, no NaN gradient
     A = (qf * torch.exp(safe_b)) @ (kf * torch.exp(-safe_b)).transpose(-1, -2)
     idx = unsafe.nonzero().squeeze(1)
-    if idx.numel():
+    if torch.compiler.is_compiling() or idx.numel():  # compiled: no branch on data (an empty idx is a no-op)
         qu, ku, bu = qf[idx], kf[idx], bf[idx]
         diff = (bu[:, :, None, :] - bu[:, None, :, :]).masked_fill(~causal[:, :, None], float("-inf"))
         A = A.index_copy(0, idx, (qu[:, :, None, :] * ku[:, None, :, :] * torch.exp(diff)).sum(-1))

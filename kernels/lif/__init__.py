@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import torch
 
+from ..custom_op import opaque_op
 from ..dispatch import use_triton
 from .checks import check_lif_inputs
 from .naive import lif_naive
 from .surrogate import SURROGATES, check_surrogate, heaviside, surrogate_grad
 from .torch_loop import LIFTorchFunction
 
-__all__ = ["lif_multistep", "lif_naive", "heaviside", "surrogate_grad", "check_surrogate", "SURROGATES"]
+__all__ = ["SURROGATES", "check_surrogate", "heaviside", "lif_multistep", "lif_naive", "surrogate_grad"]
 
 
 def _triton_impl():
     try:
-        from .fused_recurrent import lif_fused_recurrent  # provided by the Triton kernel module
+        from .fused_recurrent import (
+            lif_fused_recurrent,  # provided by the Triton kernel module
+        )
     except ImportError:
         return None
     return lif_fused_recurrent
@@ -66,9 +69,21 @@ def lif_multistep(x: torch.Tensor, v0: torch.Tensor | None = None, tau: float | 
         v0 = torch.full((x2.shape[1],), 0.0 if v_reset is None else float(v_reset), device=x.device, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
     else:
         v0 = v0.reshape(-1)
-    impl = _triton_impl() if use_triton(x, backend) else None
-    if impl is not None:
-        spikes, v = impl(x2.contiguous(), v0.contiguous(), tau, v_th, v_reset, decay_input, detach_reset, surrogate, alpha)
-    else:
-        spikes, v = LIFTorchFunction.apply(x2, v0, tau, v_th, v_reset, decay_input, detach_reset, surrogate, alpha)
+    args = (x2, v0, tau, v_th, v_reset, decay_input, detach_reset, surrogate, alpha, backend)
+    spikes, v = _LIF_OP(*args) if torch.compiler.is_compiling() else _lif_2d(*args)
     return spikes.reshape(shape), v.reshape(shape[1:])
+
+
+def _lif_2d(x2, v0, tau, v_th, v_reset, decay_input, detach_reset, surrogate, alpha, backend):
+    """``lif_multistep`` on ``x2 [T, N]``, ``v0 [N]``: the Triton kernel or the torch loop."""
+    impl = _triton_impl() if use_triton(x2, backend) else None
+    if impl is not None:
+        return impl(x2.contiguous(), v0.contiguous(), tau, v_th, v_reset, decay_input, detach_reset, surrogate, alpha)
+    return LIFTorchFunction.apply(x2, v0, tau, v_th, v_reset, decay_input, detach_reset, surrogate, alpha)
+
+
+_LIF_OP = opaque_op("lif_multistep", _lif_2d, fake=lambda x2, v0, *rest: (
+    torch.empty_like(x2), torch.empty(v0.shape, dtype=torch.float64 if x2.dtype == torch.float64 else torch.float32,
+                                      device=x2.device)))
+"""``_lif_2d`` as the custom op ``spikelm::lif_multistep`` (``spikelm.kernels.custom_op``; used
+under ``torch.compile``)."""

@@ -44,17 +44,18 @@ class LIFTorchFunction(torch.autograd.Function):
             h = torch.add(drive[t], v, alpha=k, out=h_all[t])
             v = torch.where(h >= v_th, vr, h) if v_reset is not None else h - v_th * (h >= v_th).float()
         spikes = (h_all >= v_th).to(x.dtype)
-        ctx.save_for_backward(h_all, xf, v0, tau if isinstance(tau, torch.Tensor) else torch.tensor(tau_f))
+        ctx.save_for_backward(h_all, xf, v0, *([tau] if isinstance(tau, torch.Tensor) else []))
+        ctx.tau_f = tau_f  # read once here (a PLIF tau tensor), not again in backward
         ctx.cfg = (v_th, v_reset, decay_input, detach_reset, surrogate, alpha)
         ctx.x_dtype = x.dtype
         return spikes, v
 
     @staticmethod
     def backward(ctx, g_spikes, g_v):
-        h_all, xf, v0, tau = ctx.saved_tensors
+        h_all, xf, v0, *tau = ctx.saved_tensors
         v_th, v_reset, decay_input, detach_reset, surrogate, alpha = ctx.cfg
         vr = 0.0 if v_reset is None else v_reset
-        tau_f = float(tau)
+        tau_f = ctx.tau_f
         k = 1.0 - 1.0 / tau_f
         T = h_all.shape[0]
         s = (h_all >= v_th).to(h_all.dtype)
@@ -79,6 +80,6 @@ class LIFTorchFunction(torch.autograd.Function):
             v_prev[1:] = _v_after(h_all[:-1], s[:-1], v_th, v_reset)
             dh_dtau = -(xf - v_prev + vr) if decay_input else (v_prev - vr)
             g_tau = (gh * dh_dtau).sum() / tau_f**2
-            g_tau = g_tau.to(tau.dtype)
+            g_tau = g_tau.to(tau[0].dtype)
         g_v0 = gv.to(v0.dtype) if ctx.needs_input_grad[1] else None
         return gx.to(ctx.x_dtype), g_v0, g_tau, None, None, None, None, None, None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from ..custom_op import opaque_op
 from ..dispatch import use_triton
 from .checks import check_wkv4_inputs
 from .naive import EMPTY_PP, wkv4_init_state, wkv4_naive
@@ -54,8 +55,29 @@ def wkv4(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sta
             CPU tensor without ``TRITON_INTERPRET=1``).
     """
     check_wkv4_inputs(w, u, k, v, state)
+    args = (w, u, k, v, *(state if state is not None else (None, None, None)), backend)
+    y, aa, bb, pp = _WKV4_OP(*args) if torch.compiler.is_compiling() else _wkv4_flat(*args)
+    return y, (aa, bb, pp)
+
+
+def _wkv4_flat(w, u, k, v, aa, bb, pp, backend):
+    """``wkv4`` with the state as three arguments and the result flat: ``(y, aa, bb, pp)``."""
+    state = None if aa is None else (aa, bb, pp)
     if use_triton(k, backend):
         impl = _triton_impl()
         if impl is not None:
-            return impl(w, u, k, v, state)
-    return wkv4_torch_loop(w, u, k, v, state)
+            y, st = impl(w, u, k, v, state)
+            return (y, *st)
+    y, st = wkv4_torch_loop(w, u, k, v, state)
+    return (y, *st)
+
+
+def _wkv4_fake(w, u, k, v, aa, bb, pp, backend):
+    B, _, D = k.shape
+    acc = torch.float64 if v.dtype == torch.float64 else torch.float32
+    return (torch.empty_like(v), *(torch.empty(B, D, dtype=acc, device=k.device) for _ in range(3)))
+
+
+_WKV4_OP = opaque_op("wkv4", _wkv4_flat, fake=_wkv4_fake)
+"""``_wkv4_flat`` as the custom op ``spikelm::wkv4`` (``spikelm.kernels.custom_op``; used under
+``torch.compile``)."""

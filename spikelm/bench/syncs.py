@@ -35,10 +35,10 @@ def _site(stack) -> str:
     frame = stack[-1]
     path = frame.filename.replace("\\", "/")
     cwd = os.getcwd().replace("\\", "/") + "/"
-    if path.startswith(cwd):
-        path = path[len(cwd):]
-    elif "site-packages/" in path:
+    if "site-packages/" in path:
         path = path.split("site-packages/", 1)[1]
+    elif path.startswith(cwd):
+        path = path[len(cwd):]
     return f"{path}:{frame.lineno}"
 
 
@@ -74,7 +74,7 @@ class HostSyncCounter:
         counted.__name__ = name
         return original, counted
 
-    def __enter__(self) -> "HostSyncCounter":
+    def __enter__(self) -> HostSyncCounter:
         for name in METHODS:
             original, counted = self._wrap(name)
             self._saved[name] = original

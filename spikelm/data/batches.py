@@ -11,14 +11,23 @@ def make_batch(rows, indices, device) -> dict:
     ``labels = shift_labels = block[1:]`` (already shifted: the model does not shift again).
     Instruction rows (dicts of ``[block_size]`` tensors): ``input_ids``, ``attention_mask`` and
     ``labels`` aligned with the inputs (-100 on prompt and padding; the model shifts them).
-    Returns a dict of ``[B, L]`` int64 tensors on ``device``, for ``model(**batch)``.
+    Returns a dict of ``[B, L]`` int64 tensors on ``device``, for ``model(**batch)``; to a CUDA
+    device they are copied from pinned memory without waiting (``non_blocking``), so building
+    the next batch overlaps the device's work on the current one.
     """
     items = [rows[i] for i in indices]
     if isinstance(items[0], dict):
-        return {k: torch.stack([it[k] for it in items]).to(device) for k in ("input_ids", "attention_mask", "labels")}
-    x = torch.stack(items).to(device)
+        return {k: _to(torch.stack([it[k] for it in items]), device) for k in ("input_ids", "attention_mask", "labels")}
+    x = _to(torch.stack(items), device)
     targets = x[:, 1:].contiguous()
     return {"input_ids": x[:, :-1], "labels": targets, "shift_labels": targets}
+
+
+def _to(t: torch.Tensor, device) -> torch.Tensor:
+    """``t`` on ``device``: pinned and asynchronous to CUDA, a plain copy (or ``t``) elsewhere."""
+    if torch.device(device).type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def batch_targets(batch: dict) -> tuple[torch.Tensor, slice]:

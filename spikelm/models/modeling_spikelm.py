@@ -176,7 +176,12 @@ class SpikeLMModel(SpikeLMPreTrainedModel):
           and swiglu (only when ``adaptive_spike_mode != "off"``). These are not rates: a
           consumer averaging rates should skip keys ending in ``.sparsity``.
         """
-        return {f"layers.{i}.{site}": float(r) for i, b in enumerate(self.blocks) for site, r in b.spike_rates.items()}
+        return {k: float(r) for k, r in self.spike_rate_tensors().items()}
+
+    def spike_rate_tensors(self) -> dict[str, torch.Tensor]:
+        """:meth:`spike_rates` as detached 0-dim float32 tensors on the model's device, read without a
+        host sync (the trainer sums them on the device between log steps)."""
+        return {f"layers.{i}.{site}": r for i, b in enumerate(self.blocks) for site, r in b.spike_rates.items()}
 
 
 class SpikeLMForCausalLM(SpikeLMPreTrainedModel, GenerationMixin):

@@ -363,6 +363,9 @@ def validate_recipe(r: Recipe) -> None:
          "a BPE cannot be trained on a stream"),
         (r.data.format == "text" or r.model.init_from is not None or r.data.tokenizer is not None,
          "data.format instructions needs a trained tokenizer: set model.init_from (its tokenizer) or data.tokenizer"),
+        (not r.train.compile or r.train.zero_stage < 3,
+         "train.compile needs train.zero_stage 0, 1 or 2 (ZeRO-3 gathers parameters in module hooks that the "
+         "per-block compile does not trace); set train.compile false or lower the stage"),
         (r.model.lora.r == 0 or r.train.zero_stage < 3,
          "model.lora needs train.zero_stage 0, 1 or 2 (only the adapters are trained, so ZeRO-2 already shards "
          "all optimizer state and gradients)"),

@@ -48,6 +48,14 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
+def all_reduce_tensor(t: torch.Tensor) -> torch.Tensor:
+    """Sum ``t`` over all ranks, in place and returned (no host sync: the collective is queued on
+    the tensor's device like a kernel). ``t`` itself without a process group of several ranks."""
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        torch.distributed.all_reduce(t)
+    return t
+
+
 def barrier() -> None:
     """Wait for every rank (no-op without a process group)."""
     if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:

@@ -10,13 +10,13 @@ METRICS = "metrics.jsonl"
 """File of the run directory with one JSON record per optimizer step."""
 
 
-def spike_rates(module) -> dict[str, float]:
-    """``SpikeLMModel.spike_rates()`` of the last forward pass of a (possibly peft-wrapped) causal
-    LM, ``{site: rate}`` (sites ending in ``.sparsity`` are adaptive-spiking input sparsities);
-    ``{}`` for a model without spikes (the Llama ANN baseline)."""
+def spike_rate_tensors(module) -> dict:
+    """``SpikeLMModel.spike_rate_tensors()`` of the last forward pass of a (possibly peft-wrapped)
+    causal LM, ``{site: 0-dim tensor}`` on the device, not read (sites ending in ``.sparsity`` are
+    adaptive-spiking input sparsities); ``{}`` for a model without spikes (the Llama baseline)."""
     base = module.get_base_model() if hasattr(module, "get_base_model") else module
     backbone = getattr(base, "model", None)
-    return backbone.spike_rates() if hasattr(backbone, "spike_rates") else {}
+    return backbone.spike_rate_tensors() if hasattr(backbone, "spike_rate_tensors") else {}
 
 
 def trim_metrics(path: Path, last_step: int) -> None:

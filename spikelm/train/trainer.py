@@ -24,18 +24,25 @@ import torch
 
 from ..data.batches import batch_targets, make_batch
 from ..eval.loss import batch_nll_sum, count_targets
+from ..hub.ids import read_json_file
 from . import checkpoint
 from .archs import build_config, describe, flops_config, load_config_file
-from ..hub.ids import read_json_file
 from .config import Recipe, resume_changes, validate_recipe
-from .distributed import all_reduce_sum, barrier, init_distributed
+from .distributed import all_reduce_tensor, barrier, init_distributed
 from .engine import deepspeed_config, initialize, resolve_precision, zero_stage
 from .export import MODEL_CONFIG, write_hf_dir
 from .flops import model_flops_per_token, peak_flops
 from .init_from import init_config, init_dir, init_source
-from .metrics import RunLog, spike_rates
+from .metrics import RunLog, spike_rate_tensors
 from .model_init import build_model
-from .rundir import atomic_dir, check_run_dir, drop_replaced, prepare_run_dir, remove_stale_temps, restore_replaced
+from .rundir import (
+    atomic_dir,
+    check_run_dir,
+    drop_replaced,
+    prepare_run_dir,
+    remove_stale_temps,
+    restore_replaced,
+)
 from .schedule import BatchOrder
 from .signals import StopRequest
 
@@ -151,6 +158,10 @@ class Trainer:
             model = apply_lora(model, r=lora.r, alpha=lora.alpha, dropout=lora.dropout,
                                target_modules=lora.target_modules)
         self.n_trainable = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad)
+        if t.compile:
+            from .compile import compile_blocks
+
+            self.log(f"torch.compile: {compile_blocks(model)} blocks (compiled at the first steps)")
         self.peak = peak_flops(self.device, self.precision)
         self.model = model
         origin = f"weights of {self.src}" if self.src is not None else "resumed" if self.resume else r.model.flavour
@@ -188,29 +199,38 @@ class Trainer:
         """Instruction rows hold different numbers of answer tokens: weight every token of the
         step alike (not every micro-batch). Each micro-batch loss is its token sum over
         N / (accumulation x ranks), N = the step's answer tokens on all ranks, so that DeepSpeed's
-        1/accumulation and rank averaging give sum / N. Text blocks: ``{}`` (equal counts)."""
+        1/accumulation and rank averaging give sum / N. N stays a device tensor (its all-reduce is
+        queued like any other collective; nothing waits for it on the host). Text blocks: ``{}``
+        (equal counts)."""
         if self.text:
             return {}
-        n_local = sum(int(count_targets(batch_targets(b)[0])) for b in batches)
-        n_all = all_reduce_sum([float(n_local)], self.device)[0]
-        return {"num_items_in_batch": max(n_all, 1.0) / (len(batches) * self.world)}
+        n = torch.stack([count_targets(batch_targets(b)[0]) for b in batches]).sum().double()
+        n = all_reduce_tensor(n)
+        return {"num_items_in_batch": n.clamp(min=1.0) / (len(batches) * self.world)}
 
-    def train_step(self, step: int, stop_requested: bool = False) -> tuple[float, bool]:
+    def step_batches(self, step: int) -> list[dict]:
+        """The micro-batches of optimizer step ``step`` on this rank, on the device (from pinned
+        memory, copied without waiting on CUDA)."""
+        micro = self.order.rank_micro_batches(step, self.rank, self.world, self.recipe.train.micro_batch_size)
+        return [make_batch(self.train_blocks, mb, self.device) for mb in micro]
+
+    def train_step(self, step: int, batches: list[dict] | None = None) -> torch.Tensor:
         """Run optimizer step ``step`` (0-based): forward, backward and step of each micro-batch of
-        this rank. Returns ``(mean training loss over ranks, whether any rank asked to stop)``,
-        from one collective."""
-        t = self.recipe.train
-        micro = self.order.rank_micro_batches(step, self.rank, self.world, t.micro_batch_size)
-        batches = [make_batch(self.train_blocks, mb, self.device) for mb in micro]
+        this rank (``batches``: :meth:`step_batches` of ``step``, built ahead by the loop).
+
+        Returns this rank's mean micro-batch loss, a 0-dim float32 tensor on the device. Nothing
+        here reads a value on the host: the loop reads the losses of many steps at once
+        (:meth:`_sync`), so on a GPU the host keeps queueing work ahead of the device.
+        """
+        batches = self.step_batches(step) if batches is None else batches
         extra = self._loss_weighting(batches)
-        loss_sum = 0.0
+        total = torch.zeros((), dtype=torch.float32, device=self.device)
         for batch in batches:
             out = self.engine(**batch, use_cache=False, **extra)
             self.engine.backward(out.loss)
             self.engine.step()
-            loss_sum += out.loss.item()
-        loss_sum, n_stop = all_reduce_sum([loss_sum / len(micro), float(stop_requested)], self.device)
-        return loss_sum / self.world, bool(n_stop)
+            total = total + out.loss.detach().float()
+        return total / len(batches)
 
     def _check_finite(self, loss: float, done: int, log: RunLog) -> None:
         """Count a NaN/inf loss; raise once ``train.max_nonfinite_steps`` is passed (or at once in
@@ -239,12 +259,11 @@ class Trainer:
         model.eval()
         n, bs = len(blocks), t.micro_batch_size
         starts = list(range(0, n, bs))[:t.eval_max_batches] if t.eval_max_batches is not None else range(0, n, bs)
-        total, count = 0.0, 0
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # [nll, targets], read once below
         for s in list(starts)[self.rank::self.world]:
             nll, k = batch_nll_sum(model, make_batch(blocks, range(s, min(s + bs, n)), self.device))
-            total += nll.item()
-            count += int(k)
-        total, count = all_reduce_sum([total, float(count)], self.device)
+            sums = sums + torch.stack([nll.double(), k.double()])
+        total, count = all_reduce_tensor(sums).tolist()
         model.train()
         loss = total / max(count, 1)
         return {"loss": loss, "bpb": loss / math.log(2) / self.val_bytes_per_token,
@@ -255,15 +274,36 @@ class Trainer:
     def _due(self, every: int, done: int) -> bool:
         return bool(every and done % every == 0) or done == self.recipe.train.max_steps
 
-    def _after_step(self, done: int, loss: float, log: RunLog, stop: bool) -> None:
-        """Metrics, evaluation and checkpoint of the step just done."""
+    def _sync_due(self, done: int) -> bool:
+        """Whether step ``done`` is a sync point: a log step (every step with ``log_every: 0``),
+        an evaluation or checkpoint step, or the last step. Only there the host reads values."""
         t = self.recipe.train
-        self.tokens_seen += self.tokens_per_step
-        elapsed = time.time() - self.t_loop
+        return self._due(t.log_every or 1, done) or self._due(t.eval_every, done) or self._due(t.checkpoint_every, done)
+
+    def _sync(self, pending: list[tuple], stop_requested: bool) -> tuple[list[float], list[dict], bool]:
+        """Read the steps ``pending`` (``(done, loss, spike-rate tensors, host time)`` each) with one collective
+        and one host read: ``(losses, spike rates, whether any rank asked to stop)``, the losses
+        and rates averaged over ranks."""
+        sites = list(pending[-1][2])
+        parts = [torch.stack([p[1] for p in pending]).double()]
+        parts += [torch.stack([p[2][k] for p in pending]).double() for k in sites]
+        parts.append(torch.tensor([float(stop_requested)], dtype=torch.float64, device=self.device))
+        values = all_reduce_tensor(torch.cat(parts)).tolist()
+        n = len(pending)
+        losses = [x / self.world for x in values[:n]]
+        rates = [{k: values[n * (j + 1) + i] / self.world for j, k in enumerate(sites)} for i in range(n)]
+        return losses, rates, values[-1] > 0
+
+    def _after_step(self, done: int, loss: float, rates: dict, t_done: float, log: RunLog, stop: bool) -> None:
+        """Metrics, evaluation and checkpoint of step ``done`` (read at a sync point; ``t_done``: the
+        host time the step was queued, or, for the sync step itself, read)."""
+        t = self.recipe.train
+        self.tokens_seen = (done - self.start_step) * self.tokens_per_step
+        elapsed = t_done - self.t_loop
         tok_s = self.tokens_seen / max(elapsed, 1e-9)
-        rec = {"step": done, "loss": loss, "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": tok_s,
+        rec = {"step": done, "loss": loss, "lr": self.lrs[done], "tokens_per_s": tok_s,
                "elapsed_s": elapsed, "epoch": self.order.epoch_of(done), "mfu": self.mfu(tok_s)}
-        log.step(rec, spike_rates(self.engine.module))
+        log.step(rec, rates)
         if self._due(t.eval_every, done):
             log.evaluation(rec, self.evaluate())
         log.record(rec)
@@ -274,8 +314,14 @@ class Trainer:
 
     def train(self) -> dict:
         """Train from the start (or resumed) step to ``train.max_steps``, then evaluate and export
-        ``run_dir/final``. A SIGTERM/SIGINT (on any rank) stops after the current step with a
-        checkpoint and no export. Returns the summary (validation loss/BPB, tokens/s, MFU, paths).
+        ``run_dir/final``. Returns the summary (validation loss/BPB, tokens/s, MFU, paths).
+
+        Between sync points (:meth:`_sync_due`: every ``train.log_every`` steps, evaluation and
+        checkpoint steps, the last step) nothing is read on the host: the losses and spike rates
+        stay on the device, and the next step's batches are built while the device runs the
+        current one. At a sync point the steps since the last one are read at once, checked for
+        NaN/inf, and written (one ``metrics.jsonl`` record per step). A SIGTERM/SIGINT (on any
+        rank) stops at the next sync point with a checkpoint and no export.
 
         Raises:
             FloatingPointError: non-finite losses beyond ``train.max_nonfinite_steps``.
@@ -283,15 +329,27 @@ class Trainer:
         t = self.recipe.train
         self.engine.train()
         self.nonfinite, self.tokens_seen, self.t_loop = 0, 0, time.time()
-        done, stopped = self.start_step, None
+        done, stopped, pending = self.start_step, None, []
+        self.lrs = {}
         try:
             with RunLog(self.run_dir, self.rank, t.max_steps, self.start_step, t.log_every) as log, \
                     StopRequest() as stop:
+                batches = self.step_batches(self.start_step) if self.start_step < t.max_steps else None
                 for step in range(self.start_step, t.max_steps):
-                    loss, any_stop = self.train_step(step, stop.requested is not None)
+                    loss = self.train_step(step, batches)
                     done = step + 1
-                    self._check_finite(loss, done, log)
-                    self._after_step(done, loss, log, any_stop)
+                    self.lrs[done] = self.scheduler.get_last_lr()[0]  # a host value: no sync
+                    pending.append((done, loss, spike_rate_tensors(self.engine.module), time.time()))
+                    # built while the device still runs this step (the host is ahead of it)
+                    batches = self.step_batches(done) if done < t.max_steps else None
+                    if not self._sync_due(done):
+                        continue
+                    losses, rates, any_stop = self._sync(pending, stop.requested is not None)
+                    pending[-1] = (*pending[-1][:3], time.time())  # the device has finished by now
+                    for (d, _, _, t_done), value, rate in zip(pending, losses, rates):
+                        self._check_finite(value, d, log)
+                        self._after_step(d, value, rate, t_done, log, any_stop and d == done)
+                    pending = []
                     if any_stop:
                         stopped = stop.requested or "a signal on another rank"
                         log.write(f"stopped by {stopped} after step {done}; checkpoint saved, continue with --resume")
