@@ -47,10 +47,12 @@ def cmd_train(argv: list[str]) -> int:
              if summary["tokens_per_s"] else "no steps left to train")
     if summary.get("mfu"):
         speed += f", MFU {100 * summary['mfu']:.1f}%"
-    print(f"\ndone in {summary['wall_seconds']:.0f} s ({speed}): validation loss {val['loss']:.4f} nats/token, "
-          f"{val['bpb']:.4f} bits/byte, perplexity {val['perplexity']:.2f}")
+    scores = (f"accuracy {val['accuracy']:.4f}, macro-F1 {val['macro_f1']:.4f}, loss {val['loss']:.4f} nats/row"
+              if "accuracy" in val else f"loss {val['loss']:.4f} nats/token, {val['bpb']:.4f} bits/byte, "
+              f"perplexity {val['perplexity']:.2f}")
+    print(f"\ndone in {summary['wall_seconds']:.0f} s ({speed}): validation {scores}")
     print(f"model saved to {summary['final_dir']}")
-    if r.train.sample_tokens > 0:
+    if r.train.sample_tokens > 0 and r.data.format != "classification":
         from ..generation import generate_text
 
         text = generate_text(summary["final_dir"], r.train.sample_prompt, max_new_tokens=r.train.sample_tokens,

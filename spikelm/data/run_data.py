@@ -27,9 +27,11 @@ class RunSplits:
     """Train and validation rows of a run, for ``spikelm.data.batches.make_batch``.
 
     Attributes:
-        train: ``PackedBlocks`` / ``StreamingBlocks`` (text) or ``InstructionDataset``.
-        val: ``PackedBlocks`` or ``InstructionDataset``.
-        val_bytes_per_token: UTF-8 bytes per validation target token (for bits per byte).
+        train: ``PackedBlocks`` / ``StreamingBlocks`` (text), ``InstructionDataset`` or
+            ``ClassificationRows``.
+        val: ``PackedBlocks``, ``InstructionDataset`` or ``ClassificationRows``.
+        val_bytes_per_token: UTF-8 bytes per validation target token (for bits per byte; NaN
+            for classification, which has no next-token targets).
         unit: what a row is, for the log. warnings: skipped-record messages (instructions).
     """
 
@@ -74,6 +76,11 @@ def build_splits(recipe, texts: RunTexts, tok, rank: int, world: int) -> RunSpli
     from .packing import PackedBlocks, corpus_stats, pack_blocks
 
     d, t = recipe.data, recipe.train
+    if d.format == "classification":
+        from .classification import classification_splits
+
+        train, val, warnings = classification_splits(recipe, texts.train_files, texts.val_files, tok)
+        return RunSplits(train, val, float("nan"), "labelled rows", warnings)
     if d.format != "text":
         from ..finetune.splits import instruction_splits, target_bytes_per_token
 

@@ -133,8 +133,9 @@ def resolve_lora_targets(model: nn.Module, target_modules: str | list[str] | tup
 
 
 def apply_lora(model, *, r: int = 8, alpha: float = 16, dropout: float = 0.0,
-               target_modules: str | list[str] | tuple[str, ...] | None = None):
-    """Wrap ``model`` with LoRA adapters (``peft.get_peft_model``, task ``CAUSAL_LM``).
+               target_modules: str | list[str] | tuple[str, ...] | None = None, task: str = "causal_lm"):
+    """Wrap ``model`` with LoRA adapters (``peft.get_peft_model``, task ``CAUSAL_LM``, or
+    ``SEQ_CLS`` for ``task="classification"``: the new ``score`` head then trains in full).
 
     Args:
         model: a ``SpikeLMForCausalLM`` (modified in place: its linear targets become
@@ -143,6 +144,7 @@ def apply_lora(model, *, r: int = 8, alpha: float = 16, dropout: float = 0.0,
         dropout: dropout on the LoRA branch input (0 keeps merged == adapter outputs exactly).
         target_modules: see :func:`resolve_lora_targets` (None: the linear projections of
             every spikelm layer; never neurons, norms, embeddings or the head).
+        task: ``"causal_lm"`` or ``"classification"`` (a ``*ForSequenceClassification``).
     Returns:
         ``peft.PeftModelForCausalLM``: call it like the base model (``input_ids [B, L]``,
         ``attention_mask``, ``labels`` -> ``loss``, ``logits [B, L, V]``); ``generate`` and
@@ -158,8 +160,12 @@ def apply_lora(model, *, r: int = 8, alpha: float = 16, dropout: float = 0.0,
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout}")
     targets = resolve_lora_targets(model, target_modules)
-    config = LoraConfig(task_type=TaskType.CAUSAL_LM, r=r, lora_alpha=alpha, lora_dropout=dropout,
-                        target_modules=targets, bias="none")
+    if task not in ("causal_lm", "classification"):
+        raise ValueError(f"LoRA task must be causal_lm or classification, got {task!r}")
+    seq_cls = task == "classification"
+    config = LoraConfig(task_type=TaskType.SEQ_CLS if seq_cls else TaskType.CAUSAL_LM, r=r, lora_alpha=alpha,
+                        lora_dropout=dropout, target_modules=targets, bias="none",
+                        modules_to_save=["score"] if seq_cls else None)
     return get_peft_model(model, config)
 
 

@@ -98,6 +98,25 @@ def build_config(arch: str, flavour: str, overrides: dict, vocab_size: int, max_
         raise ValueError(f"model keys {overrides}: {e}") from None
 
 
+def sequence_classification_class(config):
+    """The ``*ForSequenceClassification`` class of a config (``data.format: classification``):
+    ``SpikeLMForSequenceClassification`` or transformers' ``LlamaForSequenceClassification``.
+
+    Raises:
+        ValueError: another ``model_type`` (named, with the supported ones).
+    """
+    if config.model_type == "spikelm":
+        from ..models.classification import SpikeLMForSequenceClassification
+
+        return SpikeLMForSequenceClassification
+    if config.model_type == "llama":
+        from transformers import LlamaForSequenceClassification
+
+        return LlamaForSequenceClassification
+    raise ValueError(f"data.format classification supports spikelm and llama models, got model_type "
+                     f"{config.model_type!r}")
+
+
 def causal_lm_class(config):
     """The ``*ForCausalLM`` class of a config: ``SpikeLMForCausalLM`` or ``LlamaForCausalLM``.
 

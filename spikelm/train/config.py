@@ -15,7 +15,7 @@ from .layout import ModelLayout
 Arch = Literal["spikelm", "llama", "rwkv"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Schedule = Literal["cosine", "wsd"]
-DataFormat = Literal["text", "instructions"]
+DataFormat = Literal["text", "instructions", "classification"]
 Packing = Literal["pad", "pack"]
 ConvertSpiking = Literal["off", "ste", "expanded"]
 KernelBackend = Literal["auto", "triton", "torch"]
@@ -160,13 +160,20 @@ class DataConfig:
         format: ``text`` (documents packed into blocks, every token a target) or
             ``instructions`` (jsonl records ``{"prompt", "response"}`` or ``{"messages": [...]}``,
             rendered with the tokenizer's chat template, ``spikelm.finetune.DEFAULT_CHAT_TEMPLATE``
-            when it has none; the loss, training and validation, is on the response tokens only).
+            when it has none; the loss, training and validation, is on the response tokens only),
+            or ``classification`` (jsonl/parquet records ``{text_field, label_field}``, one
+            right-padded row each; a sequence-classification head on the last real token,
+            accuracy and macro-F1 on the validation split; ``spikelm.data.classification``).
         train_files: local text (.txt), jsonl/json or parquet files, or a hub dataset name;
             ``builtin:NAME`` is a shipped corpus folder, ``builtin:NAME/FILE`` one of its files.
         val_files: validation files; None splits off the last ``val_fraction`` of the train bytes
             (``instructions``: of the train records).
         val_fraction: share of the bytes held out when ``val_files`` is None, in (0, 1).
         text_field: the text column of json/parquet data.
+        label_field: ``classification``: the label column (a label name or an integer id).
+        labels: ``classification``: the label names in id order (None: the sorted distinct
+            labels of the train records; ``0..max`` for integer labels); kept in the exported
+            model's ``config.id2label``.
         tokenizer: a tokenizer directory (or hub id) to load; None trains a byte-level BPE
             of ``vocab_size`` on the train split and saves it with the model.
         vocab_size: size of the trained BPE vocabulary (ignored when ``tokenizer`` is set).
@@ -190,6 +197,8 @@ class DataConfig:
     val_files: list[str] | None = None
     val_fraction: float = 0.1
     text_field: str = "text"
+    label_field: str = "label"
+    labels: list[str] | None = None
     tokenizer: str | None = None
     vocab_size: int = 512
     block_size: int = 128
@@ -208,7 +217,7 @@ class DataConfig:
             (self.format in DATA_FORMATS, f"data.format {self.format!r} is unknown; accepted: {', '.join(DATA_FORMATS)}"),
             (self.packing in ("pad", "pack"), f"data.packing must be pad or pack, got {self.packing!r}"),
             (not self.streaming or self.format == "text", "data.streaming reads text documents; it does not "
-             "apply to data.format instructions (small enough to load)"),
+             f"apply to data.format {self.format} (small enough to load)"),
             (not self.streaming or bool(self.val_files), "data.streaming needs data.val_files (a held-out set "
              "that is loaded whole; the stream's length is unknown, so no val_fraction can be split off)"),
             (self.stream_shards >= 1 and self.shuffle_buffer >= 0,
@@ -362,7 +371,10 @@ def validate_recipe(r: Recipe) -> None:
          "data.streaming needs a trained tokenizer: set data.tokenizer (or model.init_from); "
          "a BPE cannot be trained on a stream"),
         (r.data.format == "text" or r.model.init_from is not None or r.data.tokenizer is not None,
-         "data.format instructions needs a trained tokenizer: set model.init_from (its tokenizer) or data.tokenizer"),
+         f"data.format {r.data.format} needs a trained tokenizer: set model.init_from (its tokenizer) or data.tokenizer"),
+        (r.data.format != "classification" or r.model.init_from is not None,
+         "data.format classification fine-tunes a trained model: set model.init_from (spikelm finetune MODEL_DIR "
+         "RECIPE does); its backbone is reused and a new classification head trained"),
         (not r.train.compile or r.train.zero_stage < 3,
          "train.compile needs train.zero_stage 0, 1 or 2 (ZeRO-3 gathers parameters in module hooks that the "
          "per-block compile does not trace); set train.compile false or lower the stage"),

@@ -85,7 +85,8 @@ class RunLog:
                 self.writer.add_scalar(f"input_sparsity/{name}", v, done)
         rec["spike_rate"] = sum(fired.values()) / len(fired) if fired else None
         rec["input_sparsity"] = sum(sparsity.values()) / len(sparsity) if sparsity else None
-        extra = {"val_bpb": f"{self.last_eval['bpb']:.3f}"} if self.last_eval else {}
+        key = "bpb" if self.last_eval and "bpb" in self.last_eval else "accuracy"
+        extra = {f"val_{key}": f"{self.last_eval[key]:.3f}"} if self.last_eval else {}
         self.bar.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{rec['tokens_per_s']:,.0f}", **extra)
         self.bar.update(1)
 
@@ -95,9 +96,12 @@ class RunLog:
         rec.update({f"val_{k}": v for k, v in result.items()})
         if self.writer is not None:
             self.writer.add_scalar("val/loss", result["loss"], rec["step"])
-            self.writer.add_scalar("val/bpb", result["bpb"], rec["step"])
-        self.write(f"step {rec['step']}: train loss {rec['loss']:.4f}, val loss {result['loss']:.4f}, "
-                   f"val bpb {result['bpb']:.4f}")
+            for key in ("bpb", "accuracy", "macro_f1"):
+                if key in result:
+                    self.writer.add_scalar(f"val/{key}", result[key], rec["step"])
+        scores = ", ".join(f"val {k.replace('_', '-')} {result[k]:.4f}" for k in ("bpb", "accuracy", "macro_f1")
+                           if k in result)
+        self.write(f"step {rec['step']}: train loss {rec['loss']:.4f}, val loss {result['loss']:.4f}, {scores}")
 
     def record(self, rec: dict) -> None:
         """Append ``rec`` to ``metrics.jsonl`` (flushed: a killed run keeps every finished step)."""

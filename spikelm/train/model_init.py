@@ -61,10 +61,13 @@ class SafetensorsWeights:
         return self._handle(name).get_tensor(name)
 
 
-def _check_names(model, weights: SafetensorsWeights, model_dir) -> None:
+def _check_names(model, weights: SafetensorsWeights, model_dir, new: tuple[str, ...] = (),
+                 unused: tuple[str, ...] = ()) -> None:
     """Every parameter and persistent buffer of ``model`` must be stored in ``weights`` with its
     shape (a tied copy under one of its names), and nothing else; raises ``ValueError``
-    naming the differences. Reads shapes only, on every rank (so all ranks fail together)."""
+    naming the differences. Names starting with a prefix in ``new`` may be missing (a new
+    head), stored names starting with one in ``unused`` may be left over (the LM head of a
+    causal LM under a classifier). Reads shapes only, on every rank (so all ranks fail together)."""
     want = {n: tuple(getattr(p, "ds_shape", p.shape)) for n, p in model.named_parameters()}  # tied: once
     aliases = {n for n, _ in model.named_parameters(remove_duplicate=False)}
     for mod_name, mod in model.named_modules():
@@ -73,8 +76,8 @@ def _check_names(model, weights: SafetensorsWeights, model_dir) -> None:
                 want[f"{mod_name}.{n}" if mod_name else n] = tuple(b.shape)
                 aliases.add(f"{mod_name}.{n}" if mod_name else n)
     have = weights.names()
-    missing = sorted(set(want) - have)
-    unexpected = sorted(have - set(want) - aliases)
+    missing = sorted(n for n in set(want) - have if not n.startswith(new or ("\0",)))
+    unexpected = sorted(n for n in have - set(want) - aliases if not n.startswith(unused or ("\0",)))
     wrong = [f"{n} {weights.shape(n)} (model: {s})" for n, s in want.items() if n in have and weights.shape(n) != s]
     if missing or unexpected or wrong:
         def cut(xs):
@@ -83,8 +86,11 @@ def _check_names(model, weights: SafetensorsWeights, model_dir) -> None:
                          f"unexpected {cut(unexpected)}, wrong shapes {cut(wrong)}")
 
 
-def build_model(config, ds_config: dict, zero_stage: int, seed: int, weights_dir: str | Path | None = None):
-    """The ``*ForCausalLM`` of ``config`` (spikelm or llama), identical for every ZeRO stage.
+def build_model(config, ds_config: dict, zero_stage: int, seed: int, weights_dir: str | Path | None = None,
+                cls=None):
+    """The ``*ForCausalLM`` of ``config`` (spikelm or llama), or ``cls`` (a
+    ``*ForSequenceClassification``: its ``score`` head is new, initialised from the seed, and
+    the causal LM's ``lm_head`` is not used), identical for every ZeRO stage.
 
     The modules are created with initialisation switched off. Then, module by module in
     ``model.modules()`` order, each module's own parameters and persistent buffers are set:
@@ -105,7 +111,8 @@ def build_model(config, ds_config: dict, zero_stage: int, seed: int, weights_dir
 
     from .archs import causal_lm_class
 
-    cls = causal_lm_class(config)
+    classifier = cls is not None
+    cls = cls or causal_lm_class(config)
     zero3 = zero_stage == 3
     if zero3:
         import deepspeed
@@ -118,7 +125,7 @@ def build_model(config, ds_config: dict, zero_stage: int, seed: int, weights_dir
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     weights = SafetensorsWeights(weights_dir) if weights_dir is not None else None
     if weights is not None:
-        _check_names(model, weights, weights_dir)
+        _check_names(model, weights, weights_dir, *((("score.",), ("lm_head.", "head.")) if classifier else ()))
     torch.manual_seed(seed)
     names = {id(m): n for n, m in model.named_modules()}
     done: set[int] = set()  # a tied parameter is set once, under its first name
@@ -134,6 +141,12 @@ def build_model(config, ds_config: dict, zero_stage: int, seed: int, weights_dir
                     model._init_weights(module)
                 continue
             prefix = names[id(module)] + "." if names[id(module)] else ""
+            if classifier and params and not any(prefix + n in weights for n, _ in module.named_parameters(recurse=False)):
+                if rank == 0 or not zero3:  # a new module (the classification head): initialised
+                    for p in params:
+                        p._is_hf_initialized = False
+                    model._init_weights(module)
+                continue
             tensors = [(n, t, True) for n, t in module.named_parameters(recurse=False)]
             tensors += [(n, t, False) for n, t in module.named_buffers(recurse=False)
                         if n not in module._non_persistent_buffers_set]

@@ -119,10 +119,12 @@ class Trainer:
         for w in data.warnings:
             self.log(f"data warning: {w}")
         self.train_blocks, self.val_blocks, self.val_bytes_per_token = data.train, data.val, data.val_bytes_per_token
-        self.text = r.data.format == "text"
+        self.text, self.classify = r.data.format == "text", r.data.format == "classification"
         n_train = f"{r.data.stream_shards} streams of" if r.data.streaming else len(data.train)
+        about = f"{len(data.train.names)} labels" if self.classify else \
+            f"validation {data.val_bytes_per_token:.3f} bytes/token"
         self.log(f"data: {n_train} train / {len(data.val)} validation {data.unit} of {r.data.block_size} tokens; "
-                 f"vocab {len(self.tok)}; validation {data.val_bytes_per_token:.3f} bytes/token")
+                 f"vocab {len(self.tok)}; {about}")
 
     def _fresh_config(self):
         """A new model's config: the flavour and layout keys plus the data's vocabulary, context and
@@ -145,7 +147,16 @@ class Trainer:
         base = init_dir(r, self.run_dir)  # a LoRA adapter names its base model by it: a local directory as an
         if base is not None:              # absolute path, a Hub id as the id (not its cache snapshot)
             self.config._name_or_path = str(base.resolve()) if base.is_dir() else r.model.init_from
-        model = build_model(self.config, self.ds_config, self.zero_stage, t.seed, weights_dir=self.src)
+        cls = None
+        if self.classify:  # a new head on the backbone, labels named in the config
+            from .archs import sequence_classification_class
+
+            names = self.train_blocks.names
+            self.config.num_labels = len(names)
+            self.config.id2label, self.config.label2id = dict(enumerate(names)), {n: i for i, n in enumerate(names)}
+            self.config.problem_type = "single_label_classification"
+            cls = sequence_classification_class(self.config)
+        model = build_model(self.config, self.ds_config, self.zero_stage, t.seed, weights_dir=self.src, cls=cls)
         if t.activation_checkpointing:
             model.activation_checkpointing_enable()  # recompute each block in the backward pass
         self.n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
@@ -156,7 +167,8 @@ class Trainer:
 
             torch.manual_seed(t.seed)  # the adapters' init, the same on every rank
             model = apply_lora(model, r=lora.r, alpha=lora.alpha, dropout=lora.dropout,
-                               target_modules=lora.target_modules)
+                               target_modules=lora.target_modules,
+                               task="classification" if self.classify else "causal_lm")
         self.n_trainable = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad)
         if t.compile:
             from .compile import compile_blocks
@@ -202,7 +214,7 @@ class Trainer:
         1/accumulation and rank averaging give sum / N. N stays a device tensor (its all-reduce is
         queued like any other collective; nothing waits for it on the host). Text blocks: ``{}``
         (equal counts)."""
-        if self.text:
+        if self.text or self.classify:
             return {}
         n = torch.stack([count_targets(batch_targets(b)[0]) for b in batches]).sum().double()
         n = all_reduce_tensor(n)
@@ -255,6 +267,8 @@ class Trainer:
         ``train.eval_max_batches`` batches), sharded over ranks, with bits per byte
         ``loss / ln 2 / bytes_per_token`` and perplexity. Text: every token of every block;
         instructions: the response tokens only (masked loss on held-out pairs)."""
+        if self.classify:
+            return self._evaluate_classifier()
         t, model, blocks = self.recipe.train, self.engine.module, self.val_blocks
         model.eval()
         n, bs = len(blocks), t.micro_batch_size
@@ -268,6 +282,29 @@ class Trainer:
         loss = total / max(count, 1)
         return {"loss": loss, "bpb": loss / math.log(2) / self.val_bytes_per_token,
                 "perplexity": math.exp(min(loss, 50)), "tokens": int(count)}
+
+    @torch.no_grad()
+    def _evaluate_classifier(self) -> dict:
+        """Validation of a classifier: mean cross-entropy over rows, accuracy and macro-F1
+        (``spikelm.eval.classification``), sharded over ranks like :meth:`evaluate`."""
+        from ..eval.classification import classification_metrics
+
+        t, model, rows = self.recipe.train, self.engine.module, self.val_blocks
+        model.eval()
+        n, bs = len(rows), t.micro_batch_size
+        starts = list(range(0, n, bs))[:t.eval_max_batches] if t.eval_max_batches is not None else list(range(0, n, bs))
+        k = len(rows.names)
+        sums = torch.zeros(1 + k * k, dtype=torch.float64, device=self.device)  # [nll, confusion k x k]
+        for s in starts[self.rank::self.world]:
+            batch = make_batch(rows, range(s, min(s + bs, n)), self.device)
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+            nll = torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum")
+            conf = torch.bincount(batch["labels"] * k + logits.argmax(-1), minlength=k * k)
+            sums = sums + torch.cat([nll.double()[None], conf.double()])
+        values = all_reduce_tensor(sums).tolist()
+        model.train()
+        confusion = [[int(values[1 + i * k + j]) for j in range(k)] for i in range(k)]
+        return classification_metrics(values[0], confusion)
 
     # -- the loop ------------------------------------------------------------------------------
 
