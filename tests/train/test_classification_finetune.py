@@ -87,3 +87,18 @@ def test_classification_metrics_hand_checked():
     # F1: class 0: tp 2, fp 1, fn 1 -> 4/6; class 1: tp 1, fp 1, fn 0 -> 2/3; class 2: 0
     assert m["macro_f1"] == pytest.approx((4 / 6 + 2 / 3 + 0) / 3)
     assert m["loss"] == pytest.approx(1.0)
+
+
+def test_shipped_play_set_is_reproducible_and_balanced():
+    from collections import Counter
+
+    from spikelm.finetune.make_shakespeare_plays import LABELS, N_TRAIN, N_VAL, build
+    from spikelm.recipes import DATA_DIR
+
+    train_recs, val_recs = build((DATA_DIR / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8"))
+    for name, recs in (("train.jsonl", train_recs), ("val.jsonl", val_recs)):
+        shipped = (DATA_DIR / "shakespeare-plays" / name).read_text(encoding="utf-8")
+        assert shipped == "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs)
+    assert Counter(r["label"] for r in train_recs) == {p: N_TRAIN for p in LABELS}
+    assert Counter(r["label"] for r in val_recs) == {p: N_VAL for p in LABELS}
+    assert not {r["text"] for r in train_recs} & {r["text"] for r in val_recs}
