@@ -46,6 +46,11 @@ AUTO_MAP = {"AutoConfig": "configuration_spikelm.SpikeLMConfig",
             "AutoModel": "modeling_spikelm.SpikeLMModel",
             "AutoModelForCausalLM": "modeling_spikelm.SpikeLMForCausalLM"}
 """``auto_map`` written into ``config.json``: Auto class -> ``file stem.Class``."""
+CLASSIFICATION_ROOT = "spikelm.models.classification"
+"""The third root, bundled (into ``classification.py``) only for a sequence-classification model."""
+CLASSIFICATION_AUTO_MAP = {"AutoModelForSequenceClassification": "classification.SpikeLMForSequenceClassification"}
+"""The ``auto_map`` entry added (to :data:`AUTO_MAP`) for a model whose ``architectures`` name
+``SpikeLMForSequenceClassification``."""
 OPTIONAL_PACKAGES = ("triton",)
 """Third-party packages the generated code does without (treated as not installed)."""
 HEADER = "# Generated from spikelm"
@@ -55,16 +60,18 @@ HEADER = "# Generated from spikelm"
 def _root_attr(target: str):
     """The installed object an ``AUTO_MAP`` target (``file stem.Name``) names."""
     stem, name = target.split(".")
-    return getattr(importlib.import_module(next(r for r in ROOTS if r.endswith("." + stem))), name)
+    return getattr(importlib.import_module(next(r for r in (*ROOTS, CLASSIFICATION_ROOT) if r.endswith("." + stem))),
+                   name)
 
 
-def _check(file: str, text: str) -> None:
+def _check(file: str, text: str, earlier: tuple[str, ...] = ()) -> None:
     """What transformers needs of a remote-code file: it compiles, imports neither spikelm nor the
-    optional packages, and its one relative import (also for transformers' line regex, which
-    docstrings can fool) is ``.configuration_spikelm`` in ``modeling_spikelm.py``."""
+    optional packages, and its relative imports (also for transformers' line regex, which
+    docstrings can fool) name only the ``earlier`` files (``.configuration_spikelm`` in
+    ``modeling_spikelm.py``; both in ``classification.py``)."""
     tree = ast.parse(text)
     compile(tree, file, "exec")
-    allowed = set() if file == "configuration_spikelm.py" else {"configuration_spikelm"}
+    allowed = {f.removesuffix(".py") for f in earlier}
     for n in ast.walk(tree):
         mods = [a.name for a in n.names] if isinstance(n, ast.Import) else [
             "." * n.level + (n.module or "")] if isinstance(n, ast.ImportFrom) else []
@@ -84,13 +91,15 @@ def collect_modules() -> dict[str, list[str]]:
     return dict(Bundle(ROOTS, OPTIONAL_PACKAGES).files)
 
 
-def bundle_sources(version: str | None = None, config=None) -> dict[str, str]:
-    """``{"configuration_spikelm.py": source, "modeling_spikelm.py": source}`` (see the module docstring).
+def bundle_sources(version: str | None = None, config=None, classification: bool = False) -> dict[str, str]:
+    """``{"configuration_spikelm.py": source, "modeling_spikelm.py": source}`` (see the module docstring),
+    and ``"classification.py"`` (``SpikeLMForSequenceClassification``) when ``classification``.
 
     Args:
         version: spikelm version named in each file's header (default: the installed one).
         config: the ``SpikeLMConfig`` of the model the code is for: the ``nn.Module`` classes
             (outside the root modules) that its model does not build become stubs. None: all layers.
+        classification: also bundle :data:`CLASSIFICATION_ROOT` (a third file importing the first two).
     Raises:
         BundleError: a root module needs Triton at import time, a module-level import cycle,
             ``import *``, a dynamic import (``importlib.import_module``, ``__import__``, a
@@ -103,14 +112,16 @@ def bundle_sources(version: str | None = None, config=None) -> dict[str, str]:
         import spikelm
 
         version = spikelm.__version__
-    models = [_root_attr(t) for key, t in AUTO_MAP.items() if key != "AutoConfig"]
-    b, out = Bundle(ROOTS, OPTIONAL_PACKAGES, config, models), {}
+    auto_map = {**AUTO_MAP, **(CLASSIFICATION_AUTO_MAP if classification else {})}
+    roots = (*ROOTS, CLASSIFICATION_ROOT) if classification else ROOTS
+    models = [_root_attr(t) for key, t in auto_map.items() if key != "AutoConfig"]
+    b, out = Bundle(roots, OPTIONAL_PACKAGES, config, models), {}
     for file, mods in b.files.items():
         out[file] = b.source(file, [
             f"{HEADER} {version} ({mods[-1]} and what it imports)",
             "# by spikelm.hub.remote_code, for AutoModelForCausalLM.from_pretrained(..., trust_remote_code=True)",
             "# without spikelm: the torch code (no Triton) of these modules, in this order:"])
-        _check(file, out[file])
+        _check(file, out[file], tuple(out)[:-1])
     return out
 
 
@@ -118,6 +129,9 @@ def write_remote_code(model_dir: str | Path) -> list[Path]:
     """Write ``configuration_spikelm.py`` and ``modeling_spikelm.py`` for the model in ``model_dir``
     (only the layers its config uses), add ``auto_map`` to its ``config.json``, and remove the
     ``.py`` files an earlier export generated there (first line ``# Generated from spikelm``).
+    A sequence-classification model (``architectures`` naming ``SpikeLMForSequenceClassification``)
+    also gets ``classification.py`` and an ``AutoModelForSequenceClassification`` entry; a causal
+    LM's export loads as a classifier (new ``score`` head) where spikelm is installed.
 
     After this, ``AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=True)`` works
     where spikelm is not installed; where it is (and ``import spikelm`` ran), the installed
@@ -127,7 +141,7 @@ def write_remote_code(model_dir: str | Path) -> list[Path]:
         model_dir: a directory written by ``save_pretrained`` of a spikelm model (config.json
             with ``model_type == "spikelm"``); only its ``config.json`` is read.
     Returns:
-        The paths of the two written files.
+        The paths of the written files (two, or three for a classifier).
     Raises:
         FileNotFoundError: no ``config.json`` in ``model_dir``.
         ValueError: ``config.json`` is not a spikelm config (or ``SpikeLMConfig`` rejects it).
@@ -140,7 +154,8 @@ def write_remote_code(model_dir: str | Path) -> list[Path]:
     cfg = json.loads(cfg_path.read_text())
     if cfg.get("model_type") != "spikelm":
         raise ValueError(f"{cfg_path} holds a {cfg.get('model_type')!r} config, not a spikelm one")
-    files = bundle_sources(config=_root_attr(AUTO_MAP["AutoConfig"]).from_pretrained(d))
+    classification = "SpikeLMForSequenceClassification" in (cfg.get("architectures") or [])
+    files = bundle_sources(config=_root_attr(AUTO_MAP["AutoConfig"]).from_pretrained(d), classification=classification)
     for old in d.glob("*.py"):
         with old.open() as f:
             stale = old.name not in files and f.readline().startswith(HEADER)
@@ -148,6 +163,6 @@ def write_remote_code(model_dir: str | Path) -> list[Path]:
             old.unlink()
     for name, src in files.items():
         (d / name).write_text(src)
-    cfg["auto_map"] = dict(AUTO_MAP)
+    cfg["auto_map"] = {**AUTO_MAP, **(CLASSIFICATION_AUTO_MAP if classification else {})}
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     return [d / name for name in files]

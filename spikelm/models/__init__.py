@@ -1,6 +1,7 @@
 """Hugging Face classes of spikelm, registered with the Auto classes on import."""
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
+from .classification import SpikeLMForSequenceClassification
 from .configuration_spikelm import SpikeLMConfig
 from .flavours import FLAVOURS, flavour_config
 from .modeling_spikelm import SpikeLMCache, SpikeLMForCausalLM, SpikeLMModel, SpikeLMPreTrainedModel
@@ -8,6 +9,7 @@ from .modeling_spikelm import SpikeLMCache, SpikeLMForCausalLM, SpikeLMModel, Sp
 AutoConfig.register("spikelm", SpikeLMConfig, exist_ok=True)
 AutoModel.register(SpikeLMConfig, SpikeLMModel, exist_ok=True)
 AutoModelForCausalLM.register(SpikeLMConfig, SpikeLMForCausalLM, exist_ok=True)
+AutoModelForSequenceClassification.register(SpikeLMConfig, SpikeLMForSequenceClassification, exist_ok=True)
 
-__all__ = ["SpikeLMConfig", "SpikeLMModel", "SpikeLMForCausalLM", "SpikeLMPreTrainedModel", "SpikeLMCache",
-           "FLAVOURS", "flavour_config"]
+__all__ = ["SpikeLMConfig", "SpikeLMModel", "SpikeLMForCausalLM", "SpikeLMForSequenceClassification",
+           "SpikeLMPreTrainedModel", "SpikeLMCache", "FLAVOURS", "flavour_config"]
