@@ -1,4 +1,5 @@
-"""``spikelm eval``: loss, bits per byte, perplexity, spike statistics and energy of a saved model."""
+"""``spikelm eval``: loss, bits per byte, perplexity, spike statistics and energy of a saved model;
+with ``--tasks``, benchmarks through lm-evaluation-harness (:mod:`spikelm.eval.harness`)."""
 from __future__ import annotations
 
 import argparse
@@ -6,13 +7,17 @@ import json
 
 from .errors import CLIError
 
+
 def cmd_eval(argv: list[str]) -> int:
-    """``spikelm eval MODEL FILE ...``: print (or ``--json``) loss, BPB, spikes and energy. Raises CLIError."""
+    """``spikelm eval MODEL [FILE ...] [--tasks T,...]``: print (or ``--json``) loss, BPB, spikes and energy
+    of the files, and/or the lm-evaluation-harness results of the tasks (table; JSON in
+    ``--output-dir/lm_eval_results.json``). Raises CLIError."""
     p = argparse.ArgumentParser(prog="spikelm eval", description="Loss, bits per byte and perplexity (full-context "
                                 "strided), spike statistics and an operation/energy estimate of a saved model "
                                 "(spikelm or any HF causal LM; a directory or a Hub id) on text files.")
     p.add_argument("model_dir", help="HF model directory or Hub model id")
-    p.add_argument("files", nargs="+", help="text/json(l)/parquet files, or one Hub dataset name")
+    p.add_argument("files", nargs="*", help="text/json(l)/parquet files, or one Hub dataset name (optional with "
+                   "--tasks)")
     p.add_argument("--block-size", type=int, default=None, help="tokens per window (default: the model's context)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--stride", type=int, default=None,
@@ -26,7 +31,18 @@ def cmd_eval(argv: list[str]) -> int:
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                    help="replace a config field at load time (JSON value), e.g. adaptive_spike_k=2")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    h = p.add_argument_group("lm-evaluation-harness (pip install spikelm[eval])")
+    h.add_argument("--tasks", default=None, help="comma-separated harness task/group names, e.g. arc_easy,piqa")
+    h.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples (default: each task's own)")
+    h.add_argument("--limit", type=float, default=None, help="at most N documents per task (< 1: a fraction)")
+    h.add_argument("--include-path", action="append", default=[], metavar="DIR",
+                   help="folder of extra task YAML files (repeatable)")
+    h.add_argument("--bootstrap-iters", type=int, default=100000,
+                   help="bootstrap resamples for stderrs without a closed form (0: skip)")
+    h.add_argument("--output-dir", default=".", help="where lm_eval_results.json is written (default: .)")
     a = p.parse_args(argv)
+    if not a.files and a.tasks is None:
+        p.error("the following arguments are required: files (or --tasks)")
     overrides = {}
     for item in a.override:
         key, sep, val = item.partition("=")
@@ -38,17 +54,62 @@ def cmd_eval(argv: list[str]) -> int:
             overrides[key] = val
     if a.spike_tokens < 1:
         raise CLIError(f"--spike-tokens must be >= 1, got {a.spike_tokens}")
+    if a.tasks is not None:
+        from ..eval.harness import HarnessMissingError, check_available
+
+        try:  # fail before any model loading: the extra missing, a bad folder
+            check_available(a.include_path)
+        except HarnessMissingError as e:
+            raise CLIError(str(e)) from None
+        except FileNotFoundError as e:
+            raise CLIError(str(e)) from e
+    res = _eval_files(a, overrides) if a.files else {}
+    if a.tasks is not None:
+        res["lm_eval"] = _eval_tasks(a, overrides)
+    if a.json:
+        print(json.dumps(res))
+        return 0
+    if a.files:
+        _print_files(res)
+    if a.tasks is not None:
+        from ..eval.harness import results_table
+
+        print(("\n" if a.files else "") + results_table(res["lm_eval"]))
+        print(f"lm-eval results written to {res['lm_eval']['results_file']}")
+    return 0
+
+
+def _eval_tasks(a: argparse.Namespace, overrides: dict) -> dict:
+    """Run the harness (``--tasks``), write its JSON; returns it with ``results_file``. Raises CLIError."""
+    from ..eval.harness import run_harness, write_results
+
+    limit = int(a.limit) if a.limit is not None and a.limit >= 1 else a.limit
+    if limit is not None and limit <= 0:
+        raise CLIError(f"--limit must be > 0, got {a.limit}")
+    try:
+        res = run_harness(a.model_dir, a.tasks.split(","), num_fewshot=a.num_fewshot, limit=limit,
+                          include_path=a.include_path or None, batch_size=a.batch_size, config_overrides=overrides,
+                          bootstrap_iters=a.bootstrap_iters)
+    except (ValueError, FileNotFoundError) as e:
+        raise CLIError(str(e)) from e
+    res["results_file"] = str(write_results(res, a.output_dir))
+    return res
+
+
+def _eval_files(a: argparse.Namespace, overrides: dict) -> dict:
+    """Loss/BPB/spikes/energy of the FILE arguments. Raises CLIError."""
     from ..eval.perplexity import evaluate_files
 
     try:
-        res = evaluate_files(a.model_dir, a.files, block_size=a.block_size, batch_size=a.batch_size,
+        return evaluate_files(a.model_dir, a.files, block_size=a.block_size, batch_size=a.batch_size,
                              text_field=a.text_field, stride=a.stride, spikes=not a.no_spikes,
                              spike_max_tokens=a.spike_tokens, split=a.split, config_overrides=overrides)
     except (ValueError, FileNotFoundError) as e:
         raise CLIError(str(e)) from e
-    if a.json:
-        print(json.dumps(res))
-        return 0
+
+
+def _print_files(res: dict) -> None:
+    """Print the text report of :func:`_eval_files`."""
     print(f"{res['tokens']} tokens, {res['bytes']} bytes: loss {res['loss']:.4f} nats/token, "
           f"{res['bpb']:.4f} bits/byte, perplexity {res['perplexity']:.2f} "
           f"(block {res['block_size']}, stride {res['stride']})")
@@ -69,4 +130,3 @@ def cmd_eval(argv: list[str]) -> int:
               f"{en['ann_energy_pj_per_token'] / 1e6:.4g} uJ); as SNN {en['snn_macs_per_token']:,.0f} MACs + "
               f"{en['snn_acs_per_token']:,.0f} ACs ({en['snn_energy_pj_per_token'] / 1e6:.4g} uJ), ANN/SNN energy "
               f"{en['energy_ratio']:.2f}x (45 nm: E_MAC {en['e_mac_pj']} pJ, E_AC {en['e_ac_pj']} pJ)")
-    return 0
