@@ -29,7 +29,15 @@ chunks of ``CHUNK`` tokens whose loads are all issued before the chunk's sequent
 State and all accumulation are float32. The forward saves the state entering every token
 (``aa, bb, pp`` as three fp32 ``[B, L, D]`` tensors, memory linear in ``L``) only when a
 gradient is needed. ``gw``/``gu`` are reduced deterministically: per ``(b, d)`` partial sums
-written to a ``[B, D]`` buffer, then summed over ``B`` by torch (no atomics).
+written to one ``[2, B, D]`` buffer, then summed over ``B`` by one torch ``sum`` (no atomics).
+
+Gated variant (``wkv4_gated_fused_recurrent``; SpikeGPT's time-mix output ``sigmoid(r) * wkv``):
+the same kernels with ``GATED`` set. The forward multiplies ``wkv_t`` by ``sigmoid(r_t)`` before
+its store (the gate costs no launch and ``wkv`` never reaches memory); the backward recomputes
+``wkv_t`` from the saved state (it does so anyway for ``gk``), so with ``g`` the output gradient
+``d wkv_t = g_t sigmoid(r_t)`` and ``dr_t = g_t wkv_t sigmoid(r_t) (1 - sigmoid(r_t))``. Without
+an initial state (``HAS_STATE`` off) the kernel starts from the empty state itself (no
+``wkv4_init_state`` buffers).
 
 Kernels are compiled with ``triton.jit`` for CUDA tensors and run by Triton's interpreter
 for CPU tensors (tests), whatever ``TRITON_INTERPRET`` was when triton was imported
@@ -47,7 +55,7 @@ from .checks import check_wkv4_inputs
 from .naive import wkv4_init_state
 from .torch_loop import WKV4TorchFunction
 
-__all__ = ["wkv4_fused_recurrent"]
+__all__ = ["wkv4_fused_recurrent", "wkv4_gated_fused_recurrent"]
 
 # (BLOCK, num_warps, CHUNK); the parallelism is only B * D lanes, so blocks stay small
 _CUDA_CONFIGS = [(32, 1, 8), (64, 1, 8), (64, 2, 8), (128, 2, 4), (128, 4, 8), (256, 4, 4)]
@@ -122,19 +130,31 @@ def _prefetch(p, m, offs, t, L, D, CHUNK: tl.constexpr, REVERSE: tl.constexpr):
     return xs, p
 
 
-def _wkv4_fwd_kernel(w_ptr, u_ptr, k_ptr, v_ptr, aa_ptr, bb_ptr, pp_ptr, y_ptr,
-                     sa_ptr, sb_ptr, sp_ptr, oa_ptr, ob_ptr, op_ptr, B, L, D, LD,
-                     BLOCK: tl.constexpr, CHUNK: tl.constexpr, SAVE: tl.constexpr):
+@triton_utils.device_function
+def _wkv4_fwd_body(w_ptr, u_ptr, k_ptr, v_ptr, r_ptr, aa_ptr, bb_ptr, pp_ptr, y_ptr,
+                   sa_ptr, sb_ptr, sp_ptr, oa_ptr, ob_ptr, op_ptr, B, L, D, LD,
+                   BLOCK: tl.constexpr, CHUNK: tl.constexpr, SAVE: tl.constexpr, GATED: tl.constexpr,
+                   HAS_STATE: tl.constexpr):
+    """The forward of both kernels below: ``GATED`` multiplies the output by ``sigmoid(r)``;
+    without ``HAS_STATE`` the recurrence starts from the empty state (no state read)."""
     offs, m, w, u, soffs, base = _channels(w_ptr, u_ptr, D, LD, BLOCK)
-    aa, bb, pp = _load_state(aa_ptr, bb_ptr, pp_ptr, soffs, m)
+    if HAS_STATE:
+        aa, bb, pp = _load_state(aa_ptr, bb_ptr, pp_ptr, soffs, m)
+    else:  # the empty state (wkv4_init_state) without reading one
+        aa = tl.full([BLOCK], 0.0, tl.float32)
+        bb = tl.full([BLOCK], 0.0, tl.float32)
+        pp = tl.full([BLOCK], -1e38, tl.float32)
     kp = k_ptr + base
     vp = v_ptr + base
+    rp = r_ptr + base
     yp = y_ptr + base
     sap, sbp, spp = _offset3(sa_ptr, sb_ptr, sp_ptr, base)  # the saved state entering each token
     for t0 in range(0, L, CHUNK):
         # issue the loads of CHUNK tokens before the sequential update
         ks, kp = _prefetch(kp, m, offs, t0, L, D, CHUNK, False)
         vs, vp = _prefetch(vp, m, offs, t0, L, D, CHUNK, False)
+        if GATED:
+            rs, rp = _prefetch(rp, m, offs, t0, L, D, CHUNK, False)
         for i in tl.static_range(CHUNK):
             live = (offs * 0 + (t0 + i)) < L
             mt = m & live
@@ -143,7 +163,9 @@ def _wkv4_fwd_kernel(w_ptr, u_ptr, k_ptr, v_ptr, aa_ptr, bb_ptr, pp_ptr, y_ptr,
             if SAVE:  # the state entering this token
                 _store_state(sap, sbp, spp, 0, aa, bb, pp, mt)
                 sap, sbp, spp = _offset3(sap, sbp, spp, D)
-            y, q, e2, d = _output(aa, bb, pp, u, kt, vt)
+            y, _, _, _ = _output(aa, bb, pp, u, kt, vt)
+            if GATED:  # the receptance gate in the epilogue: sigmoid(r_t) * wkv_t
+                y = y / (1.0 + tl.exp(-rs[i].to(tl.float32)))
             tl.store(yp, y.to(y_ptr.dtype.element_ty), mask=mt)
             yp += D
             ww = pp - w
@@ -156,19 +178,24 @@ def _wkv4_fwd_kernel(w_ptr, u_ptr, k_ptr, v_ptr, aa_ptr, bb_ptr, pp_ptr, y_ptr,
     _store_state(oa_ptr, ob_ptr, op_ptr, soffs, aa, bb, pp, m)
 
 
-def _wkv4_bwd_kernel(w_ptr, u_ptr, k_ptr, v_ptr, gy_ptr, sa_ptr, sb_ptr, sp_ptr,
-                     gk_ptr, gv_ptr, gw_ptr, gu_ptr, gaa_ptr, gbb_ptr, gpp_ptr, B, L, D, LD, LAST,
-                     BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+@triton_utils.device_function
+def _wkv4_bwd_body(w_ptr, u_ptr, k_ptr, v_ptr, r_ptr, gy_ptr, sa_ptr, sb_ptr, sp_ptr,
+                   gk_ptr, gv_ptr, gr_ptr, gw_ptr, gu_ptr, gaa_ptr, gbb_ptr, gpp_ptr, B, L, D, LD, LAST,
+                   BLOCK: tl.constexpr, CHUNK: tl.constexpr, GATED: tl.constexpr, STATE_GRAD: tl.constexpr):
+    """The backward of both kernels below: ``GATED`` takes ``gy`` as the gradient of
+    ``sigmoid(r) * wkv`` and writes ``gr``; ``STATE_GRAD`` writes the initial state's gradient."""
     offs, m, w, u, soffs, base = _channels(w_ptr, u_ptr, D, LD, BLOCK)
     # state entering token 0 = the initial state (saved by the forward at t = 0)
     aa0, bb0, pp0 = _load_state(sa_ptr, sb_ptr, sp_ptr, base, m)
     base = base + LAST  # pointers at token L-1, moving back D elements per token
     kp = k_ptr + base
     vp = v_ptr + base
+    rp = r_ptr + base
     gyp = gy_ptr + base
     sap, sbp, spp = _offset3(sa_ptr, sb_ptr, sp_ptr, base)
     gkp = gk_ptr + base
     gvp = gv_ptr + base
+    grp = gr_ptr + base
     o = tl.full([BLOCK], -1e38, tl.float32)  # EMPTY_PP (a literal: jitted code reads no globals)
     ga = tl.full([BLOCK], 0.0, tl.float32)
     gb = tl.full([BLOCK], 0.0, tl.float32)
@@ -179,6 +206,8 @@ def _wkv4_bwd_kernel(w_ptr, u_ptr, k_ptr, v_ptr, gy_ptr, sa_ptr, sb_ptr, sp_ptr,
         ks, kp = _prefetch(kp, m, offs, t_hi, L, D, CHUNK, True)
         vs, vp = _prefetch(vp, m, offs, t_hi, L, D, CHUNK, True)
         gys, gyp = _prefetch(gyp, m, offs, t_hi, L, D, CHUNK, True)
+        if GATED:
+            rs, rp = _prefetch(rp, m, offs, t_hi, L, D, CHUNK, True)
         sas, sap = _prefetch(sap, m, offs, t_hi, L, D, CHUNK, True)
         sbs, sbp = _prefetch(sbp, m, offs, t_hi, L, D, CHUNK, True)
         sps, spp = _prefetch(spp, m, offs, t_hi, L, D, CHUNK, True)
@@ -192,6 +221,11 @@ def _wkv4_bwd_kernel(w_ptr, u_ptr, k_ptr, v_ptr, gy_ptr, sa_ptr, sb_ptr, sp_ptr,
             b_t = sbs[i]
             p_t = sps[i]
             y, q, e2, d = _output(a_t, b_t, p_t, u, kt, vt)
+            if GATED:  # out = sig(r) wkv: d wkv = g sig(r), d r = g wkv sig(r) (1 - sig(r))
+                sig = 1.0 / (1.0 + tl.exp(-rs[i].to(tl.float32)))
+                tl.store(grp, (gyt * y * sig * (1.0 - sig)).to(gr_ptr.dtype.element_ty), mask=mt)
+                grp -= D
+                gyt = gyt * sig
             c = tl.where(mt, gyt / d, 0.0)
             direct = c * e2
             ek = tl.exp(kt + o)
@@ -210,10 +244,39 @@ def _wkv4_bwd_kernel(w_ptr, u_ptr, k_ptr, v_ptr, gy_ptr, sa_ptr, sb_ptr, sp_ptr,
             ga = tl.where(live, f1 * ga + f2 * c, ga)
             gb = tl.where(live, f1 * gb - f2 * c * y, gb)
             o = tl.where(live, no, o)
-    s0 = tl.exp(pp0 + o)
-    _store_state(gaa_ptr, gbb_ptr, gpp_ptr, soffs, s0 * ga, s0 * gb, s0 * (aa0 * ga + bb0 * gb), m)
+    if STATE_GRAD:
+        s0 = tl.exp(pp0 + o)
+        _store_state(gaa_ptr, gbb_ptr, gpp_ptr, soffs, s0 * ga, s0 * gb, s0 * (aa0 * ga + bb0 * gb), m)
     tl.store(gw_ptr + soffs, -gw, mask=m)
     tl.store(gu_ptr + soffs, gu, mask=m)
+
+
+def _wkv4_fwd_kernel(w_ptr, u_ptr, k_ptr, v_ptr, aa_ptr, bb_ptr, pp_ptr, y_ptr,
+                     sa_ptr, sb_ptr, sp_ptr, oa_ptr, ob_ptr, op_ptr, B, L, D, LD,
+                     BLOCK: tl.constexpr, CHUNK: tl.constexpr, SAVE: tl.constexpr):
+    _wkv4_fwd_body(w_ptr, u_ptr, k_ptr, v_ptr, v_ptr, aa_ptr, bb_ptr, pp_ptr, y_ptr, sa_ptr, sb_ptr, sp_ptr,
+                   oa_ptr, ob_ptr, op_ptr, B, L, D, LD, BLOCK, CHUNK, SAVE, False, True)
+
+
+def _wkv4_bwd_kernel(w_ptr, u_ptr, k_ptr, v_ptr, gy_ptr, sa_ptr, sb_ptr, sp_ptr,
+                     gk_ptr, gv_ptr, gw_ptr, gu_ptr, gaa_ptr, gbb_ptr, gpp_ptr, B, L, D, LD, LAST,
+                     BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+    _wkv4_bwd_body(w_ptr, u_ptr, k_ptr, v_ptr, v_ptr, gy_ptr, sa_ptr, sb_ptr, sp_ptr, gk_ptr, gv_ptr, gk_ptr,
+                   gw_ptr, gu_ptr, gaa_ptr, gbb_ptr, gpp_ptr, B, L, D, LD, LAST, BLOCK, CHUNK, False, True)
+
+
+def _wkv4_gated_fwd_kernel(w_ptr, u_ptr, k_ptr, v_ptr, r_ptr, aa_ptr, bb_ptr, pp_ptr, y_ptr,
+                           sa_ptr, sb_ptr, sp_ptr, oa_ptr, ob_ptr, op_ptr, B, L, D, LD,
+                           BLOCK: tl.constexpr, CHUNK: tl.constexpr, SAVE: tl.constexpr, HAS_STATE: tl.constexpr):
+    _wkv4_fwd_body(w_ptr, u_ptr, k_ptr, v_ptr, r_ptr, aa_ptr, bb_ptr, pp_ptr, y_ptr, sa_ptr, sb_ptr, sp_ptr,
+                   oa_ptr, ob_ptr, op_ptr, B, L, D, LD, BLOCK, CHUNK, SAVE, True, HAS_STATE)
+
+
+def _wkv4_gated_bwd_kernel(w_ptr, u_ptr, k_ptr, v_ptr, r_ptr, gy_ptr, sa_ptr, sb_ptr, sp_ptr,
+                           gk_ptr, gv_ptr, gr_ptr, gw_ptr, gu_ptr, gaa_ptr, gbb_ptr, gpp_ptr, B, L, D, LD, LAST,
+                           BLOCK: tl.constexpr, CHUNK: tl.constexpr, STATE_GRAD: tl.constexpr):
+    _wkv4_bwd_body(w_ptr, u_ptr, k_ptr, v_ptr, r_ptr, gy_ptr, sa_ptr, sb_ptr, sp_ptr, gk_ptr, gv_ptr, gr_ptr,
+                   gw_ptr, gu_ptr, gaa_ptr, gbb_ptr, gpp_ptr, B, L, D, LD, LAST, BLOCK, CHUNK, True, STATE_GRAD)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -259,11 +322,13 @@ class WKV4FusedFunction(torch.autograd.Function):
         gy = gy.contiguous()
         gk = triton_utils.empty((B, L, D), k.dtype, dev)
         gv = triton_utils.empty((B, L, D), v.dtype, dev)
-        gw, gu, gaa, gbb, gpp = (triton_utils.empty((B, D), torch.float32, dev) for _ in range(5))
+        gwu = triton_utils.empty((2, B, D), torch.float32, dev)  # gw, gu partial sums: one reduction
+        gaa, gbb, gpp = (triton_utils.empty((B, D), torch.float32, dev) for _ in range(3))
         _launch(_wkv4_bwd_kernel, B, D, dev, ctx.block_size,
-                (w, u, k, v, gy, sa, sb, sp, gk, gv, gw, gu, gaa, gbb, gpp, B, L, D, L * D, (L - 1) * D), {})
+                (w, u, k, v, gy, sa, sb, sp, gk, gv, gwu[0], gwu[1], gaa, gbb, gpp, B, L, D, L * D, (L - 1) * D), {})
         dw, du, daa, dbb, dpp = ctx.dtypes
-        return (gw.sum(0).to(dw), gu.sum(0).to(du), gk, gv, gaa.to(daa), gbb.to(dbb), gpp.to(dpp), None)
+        gw, gu = gwu.sum(1)
+        return (gw.to(dw), gu.to(du), gk, gv, gaa.to(daa), gbb.to(dbb), gpp.to(dpp), None)
 
 
 def wkv4_fused_recurrent(
@@ -308,3 +373,91 @@ def wkv4_fused_recurrent(
     aa, bb, pp = (s.contiguous() for s in state)
     y, aa, bb, pp = WKV4FusedFunction.apply(w, u, k, v, aa, bb, pp, block_size)
     return y, (aa, bb, pp)
+
+
+class WKV4GatedFusedFunction(torch.autograd.Function):
+    """``(w, u [D], k, v, r [B, L, D], aa, bb, pp [B, D] | None) -> (sigmoid(r) * wkv [B, L, D] in
+    r.dtype, aa, bb, pp fp32)``: the WKV kernels with the receptance gate in their epilogue."""
+
+    @staticmethod
+    def forward(ctx, w, u, k, v, r, aa, bb, pp, block_size):
+        B, L, D = k.shape
+        dev = k.device
+        has_state = aa is not None
+        need_grad = any(ctx.needs_input_grad[:8])
+        out = triton_utils.empty((B, L, D), r.dtype, dev)
+        oa, ob, op = (triton_utils.empty((B, D), torch.float32, dev) for _ in range(3))
+        if need_grad:
+            sa, sb, sp = (triton_utils.empty((B, L, D), torch.float32, dev) for _ in range(3))
+        else:
+            sa = sb = sp = oa  # never touched (SAVE=False)
+        st = (aa, bb, pp) if has_state else (oa, oa, oa)  # not read without a state (HAS_STATE=False)
+        _launch(_wkv4_gated_fwd_kernel, B, D, dev, block_size,
+                (w, u, k, v, r, *st, out, sa, sb, sp, oa, ob, op, B, L, D, L * D),
+                {"SAVE": need_grad, "HAS_STATE": has_state})
+        if need_grad:
+            ctx.save_for_backward(w, u, k, v, r, sa, sb, sp)
+        ctx.dtypes = (w.dtype, u.dtype) + ((aa.dtype, bb.dtype, pp.dtype) if has_state else (None,) * 3)
+        ctx.block_size = block_size
+        ctx.mark_non_differentiable(oa, ob, op)
+        return out, oa, ob, op
+
+    @staticmethod
+    def backward(ctx, gout, _ga, _gb, _gp):
+        w, u, k, v, r, sa, sb, sp = ctx.saved_tensors
+        B, L, D = k.shape
+        dev = k.device
+        dw, du, daa, dbb, dpp = ctx.dtypes
+        state_grad = daa is not None and any(ctx.needs_input_grad[5:8])
+        gout = gout.contiguous()
+        gk = triton_utils.empty((B, L, D), k.dtype, dev)
+        gv = triton_utils.empty((B, L, D), v.dtype, dev)
+        gr = triton_utils.empty((B, L, D), r.dtype, dev)
+        gwu = triton_utils.empty((2, B, D), torch.float32, dev)  # gw, gu partial sums: one reduction
+        gst = [triton_utils.empty((B, D), torch.float32, dev) for _ in range(3)] if state_grad else [gwu[0]] * 3
+        _launch(_wkv4_gated_bwd_kernel, B, D, dev, ctx.block_size,
+                (w, u, k, v, r, gout, sa, sb, sp, gk, gv, gr, gwu[0], gwu[1], *gst, B, L, D, L * D, (L - 1) * D),
+                {"STATE_GRAD": state_grad})
+        gw, gu = gwu.sum(1)
+        gstate = [g.to(dt) for g, dt in zip(gst, (daa, dbb, dpp))] if state_grad else [None] * 3
+        return (gw.to(dw), gu.to(du), gk, gv, gr, *gstate, None)
+
+
+def wkv4_gated_fused_recurrent(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, r: torch.Tensor,
+                               state: State | None = None, *, block_size: int | None = None
+                               ) -> tuple[torch.Tensor, State]:
+    """Gated RWKV-4 WKV on Triton: ``sigmoid(r) * wkv(w, u, k, v)`` with the gate in the kernel's
+    epilogue (SpikeGPT's time-mix, Zhu et al. 2023; RWKV-4, Peng et al. 2023; formula: module
+    docstring and ``kernels/wkv4/gated.py``).
+
+    Args:
+        w, u: ``[D]`` decay (> 0) and bonus, any float dtype.
+        k, v, r: ``[B, L, D]`` keys, values and receptance; ``k``/``v`` of one dtype,
+            float32/float16/bfloat16 on CUDA or CPU (interpreter; fp32/fp16). float64 goes to
+            the torch path (gradcheck). Non-contiguous inputs are copied.
+        state: ``(aa, bb, pp)`` each ``[B, D]`` (read as float32), or None for the empty state
+            (not materialised: the kernel starts from it).
+        block_size: channels per program (power of two >= 16); None autotunes on CUDA.
+    Returns:
+        ``(out [B, L, D] in r.dtype, (aa, bb, pp) [B, D] float32)``; ``out`` is differentiable in
+        ``w, u, k, v, r`` and the initial state (the backward recomputes ``wkv`` for ``dr``);
+        the returned state is not.
+    Raises:
+        TypeError, ValueError: as ``checks.check_wkv4_inputs``; ``r`` not of ``k``'s shape; a bad
+            ``block_size``.
+    """
+    check_wkv4_inputs(w, u, k, v, state)
+    if not isinstance(r, torch.Tensor) or r.shape != k.shape:
+        raise ValueError(f"r must be [B, L, D] = {tuple(k.shape)}, got "
+                         f"{tuple(r.shape) if isinstance(r, torch.Tensor) else type(r).__name__}")
+    triton_utils.check_power_of_two("block_size", block_size)
+    B, _, D = k.shape
+    if v.dtype == torch.float64 or B * D == 0:  # fp64 (gradcheck) and empty batches: the torch path
+        if state is None:
+            state = wkv4_init_state(B, D, k.device)
+        y, aa, bb, pp = WKV4TorchFunction.apply(w, u, k, v, *state)
+        return torch.sigmoid(r) * y.to(r.dtype), (aa, bb, pp)
+    w, u, k, v, r = (t.contiguous() for t in (w, u, k, v, r))
+    aa, bb, pp = (s.contiguous() for s in state) if state is not None else (None, None, None)
+    out, aa, bb, pp = WKV4GatedFusedFunction.apply(w, u, k, v, r, aa, bb, pp, block_size)
+    return out, (aa, bb, pp)

@@ -6,8 +6,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from ..kernels.token_shift import token_shift_mix
 from .base import SpikeLMLayer
-from .token_shift import mix, token_shift
 
 
 class ChannelMixState(NamedTuple):
@@ -56,7 +56,7 @@ class RWKV4ChannelMix(SpikeLMLayer):
         """``x [B, L, D]``, optional state, ``mask [B, L]`` -> ``(out [B, L, D], new state)``."""
         if mask is not None:
             x = x * mask[..., None].to(x.dtype)
-        xx = token_shift(x, None if state is None else state.shift)
-        k = torch.square(torch.relu(self.key(mix(x, xx, self.time_mix_k))))
-        out = torch.sigmoid(self.receptance(mix(x, xx, self.time_mix_r))) * self.value(k)
+        xk, xr = token_shift_mix(x, None if state is None else state.shift, (self.time_mix_k, self.time_mix_r))
+        k = torch.square(torch.relu(self.key(xk)))
+        out = torch.sigmoid(self.receptance(xr)) * self.value(k)
         return out, ChannelMixState(x[:, -1])

@@ -7,9 +7,10 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ..kernels.wkv4 import wkv4, wkv4_init_state
+from ..kernels.token_shift import token_shift_mix
+from ..kernels.wkv4 import wkv4_init_state
+from ..kernels.wkv4.gated import wkv4_gated
 from .base import SpikeLMLayer
-from .token_shift import mix, token_shift
 
 PAD_KEY = -1e30
 """Key given to padded positions: ``e^k`` underflows to exactly 0 and the first real token's
@@ -93,13 +94,13 @@ class RWKV4TimeMix(SpikeLMLayer):
         ``(out [B, L, D], new state)``."""
         if mask is not None:
             x = x * mask[..., None].to(x.dtype)
-        xx = token_shift(x, None if state is None else state.shift)
-        k = self.key(mix(x, xx, self.time_mix_k))
-        v = self.value(mix(x, xx, self.time_mix_v))
-        r = self.receptance(mix(x, xx, self.time_mix_r))
+        # token shift + the three mixes in one op (one fused kernel on the Triton path)
+        xk, xv, xr = token_shift_mix(x, None if state is None else state.shift,
+                                     (self.time_mix_k, self.time_mix_v, self.time_mix_r))
+        k, v, r = self.key(xk), self.value(xv), self.receptance(xr)
         if mask is not None:
             k = k.masked_fill(~mask[..., None].bool(), PAD_KEY)
-        y, (aa, bb, pp) = wkv4(torch.exp(self.time_decay), self.time_first, k, v,
-                               None if state is None else (state.aa, state.bb, state.pp))
-        out = self.output(torch.sigmoid(r) * y.to(r.dtype))
-        return out, RWKV4State(x[:, -1], aa, bb, pp)
+        # sigmoid(r) * wkv: the gate in the WKV kernel's epilogue on the Triton path
+        rwkv, (aa, bb, pp) = wkv4_gated(torch.exp(self.time_decay), self.time_first, k, v, r,
+                                        None if state is None else (state.aa, state.bb, state.pp))
+        return self.output(rwkv), RWKV4State(x[:, -1], aa, bb, pp)
