@@ -6,6 +6,8 @@
                     [--window W] [--tokenizer DIR] [--gla-memory T] [--gla-norm-init v_rms|ones] [--json]
     spikelm generate MODEL_DIR "prompt" [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--greedy] [--chat]
     spikelm eval MODEL FILE [FILE ...] [--block-size L] [--stride S] [--batch-size N] [--no-spikes] [--json]
+    spikelm eval CLASSIFIER LABELLED.jsonl [...] [--text-field F] [--label-field F]     (accuracy, macro-F1)
+    spikelm eval MODEL --tasks T[,T...] [--num-fewshot N] [--limit N] [--include-path DIR]   (lm-eval)
     spikelm export RUN_DIR OUT_DIR [--tag stepN] [--eval-json FILE] [--push-to-hub REPO_ID [--private]]
     spikelm export ADAPTER_DIR OUT_DIR --merge-lora [--base BASE_DIR]
     spikelm push MODEL_DIR REPO_ID [--private]

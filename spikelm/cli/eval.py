@@ -24,6 +24,8 @@ def cmd_eval(argv: list[str]) -> int:
                    help="window step in tokens (default: the block size); smaller gives every token more left "
                         "context at block/stride times the compute")
     p.add_argument("--text-field", default="text")
+    p.add_argument("--label-field", default="label",
+                   help="a sequence classifier's labelled jsonl/parquet files: the label column")
     p.add_argument("--split", default=None, help="split of a Hub dataset (default: validation, test, else train)")
     p.add_argument("--no-spikes", action="store_true", help="skip the spike statistics and energy estimate")
     p.add_argument("--spike-tokens", type=int, default=16384,
@@ -97,9 +99,17 @@ def _eval_tasks(a: argparse.Namespace, overrides: dict) -> dict:
 
 
 def _eval_files(a: argparse.Namespace, overrides: dict) -> dict:
-    """Loss/BPB/spikes/energy of the FILE arguments. Raises CLIError."""
+    """Loss/BPB/spikes/energy of the FILE arguments; for a sequence classifier, accuracy and
+    macro-F1 on labelled files. Raises CLIError."""
+    from ..eval.classification import evaluate_classifier, is_classifier_dir
     from ..eval.perplexity import evaluate_files
 
+    if is_classifier_dir(a.model_dir):
+        try:
+            return evaluate_classifier(a.model_dir, a.files, text_field=a.text_field, label_field=a.label_field,
+                                       batch_size=a.batch_size, block_size=a.block_size)
+        except (ValueError, FileNotFoundError) as e:
+            raise CLIError(str(e)) from e
     try:
         return evaluate_files(a.model_dir, a.files, block_size=a.block_size, batch_size=a.batch_size,
                              text_field=a.text_field, stride=a.stride, spikes=not a.no_spikes,
@@ -110,6 +120,10 @@ def _eval_files(a: argparse.Namespace, overrides: dict) -> dict:
 
 def _print_files(res: dict) -> None:
     """Print the text report of :func:`_eval_files`."""
+    if "accuracy" in res:
+        print(f"{res['rows']} labelled rows, {len(res['labels'])} labels: accuracy {res['accuracy']:.4f}, macro-F1 "
+              f"{res['macro_f1']:.4f}, loss {res['loss']:.4f} nats/row (majority class {res['majority_accuracy']:.4f})")
+        return
     print(f"{res['tokens']} tokens, {res['bytes']} bytes: loss {res['loss']:.4f} nats/token, "
           f"{res['bpb']:.4f} bits/byte, perplexity {res['perplexity']:.2f} "
           f"(block {res['block_size']}, stride {res['stride']})")

@@ -3,7 +3,7 @@ the per-class F1 scores, ``2 TP / (2 TP + FP + FN)``; scikit-learn's ``f1_score(
 with ``zero_division=0``)."""
 from __future__ import annotations
 
-__all__ = ["classification_metrics", "majority_accuracy"]
+__all__ = ["classification_metrics", "evaluate_classifier", "is_classifier_dir", "majority_accuracy"]
 
 
 def classification_metrics(nll_sum: float, confusion: list[list[int]]) -> dict:
@@ -38,3 +38,61 @@ def majority_accuracy(labels: list[int]) -> float:
     from collections import Counter
 
     return Counter(labels).most_common(1)[0][1] / len(labels) if labels else 0.0
+
+
+def is_classifier_dir(model_dir: str) -> bool:
+    """Whether the Hugging Face directory ``model_dir`` holds a ``*ForSequenceClassification``
+    (its ``config.json`` ``architectures``); False for a Hub id or a causal LM."""
+    import json
+    from pathlib import Path
+
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        return False
+    archs = json.loads(path.read_text()).get("architectures") or []
+    return any(a.endswith("ForSequenceClassification") for a in archs)
+
+
+def evaluate_classifier(model_dir: str, files: list[str], *, text_field: str = "text", label_field: str = "label",
+                        batch_size: int = 16, block_size: int | None = None) -> dict:
+    """Accuracy and macro-F1 of a saved classifier on labelled ``.jsonl`` / ``.parquet`` files,
+    next to the majority-class baseline of the same rows.
+
+    Labels are the model's ``config.id2label`` names (or integer ids below ``num_labels``); each
+    text is cut to ``block_size`` tokens (default: the model's context).
+    Returns:
+        :func:`classification_metrics`' dict plus ``majority_accuracy`` and ``labels`` (names in
+        id order).
+    Raises:
+        FileNotFoundError / ValueError: a missing or malformed file, a label the model does not
+            have (``spikelm.data.classification``'s messages).
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    from ..data.batches import make_batch
+    from ..data.classification import _tokenize, read_labelled
+
+    import spikelm  # noqa: F401  (registers the spikelm classes)
+
+    # every input is checked (files, fields, labels) before the weights are loaded
+    config = AutoConfig.from_pretrained(model_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    names = [config.id2label[i] for i in range(config.num_labels)]
+    length = block_size or getattr(config, "max_position_embeddings", None) or 512
+    records = [r for f in files for r in read_labelled(f, text_field, label_field)]
+    rows = _tokenize(records, tok, names, length)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    k = len(names)
+    confusion = torch.zeros(k * k, dtype=torch.long)
+    nll = 0.0
+    with torch.no_grad():
+        for s in range(0, len(rows), batch_size):
+            batch = make_batch(rows, range(s, min(s + batch_size, len(rows))), "cpu")
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+            nll += float(torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum"))
+            confusion += torch.bincount(batch["labels"] * k + logits.argmax(-1), minlength=k * k)
+    out = classification_metrics(nll, confusion.view(k, k).tolist())
+    out["majority_accuracy"] = majority_accuracy([int(r["labels"]) for r in rows.rows])
+    out["labels"] = names
+    return out

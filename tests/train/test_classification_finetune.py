@@ -102,3 +102,23 @@ def test_shipped_play_set_is_reproducible_and_balanced():
     assert Counter(r["label"] for r in train_recs) == {p: N_TRAIN for p in LABELS}
     assert Counter(r["label"] for r in val_recs) == {p: N_VAL for p in LABELS}
     assert not {r["text"] for r in train_recs} & {r["text"] for r in val_recs}
+
+
+def test_spikelm_eval_reports_accuracy_of_a_classifier(base_model, tmp_path):
+    import subprocess
+    import sys
+
+    summary = train(_recipe(tmp_path, base_model))
+    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    r = subprocess.run([sys.executable, "-m", "spikelm.cli", "eval", summary["final_dir"], str(tmp_path / "val.jsonl"),
+                        "--json"], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["accuracy"] == pytest.approx(summary["val"]["accuracy"])
+    assert res["macro_f1"] == pytest.approx(summary["val"]["macro_f1"])
+    assert res["majority_accuracy"] == pytest.approx(6 / 10)
+    _write(tmp_path / "bad.jsonl", [{"text": "Speak.", "label": "nope"}])
+    r = subprocess.run([sys.executable, "-m", "spikelm.cli", "eval", summary["final_dir"], str(tmp_path / "bad.jsonl")],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2 and "label 'nope' is not one of the 2 labels other, speak" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
