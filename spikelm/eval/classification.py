@@ -68,12 +68,16 @@ def evaluate_classifier(model_dir: str, files: list[str], *, text_field: str = "
             have (``spikelm.data.classification``'s messages).
     """
     import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import (
+        AutoConfig,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
+
+    import spikelm  # noqa: F401  (registers the spikelm classes)
 
     from ..data.batches import make_batch
     from ..data.classification import _tokenize, read_labelled
-
-    import spikelm  # noqa: F401  (registers the spikelm classes)
 
     # every input is checked (files, fields, labels) before the weights are loaded
     config = AutoConfig.from_pretrained(model_dir)

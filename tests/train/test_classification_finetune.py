@@ -1,11 +1,19 @@
 """``data.format: classification``: fine-tuning a trained causal LM into a sequence classifier
 (full and LoRA), accuracy and macro-F1 in the run's metrics, the export in a pipeline."""
 import json
+from pathlib import Path
 
 import pytest
 
 from spikelm.eval.classification import classification_metrics
-from spikelm.train.config import DataConfig, LoraConfig, ModelConfig, OptimConfig, Recipe, TrainConfig
+from spikelm.train.config import (
+    DataConfig,
+    LoraConfig,
+    ModelConfig,
+    OptimConfig,
+    Recipe,
+    TrainConfig,
+)
 from spikelm.train.trainer import train
 
 from .conftest import train_debug_model
@@ -53,9 +61,9 @@ def test_classification_finetune_learns_and_exports_a_pipeline_model(base_model,
     assert [r["step"] for r in recs] == list(range(1, 13))
     assert "val_accuracy" in recs[5] and "val_macro_f1" in recs[11]
     final = summary["final_dir"]
-    stored = json.loads(open(f"{final}/training_summary.json").read())
+    stored = json.loads(Path(final, "training_summary.json").read_text())
     assert stored["val"]["accuracy"] == pytest.approx(val["accuracy"])
-    config = json.loads(open(f"{final}/config.json").read())
+    config = json.loads(Path(final, "config.json").read_text())
     assert config["id2label"] == {"0": "other", "1": "speak"}
     clf = pipeline("text-classification", model=final)
     assert clf("Speak, speak.")[0]["label"] == "speak"
@@ -92,8 +100,9 @@ def test_classification_metrics_hand_checked():
 def test_shipped_play_set_is_reproducible_and_balanced():
     from collections import Counter
 
-    from spikelm.finetune.make_shakespeare_plays import LABELS, N_TRAIN, N_VAL, build
     from spikelm.recipes import DATA_DIR
+
+    from spikelm.finetune.make_shakespeare_plays import LABELS, N_TRAIN, N_VAL, build
 
     train_recs, val_recs = build((DATA_DIR / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8"))
     for name, recs in (("train.jsonl", train_recs), ("val.jsonl", val_recs)):
