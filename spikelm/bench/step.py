@@ -2,7 +2,8 @@
 [--compile] [--steps N] [--set key=value ...] [--out FILE] [--json FILE]``.
 
 For the eager model (and with ``--compile`` a second Trainer with ``train.compile=true``, side by
-side): tokens/s and MFU over ``N`` timed steps after warm-up; host syncs per step over the same
+side): tokens/s and MFU over ``N`` timed steps after warm-up (with ``--compile`` the two run in
+alternating chunks, so other load on the machine falls on both alike); host syncs per step over the same
 steps (``spikelm.bench.syncs``); one step under ``torch.profiler`` with its time by category
 (``spikelm.bench.profile_categories``); the activation bytes saved for backward per token; the
 kernel launches of one block of each layer type, forward and forward+backward
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import itertools
 import json
 import os
 import platform
@@ -38,6 +40,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="also run train.compile=true, side by side")
     p.add_argument("--steps", type=int, default=5, help="timed steps (default 5)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation happens here)")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="the timed steps run in this many chunks, alternating eager and compiled (default 5)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="recipe override, e.g. data.block_size=64 or train.micro_batch_size=8 (repeatable)")
     p.add_argument("--peak-tflops", type=float, help="device peak for MFU where the Trainer knows none (CPU)")
@@ -48,8 +52,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--out", help="also write the markdown report here")
     p.add_argument("--json", help="write the raw numbers here (JSON)")
     args = p.parse_args(argv)
-    if args.steps < 1 or args.warmup < 0 or args.launch_batch < 1:
-        p.error("--steps and --launch-batch must be >= 1, --warmup >= 0")
+    if min(args.steps, args.rounds, args.launch_batch) < 1 or args.warmup < 0:
+        p.error("--steps, --rounds and --launch-batch must be >= 1, --warmup >= 0")
     for s in args.set:
         if "=" not in s or "." not in s.split("=", 1)[0]:
             p.error(f"--set {s!r}: expected SECTION.KEY=VALUE, e.g. train.micro_batch_size=8")
@@ -93,20 +97,33 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_steps(trainer, first: int, steps: int) -> dict:
-    """Run ``steps`` optimizer steps from step ``first``, timed end to end (device synchronised),
-    counting host syncs. Returns ``seconds``, ``tokens_per_s`` (all ranks), ``syncs_per_step``
-    and ``sync_sites`` (``[[calls_per_step, method, "file:line"], ...]``, most first)."""
-    _sync(trainer.device)
-    with HostSyncCounter() as syncs:
-        t0 = time.perf_counter()
-        for step in range(first, first + steps):
-            trainer.train_step(step)
-        _sync(trainer.device)
-        seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "step_ms": 1e3 * seconds / steps,
-            "tokens_per_s": steps * trainer.tokens_per_step / seconds, "syncs_per_step": syncs.total / steps,
-            "sync_sites": [[n / steps, m, s] for (m, s), n in syncs.by_site.most_common()]}
+def time_interleaved(trainers: dict, first: int, steps: int, rounds: int) -> dict:
+    """Time ``steps`` optimizer steps (from step ``first``) of each trainer in ``trainers``
+    (``{name: Trainer}``), in ``rounds`` chunks that alternate between them (so load from other
+    processes falls on every variant alike), each chunk timed end to end (device synchronised
+    at its ends only), host syncs counted. Returns ``{name: {"seconds", "step_ms",
+    "tokens_per_s" (all ranks), "syncs_per_step", "sync_sites": [[calls_per_step, method,
+    "file:line"], ...]}}``."""
+    counters = {name: HostSyncCounter() for name in trainers}
+    seconds = dict.fromkeys(trainers, 0.0)
+    bounds = [first + steps * i // rounds for i in range(rounds + 1)]
+    for lo, hi in itertools.pairwise(bounds):
+        for name, trainer in trainers.items():
+            _sync(trainer.device)
+            with counters[name]:
+                t0 = time.perf_counter()
+                for step in range(lo, hi):
+                    trainer.train_step(step)
+                _sync(trainer.device)
+                seconds[name] += time.perf_counter() - t0
+    out = {}
+    for name, trainer in trainers.items():
+        syncs = counters[name]
+        out[name] = {"seconds": seconds[name], "step_ms": 1e3 * seconds[name] / steps,
+                     "tokens_per_s": steps * trainer.tokens_per_step / seconds[name],
+                     "syncs_per_step": syncs.total / steps,
+                     "sync_sites": [[n / steps, m, site] for (m, site), n in syncs.by_site.most_common()]}
+    return out
 
 
 def profile_step(trainer, step: int) -> dict:
@@ -199,34 +216,74 @@ def _run_dir(root: str | None, name: str):
         yield tmp
 
 
-def run_variant(args, compiled: bool) -> dict:
-    """Every measurement of one variant (eager or ``train.compile``) on a fresh Trainer. Raises
-    ``RuntimeError`` when ``train.compile`` compiled no graph."""
-    with _run_dir(args.run_dir, "compiled" if compiled else "eager") as run_dir:
-        trainer = build_trainer(args.recipe, args.set, run_dir, compiled)
+def prepare(args, compiled: bool, run_dir: str) -> tuple:
+    """``(trainer, {"warmup_s"})``: a fresh Trainer of the variant (eager or ``train.compile``)
+    after its warm-up steps. Raises ``RuntimeError`` when ``train.compile`` compiled no graph."""
+    trainer = build_trainer(args.recipe, args.set, run_dir, compiled)
+    graphs = _compiled_graphs()
+    t0 = time.perf_counter()
+    for step in range(args.warmup):
+        trainer.train_step(step)
+    _sync(trainer.device)
+    if compiled and _compiled_graphs() == graphs:
+        raise RuntimeError("train.compile=true compiled no graph in the warm-up steps (the Trainer does not "
+                           "apply it yet)")
+    return trainer, {"warmup_s": time.perf_counter() - t0, "context": _context(trainer)}
+
+
+def details(trainer, args, res: dict) -> None:
+    """Add to ``res`` (one variant's results, timed) its MFU and, unless ``--timing-only``, the
+    profiled step, activation bytes per token and block launches."""
+    res["mfu"] = trainer.mfu(res["tokens_per_s"])
+    if res["mfu"] is None and args.peak_tflops:
+        res["mfu"] = trainer.flops_per_token * res["tokens_per_s"] / (args.peak_tflops * 1e12 * trainer.world)
+    if not args.timing_only:
+        next_step = args.warmup + args.steps
+        res["profile"] = profile_step(trainer, next_step)
+        res["activation_bytes_per_token"] = activation_bytes_per_token(trainer, next_step + 1)
+        res["launches"] = block_launch_counts(trainer, args.launch_batch)
+
+
+def _drop_compiled(trainers: dict, res: dict, e: BaseException) -> None:
+    """Record why the compiled variant failed (one line) and drop its column."""
+    trainers.pop("compiled", None)
+    res.pop("compiled", None)
+    res["compiled_error"] = f"{type(e).__name__}: {_one_line(e)}"[:400]
+
+
+def run(args, res: dict) -> None:
+    """Fill ``res["eager"]`` and, with ``--compile``, ``res["compiled"]`` (or ``res["compiled_error"]``,
+    one line: the compiled column is optional) with every measurement. Raises ``CLIError`` for
+    bad input."""
+    with contextlib.ExitStack() as stack:
+        trainers = {}
+        for name in ("eager", "compiled") if args.compile else ("eager",):
+            run_dir = stack.enter_context(_run_dir(args.run_dir, name))
+            try:
+                trainers[name], res[name] = prepare(args, name == "compiled", run_dir)
+            except Exception as e:  # eager errors propagate; a failed compile is reported in one line
+                if name == "eager":
+                    raise
+                _drop_compiled(trainers, res, e)
         graphs = _compiled_graphs()
-        t0 = time.perf_counter()
-        for step in range(args.warmup):
-            trainer.train_step(step)
-        _sync(trainer.device)
-        res = {"warmup_s": time.perf_counter() - t0}
-        if compiled and _compiled_graphs() == graphs:
-            raise RuntimeError("train.compile=true compiled no graph in the warm-up steps (the Trainer does not "
-                               "apply it yet)")
-        graphs = _compiled_graphs()
-        res.update(time_steps(trainer, args.warmup, args.steps))
-        res["recompiled_in_timed_steps"] = _compiled_graphs() - graphs
-        res["mfu"] = trainer.mfu(res["tokens_per_s"])
-        if res["mfu"] is None and args.peak_tflops:
-            res["mfu"] = trainer.flops_per_token * res["tokens_per_s"] / (args.peak_tflops * 1e12 * trainer.world)
-        res["context"] = _context(trainer)
-        if not args.timing_only:
-            next_step = args.warmup + args.steps
-            res["profile"] = profile_step(trainer, next_step)
-            res["activation_bytes_per_token"] = activation_bytes_per_token(trainer, next_step + 1)
-            res["launches"] = block_launch_counts(trainer, args.launch_batch)
-        del trainer
-    return res
+        try:
+            timed = time_interleaved(trainers, args.warmup, args.steps, min(args.rounds, args.steps))
+        except Exception as e:  # a failing compiled step: report it, time eager alone
+            if "compiled" not in trainers:
+                raise
+            _drop_compiled(trainers, res, e)
+            timed = time_interleaved(trainers, args.warmup, args.steps, min(args.rounds, args.steps))
+        recompiled = _compiled_graphs() - graphs
+        for name, trainer in list(trainers.items()):
+            res[name].update(timed[name], recompiled_in_timed_steps=recompiled if name == "compiled" else 0)
+            try:
+                details(trainer, args, res[name])
+            except Exception as e:
+                if name == "eager":
+                    raise
+                _drop_compiled(trainers, res, e)
+        if "compiled" in trainers:
+            res["compiled_speedup"] = res["compiled"]["tokens_per_s"] / res["eager"]["tokens_per_s"]
 
 
 def _context(trainer) -> dict:
@@ -289,17 +346,10 @@ def main(argv: list[str] | None = None) -> int:
            "device": _device_name(), "versions": _versions(), "code": _code_version(), "steps": args.steps,
            "warmup": args.warmup}
     try:
-        res["eager"] = run_variant(args, compiled=False)
+        run(args, res)
     except CLIError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
-    if args.compile:
-        try:
-            res["compiled"] = run_variant(args, compiled=True)
-            e, c = res["eager"], res["compiled"]
-            res["compiled_speedup"] = c["tokens_per_s"] / e["tokens_per_s"]
-        except Exception as e:  # noqa: BLE001 -- the compiled column is optional: report why it is missing
-            res["compiled_error"] = f"{type(e).__name__}: {_one_line(e)}"[:400]
     if res["eager"]["context"]["rank"] != 0:
         return 0
     report = render(res)
