@@ -67,6 +67,6 @@ def token_shift_mix(x: torch.Tensor, prev: torch.Tensor | None, mus: Sequence[to
     return token_shift_mix_naive(x, prev, mus)
 
 
-_TS_OP = opaque_op("token_shift_mix", lambda x, prev, *mus: _triton_impl()(x, prev, mus),
+_TS_OP = opaque_op("token_shift_mix", lambda x, prev, *mus: _triton_impl()(x, prev, mus, copy_grads=True),
                    fake=lambda x, prev, *mus: tuple(torch.empty_like(x) for _ in mus))
 """The Triton path as the custom op ``spikelm::token_shift_mix`` (used under ``torch.compile``)."""

@@ -145,10 +145,10 @@ def _launch(fn, B, L, D, device, block_size, args, consts):
 
 
 class TokenShiftMixFunction(torch.autograd.Function):
-    """``(x [B, L, D], prev [B, D] | None, block_size, *mus [D]) -> n tensors [B, L, D] in x.dtype``."""
+    """``(x [B, L, D], prev [B, D] | None, block_size, copy_grads, *mus [D]) -> n tensors [B, L, D] in x.dtype``."""
 
     @staticmethod
-    def forward(ctx, x, prev, block_size, *mus):
+    def forward(ctx, x, prev, block_size, copy_grads, *mus):
         B, L, D = x.shape
         n = len(mus)
         outs = [triton_utils.empty((B, L, D), x.dtype, x.device) for _ in range(n)]
@@ -159,6 +159,7 @@ class TokenShiftMixFunction(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(x, prev, *mus)
         ctx.block_size = block_size
+        ctx.copy_grads = copy_grads
         return tuple(outs)
 
     @staticmethod
@@ -168,10 +169,10 @@ class TokenShiftMixFunction(torch.autograd.Function):
         n = len(mus)
         dev = x.device
         need_dx, need_dprev = ctx.needs_input_grad[0], prev is not None and ctx.needs_input_grad[1]
-        need_dmu = any(ctx.needs_input_grad[3:])
+        need_dmu = any(ctx.needs_input_grad[4:])
         has = [g is not None for g in grads]
         if not any(has):
-            return (None,) * (3 + n)
+            return (None,) * (4 + n)
         gs = [g.contiguous() if g is not None else x for g in grads] + [x] * (3 - n)
         mp = list(mus) + [mus[0]] * (3 - n)
         lb, _, _ = _tiles(L, D, dev, ctx.block_size)
@@ -186,13 +187,15 @@ class TokenShiftMixFunction(torch.autograd.Function):
         dmus = [None] * n
         if need_dmu:
             sums = part[:, 0] if P == 1 else part.sum(1)
-            dmus = [sums[i].to(mu.dtype) if has[i] and ctx.needs_input_grad[3 + i] else None
+            dmus = [sums[i].to(mu.dtype) if has[i] and ctx.needs_input_grad[4 + i] else None
                     for i, mu in enumerate(mus)]
-        return (dx if need_dx else None, dprev if need_dprev else None, None, *dmus)
+            if ctx.copy_grads:  # separate storage (a custom op's outputs may not alias each other)
+                dmus = [d if d is None or i == 0 else d.clone() for i, d in enumerate(dmus)]
+        return (dx if need_dx else None, dprev if need_dprev else None, None, None, *dmus)
 
 
 def token_shift_mix_fused(x: torch.Tensor, prev: torch.Tensor | None, mus: Sequence[torch.Tensor], *,
-                          block_size: int | None = None) -> tuple[torch.Tensor, ...]:
+                          block_size: int | None = None, copy_grads: bool = False) -> tuple[torch.Tensor, ...]:
     """Token shift + ``n`` RWKV mixes on Triton (formula and gradients: module docstring; RWKV-4).
 
     Args:
@@ -202,6 +205,8 @@ def token_shift_mix_fused(x: torch.Tensor, prev: torch.Tensor | None, mus: Seque
         prev: ``[B, D]`` (any float dtype, read as float32) or None for zeros.
         mus: 1 to 3 ``[D]`` mix vectors (any float dtype, read as float32).
         block_size: channels per program (power of two >= 16); None picks one. A testing knob.
+        copy_grads: give every ``dmu`` its own storage (they are rows of one reduction
+            otherwise); the custom op under ``torch.compile`` needs it.
     Returns:
         one ``[B, L, D]`` tensor in ``x.dtype`` per ``mu``, differentiable in ``x``, ``prev`` and
         every ``mu`` (one backward kernel for all of them, plus one ``sum`` for the ``dmu``).
@@ -214,4 +219,4 @@ def token_shift_mix_fused(x: torch.Tensor, prev: torch.Tensor | None, mus: Seque
         return token_shift_mix_naive(x, prev, mus)
     x = x.contiguous()
     prev = prev.contiguous() if prev is not None else None
-    return TokenShiftMixFunction.apply(x, prev, block_size, *(mu.contiguous() for mu in mus))
+    return TokenShiftMixFunction.apply(x, prev, block_size, copy_grads, *(mu.contiguous() for mu in mus))

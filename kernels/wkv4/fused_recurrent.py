@@ -29,7 +29,8 @@ chunks of ``CHUNK`` tokens whose loads are all issued before the chunk's sequent
 State and all accumulation are float32. The forward saves the state entering every token
 (``aa, bb, pp`` as three fp32 ``[B, L, D]`` tensors, memory linear in ``L``) only when a
 gradient is needed. ``gw``/``gu`` are reduced deterministically: per ``(b, d)`` partial sums
-written to one ``[2, B, D]`` buffer, then summed over ``B`` by one torch ``sum`` (no atomics).
+written to a ``[B, D]`` buffer, then summed over ``B`` by torch (no atomics; the gated variant
+writes both to one ``[2, B, D]`` buffer and reduces them with one ``sum``).
 
 Gated variant (``wkv4_gated_fused_recurrent``; SpikeGPT's time-mix output ``sigmoid(r) * wkv``):
 the same kernels with ``GATED`` set. The forward multiplies ``wkv_t`` by ``sigmoid(r_t)`` before
@@ -322,13 +323,11 @@ class WKV4FusedFunction(torch.autograd.Function):
         gy = gy.contiguous()
         gk = triton_utils.empty((B, L, D), k.dtype, dev)
         gv = triton_utils.empty((B, L, D), v.dtype, dev)
-        gwu = triton_utils.empty((2, B, D), torch.float32, dev)  # gw, gu partial sums: one reduction
-        gaa, gbb, gpp = (triton_utils.empty((B, D), torch.float32, dev) for _ in range(3))
+        gw, gu, gaa, gbb, gpp = (triton_utils.empty((B, D), torch.float32, dev) for _ in range(5))
         _launch(_wkv4_bwd_kernel, B, D, dev, ctx.block_size,
-                (w, u, k, v, gy, sa, sb, sp, gk, gv, gwu[0], gwu[1], gaa, gbb, gpp, B, L, D, L * D, (L - 1) * D), {})
+                (w, u, k, v, gy, sa, sb, sp, gk, gv, gw, gu, gaa, gbb, gpp, B, L, D, L * D, (L - 1) * D), {})
         dw, du, daa, dbb, dpp = ctx.dtypes
-        gw, gu = gwu.sum(1)
-        return (gw.to(dw), gu.to(du), gk, gv, gaa.to(daa), gbb.to(dbb), gpp.to(dpp), None)
+        return (gw.sum(0).to(dw), gu.sum(0).to(du), gk, gv, gaa.to(daa), gbb.to(dbb), gpp.to(dpp), None)
 
 
 def wkv4_fused_recurrent(
@@ -380,7 +379,7 @@ class WKV4GatedFusedFunction(torch.autograd.Function):
     r.dtype, aa, bb, pp fp32)``: the WKV kernels with the receptance gate in their epilogue."""
 
     @staticmethod
-    def forward(ctx, w, u, k, v, r, aa, bb, pp, block_size):
+    def forward(ctx, w, u, k, v, r, aa, bb, pp, block_size, copy_grads):
         B, L, D = k.shape
         dev = k.device
         has_state = aa is not None
@@ -399,6 +398,7 @@ class WKV4GatedFusedFunction(torch.autograd.Function):
             ctx.save_for_backward(w, u, k, v, r, sa, sb, sp)
         ctx.dtypes = (w.dtype, u.dtype) + ((aa.dtype, bb.dtype, pp.dtype) if has_state else (None,) * 3)
         ctx.block_size = block_size
+        ctx.copy_grads = copy_grads
         ctx.mark_non_differentiable(oa, ob, op)
         return out, oa, ob, op
 
@@ -419,13 +419,15 @@ class WKV4GatedFusedFunction(torch.autograd.Function):
                 (w, u, k, v, r, gout, sa, sb, sp, gk, gv, gr, gwu[0], gwu[1], *gst, B, L, D, L * D, (L - 1) * D),
                 {"STATE_GRAD": state_grad})
         gw, gu = gwu.sum(1)
+        if ctx.copy_grads:  # separate storage (a custom op's outputs may not alias each other)
+            gu = gu.clone()
         gstate = [g.to(dt) for g, dt in zip(gst, (daa, dbb, dpp))] if state_grad else [None] * 3
-        return (gw.to(dw), gu.to(du), gk, gv, gr, *gstate, None)
+        return (gw.to(dw), gu.to(du), gk, gv, gr, *gstate, None, None)
 
 
 def wkv4_gated_fused_recurrent(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, r: torch.Tensor,
-                               state: State | None = None, *, block_size: int | None = None
-                               ) -> tuple[torch.Tensor, State]:
+                               state: State | None = None, *, block_size: int | None = None,
+                               copy_grads: bool = False) -> tuple[torch.Tensor, State]:
     """Gated RWKV-4 WKV on Triton: ``sigmoid(r) * wkv(w, u, k, v)`` with the gate in the kernel's
     epilogue (SpikeGPT's time-mix, Zhu et al. 2023; RWKV-4, Peng et al. 2023; formula: module
     docstring and ``kernels/wkv4/gated.py``).
@@ -438,6 +440,8 @@ def wkv4_gated_fused_recurrent(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor
         state: ``(aa, bb, pp)`` each ``[B, D]`` (read as float32), or None for the empty state
             (not materialised: the kernel starts from it).
         block_size: channels per program (power of two >= 16); None autotunes on CUDA.
+        copy_grads: give ``gw`` and ``gu`` separate storage (they are two rows of one reduction
+            otherwise); the custom op under ``torch.compile`` needs it.
     Returns:
         ``(out [B, L, D] in r.dtype, (aa, bb, pp) [B, D] float32)``; ``out`` is differentiable in
         ``w, u, k, v, r`` and the initial state (the backward recomputes ``wkv`` for ``dr``);
@@ -459,5 +463,5 @@ def wkv4_gated_fused_recurrent(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor
         return torch.sigmoid(r) * y.to(r.dtype), (aa, bb, pp)
     w, u, k, v, r = (t.contiguous() for t in (w, u, k, v, r))
     aa, bb, pp = (s.contiguous() for s in state) if state is not None else (None, None, None)
-    out, aa, bb, pp = WKV4GatedFusedFunction.apply(w, u, k, v, r, aa, bb, pp, block_size)
+    out, aa, bb, pp = WKV4GatedFusedFunction.apply(w, u, k, v, r, aa, bb, pp, block_size, copy_grads)
     return out, (aa, bb, pp)

@@ -90,7 +90,7 @@ def wkv4_gated(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tenso
 
 
 def _gated_flat(w, u, k, v, r, aa, bb, pp):
-    out, st = _triton_impl()(w, u, k, v, r, None if aa is None else (aa, bb, pp))
+    out, st = _triton_impl()(w, u, k, v, r, None if aa is None else (aa, bb, pp), copy_grads=True)
     return (out, *st)
 
 

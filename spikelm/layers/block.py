@@ -6,6 +6,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from ..kernels.lif.residual import lif_residual
+from ..neurons import LIF, PLIF
 from .base import SpikeLMLayer
 from .common import fire_tokens, make_neuron, make_norm
 from .registry import mixer_class, mlp_class
@@ -97,6 +99,21 @@ class SpikeLMBlock(nn.Module):
         self.spike_rates[name] = spikes.detach().float().mean()
         return spikes, v_new
 
+    def _fire_add(self, lif, res: torch.Tensor, out: torch.Tensor, v: torch.Tensor | None, mask, name: str):
+        """``res + lif(out)`` along the tokens and the new potential; records the spike rate.
+
+        Without a mask, one op (``kernels.lif.residual.lif_residual``: a single fused kernel
+        each way on the Triton path, the unfused code on the torch path); with a mask (left
+        padding), ``fire_tokens`` and the add.
+        """
+        if mask is None and type(lif) in (LIF, PLIF):
+            y, v_new, rate = lif_residual(res, out, v, lif.tau, lif.v_th, lif.v_reset, lif.decay_input,
+                                          lif.detach_reset, lif.surrogate, lif.alpha, time_dim=1)
+            self.spike_rates[name] = rate
+            return y, v_new
+        spikes, v_new = self._fire(lif, out, v, mask, name)
+        return res + spikes.to(res.dtype), v_new
+
     def forward(self, x: torch.Tensor, state: BlockState | None = None, mask: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, BlockState]:
         """``x [B, L, D]``, optional state (a previous call's), ``mask [B, L]`` (1 = token, 0 =
@@ -107,13 +124,16 @@ class SpikeLMBlock(nn.Module):
             x = self.ln0(x)
         out, att_state = self.att(self.ln1(x), state.mixer, mask)
         v_att = v_ffn = None
-        if self.spiking:
-            out, v_att = self._fire(self.lif1, out, state.v_att, mask, "att")
-        x = x + out.to(x.dtype)
+        if self.spiking:  # x + N1(out): the neurons and the residual add in one op
+            x, v_att = self._fire_add(self.lif1, x, out, state.v_att, mask, "att")
+        else:
+            x = x + out.to(x.dtype)
         out, ffn_state = self.ffn(self.ln2(x), state.mlp, mask)
         if self.spiking:
-            out, v_ffn = self._fire(self.lif2, out, state.v_ffn, mask, "ffn")
-        x = self.dropout(x + out.to(x.dtype))
+            x, v_ffn = self._fire_add(self.lif2, x, out, state.v_ffn, mask, "ffn")
+        else:
+            x = x + out.to(x.dtype)
+        x = self.dropout(x)
         for prefix, mod in (("att", self.att), ("ffn", self.ffn)):
             for k, v in mod.spike_rates.items():
                 self.spike_rates[f"{prefix}.{k}"] = v
