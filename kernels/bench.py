@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.metadata
+import os
 import platform
 import sys
 from dataclasses import dataclass, field
@@ -104,10 +106,7 @@ def lif_case(T: int, N: int, label: str) -> Case:
             tri = lambda x: lif_fused_recurrent(x, v0)[0]
             impls["triton"] = (fwd_closure(tri, (x,)), fwdbwd_closure(tri, (xg,), [gs]))
             if sj:
-                for name, node in _spikingjelly_nodes(device):
-                    def sj_fn(x, node=node):
-                        _sj_reset(node)
-                        return node(x)
+                for name, sj_fn in _spikingjelly_lifs(device, N):
                     impls[f"sj-{name}"] = (fwd_closure(sj_fn, (x,)), fwdbwd_closure(sj_fn, (xg,), [gs]))
         return impls, bytes_fwd, bytes_fwdbwd
 
@@ -122,31 +121,55 @@ def _lif_step(x_t, v):
     return s, h * (1 - s)
 
 
-def _spikingjelly_nodes(device):
-    """(backend, LIFNode) pairs for SpikingJelly's GPU backends that construct and run here."""
+def _spikingjelly_lifs(device, n: int):
+    """``(name, fn)`` pairs: SpikingJelly's multi-step LIF on ``device``, ``fn(x [T, n]) -> spikes``,
+    the same neuron as our rows (tau 2, decay_input, threshold 1, hard reset to 0, ATan surrogate
+    with alpha 2, reset not detached), each tried once at a tiny size first.
+
+    SpikingJelly 2.x: ``functional.lif_multi_step`` with a float32 initial voltage (its
+    ``LIFNode`` keeps the voltage in the input's dtype, and with a bf16/fp16 voltage it silently
+    runs its torch reference instead of a kernel). Its CUDA implementation is chosen by the
+    environment variable ``SJ_LIF_CUDA_IMPLEMENTATION`` (auto, cuda, triton, torch), read when
+    spikingjelly is imported: this sets it to ``triton`` unless it is set already (the PyPI
+    wheel has no compiled CUDA ops), and names the row after the implementation SpikingJelly
+    reports (``sj-triton``). SpikingJelly <= 0.0.0.0.14: ``LIFNode(backend="triton" / "cupy")``.
+    """
+    os.environ.setdefault("SJ_LIF_CUDA_IMPLEMENTATION", "triton")
     try:
-        from spikingjelly.activation_based import neuron, surrogate
-    except Exception as e:  # not installed, or a missing dependency of it
+        from spikingjelly.activation_based import functional, neuron, surrogate
+    except Exception as e:  # noqa: BLE001 -- not installed, or a missing dependency of it
         print(f"# spikingjelly unavailable: {type(e).__name__}: {e}", file=sys.stderr)
         return []
-    found, no_backend_kw = [], True
-    # SpikingJelly <= 0.0.0.0.14: LIFNode(backend="triton"/"cupy"); 2.x dispatches itself and
-    # has no backend argument (then one "auto" node)
-    for backend in ("triton", "cupy", None):
-        if backend is None and not (no_backend_kw and not found):
-            break
-        kw = dict(tau=2.0, decay_input=True, v_threshold=1.0, v_reset=0.0, surrogate_function=surrogate.ATan(),
-                  detach_reset=False, step_mode="m")
-        if backend is not None:
-            kw["backend"] = backend
+    if hasattr(functional, "lif_multi_step"):  # 2.x
+        v0 = torch.zeros(n, device=device)
+
+        def lif(x, v0=v0):
+            return functional.lif_multi_step(x, v0[: x[0].numel()].view(x.shape[1:]), 2.0, True, 1.0, 0.0,
+                                             surrogate.ATan(alpha=2.0), False)[0]
+        try:
+            lif(torch.zeros(2, 8, device=device))
+            name = functional.neuron_implementation("lif", device)["implementation"] \
+                if device.type == "cuda" else "cpu"
+        except Exception as e:  # noqa: BLE001 -- the chosen implementation is missing or unsupported here
+            print(f"# spikingjelly lif_multi_step unavailable: {type(e).__name__}: {e}", file=sys.stderr)
+            return []
+        return [(name, lif)]
+    found = []
+    for backend in ("triton", "cupy"):
+        kw = {"tau": 2.0, "decay_input": True, "v_threshold": 1.0, "v_reset": 0.0, "surrogate_function": surrogate.ATan(),
+              "detach_reset": False, "step_mode": "m", "backend": backend}
         try:
             node = neuron.LIFNode(**kw).to(device)
             node(torch.zeros(2, 8, device=device))
             _sj_reset(node)
-            found.append((backend or "auto", node))
-        except Exception as e:  # backend missing or unsupported here
-            no_backend_kw = no_backend_kw and isinstance(e, TypeError) and "backend" in str(e)
-            print(f"# spikingjelly backend {backend or 'auto'!r} unavailable: {type(e).__name__}: {e}", file=sys.stderr)
+        except Exception as e:  # noqa: BLE001 -- backend missing or unsupported here
+            print(f"# spikingjelly backend {backend!r} unavailable: {type(e).__name__}: {e}", file=sys.stderr)
+            continue
+
+        def run(x, node=node):
+            _sj_reset(node)
+            return node(x)
+        found.append((backend, run))
     return found
 
 
@@ -235,6 +258,105 @@ def adaptive_case(R: int, D: int, label: str, seq: int) -> Case:
     return Case("adaptive_spike", label, seq, make)
 
 
+def token_shift_mix_case(B: int, L: int, D: int, label: str) -> Case:
+    """Token shift + the three time-mix lerps (``kernels/token_shift``): ``torch`` is the unfused
+    eager sequence it replaces (``cat`` + 3 ``lerp``), ``triton`` the fused kernel (CUDA)."""
+    def make(device, dtype, compile_ref, sj):
+        from .token_shift.fused import token_shift_mix_fused
+        from .token_shift.naive import token_shift_mix_naive
+
+        x = torch.randn(B, L, D, device=device).to(dtype)
+        mus = [torch.rand(D, device=device).requires_grad_() for _ in range(3)]
+        gs = [torch.randn(B, L, D, device=device).to(dtype) for _ in range(3)]
+        xg = x.clone().requires_grad_()
+        xb, n = x.element_size(), B * L * D
+        # fwd reads x once and writes 3 outputs; bwd reads x and 3 gradients, writes dx (+ O(D) partials)
+        bytes_fwd = 4 * n * xb
+        bytes_fwdbwd = bytes_fwd + 5 * n * xb
+        impls = {}
+        ref = lambda x, a, b, c: token_shift_mix_naive(x, None, (a, b, c))
+        impls["torch"] = (fwd_closure(ref, (x, *mus)), fwdbwd_closure(ref, (xg, *mus), gs))
+        if compile_ref:
+            cfn = torch.compile(ref)
+            impls["compile"] = (fwd_closure(cfn, (x, *mus)), fwdbwd_closure(cfn, (xg, *mus), gs))
+        if device.type == "cuda":
+            tri = lambda x, a, b, c: token_shift_mix_fused(x, None, (a, b, c))
+            impls["triton"] = (fwd_closure(tri, (x, *mus)), fwdbwd_closure(tri, (xg, *mus), gs))
+        return impls, bytes_fwd, bytes_fwdbwd
+
+    return Case("token_shift_mix", label, L, make)
+
+
+def wkv4_gated_case(B: int, L: int, D: int, label: str) -> Case:
+    """``sigmoid(r) * wkv`` (``kernels/wkv4/gated.py``): ``torch`` is the unfused CPU path (WKV
+    torch loop, then ``sigmoid`` and ``mul``), ``triton-unfused`` the ungated WKV kernel followed
+    by the same two ops, ``triton`` the kernel with the gate in its epilogue (both CUDA)."""
+    def make(device, dtype, compile_ref, sj):
+        from .wkv4.fused_recurrent import (
+            wkv4_fused_recurrent,
+            wkv4_gated_fused_recurrent,
+        )
+        from .wkv4.torch_loop import wkv4_torch_loop
+
+        w = (torch.rand(D, device=device) * 2 + 0.05).requires_grad_()
+        u = torch.randn(D, device=device).requires_grad_()
+        k, v, r = ((torch.randn(B, L, D, device=device) * s).to(dtype) for s in (2, 1, 2))
+        gy = torch.randn(B, L, D, device=device).to(dtype)
+        kg, vg, rg = (t.clone().requires_grad_() for t in (k, v, r))
+        xb, n = k.element_size(), B * L * D
+        # fwd reads k, v, r and writes out (training: + the fp32 entering state); bwd reads k, v,
+        # r, gy and the saved state, writes gk, gv, gr (plus O(B*D) state/partials)
+        bytes_fwd = 4 * n * xb + 6 * 4 * B * D
+        bytes_fwdbwd = n * (4 * xb + 12) + n * (7 * xb + 12) + 12 * 4 * B * D
+        impls = {}
+        unf = lambda w, u, k, v, r: torch.sigmoid(r) * wkv4_torch_loop(w, u, k, v)[0].to(r.dtype)
+        impls["torch"] = (fwd_closure(unf, (w, u, k, v, r)), fwdbwd_closure(unf, (w, u, kg, vg, rg), [gy]))
+        if device.type == "cuda":
+            unf_t = lambda w, u, k, v, r: torch.sigmoid(r) * wkv4_fused_recurrent(w, u, k, v)[0].to(r.dtype)
+            tri = lambda w, u, k, v, r: wkv4_gated_fused_recurrent(w, u, k, v, r)[0]
+            for name, fn in (("triton-unfused", unf_t), ("triton", tri)):
+                impls[name] = (fwd_closure(fn, (w, u, k, v, r)), fwdbwd_closure(fn, (w, u, kg, vg, rg), [gy]))
+        return impls, bytes_fwd, bytes_fwdbwd
+
+    return Case("wkv4_gated", label, L, make)
+
+
+def lif_residual_case(B: int, L: int, D: int, label: str) -> Case:
+    """``res + LIF(x)`` along the tokens of ``[B, L, D]`` and the spike rate
+    (``kernels/lif/residual.py``): ``torch`` is the unfused CPU path (transpose, LIF torch loop,
+    transpose, add, mean), ``triton-unfused`` the same around the LIF kernel, ``triton`` the
+    fused kernel (both CUDA)."""
+    def make(device, dtype, compile_ref, sj):
+        from .lif.fused_recurrent import lif_fused_recurrent
+        from .lif.fused_residual import lif_residual_fused
+        from .lif.residual import lif_residual
+
+        x = (torch.randn(B, L, D, device=device) * 1.5 + 0.6).to(dtype)
+        res = torch.randn(B, L, D, device=device).to(dtype)
+        gy = torch.randn(B, L, D, device=device).to(dtype)
+        xg, resg = x.clone().requires_grad_(), res.clone().requires_grad_()
+        xb, n = x.element_size(), B * L * D
+        # fwd reads x, res, writes y (training: + h fp32); bwd reads h and dy, writes dx
+        bytes_fwd = 3 * n * xb
+        bytes_fwdbwd = n * (3 * xb + 4) + n * (2 * xb + 4)
+        impls = {}
+        ref = lambda res, x: lif_residual(res, x, time_dim=1, backend="torch")
+        impls["torch"] = (fwd_closure(ref, (res, x)), fwdbwd_closure(ref, (resg, xg), [gy]))
+        if device.type == "cuda":
+            def unf_t(res, x):
+                v0 = torch.zeros(B * D, device=x.device)
+                s, v = lif_fused_recurrent(x.transpose(0, 1).contiguous().reshape(L, B * D), v0)
+                s = s.reshape(L, B, D).transpose(0, 1)
+                return res + s, v, s.detach().float().mean()
+
+            tri = lambda res, x: lif_residual_fused(res, x, None)
+            for name, fn in (("triton-unfused", unf_t), ("triton", tri)):
+                impls[name] = (fwd_closure(fn, (res, x)), fwdbwd_closure(fn, (resg, xg), [gy]))
+        return impls, bytes_fwd, bytes_fwdbwd
+
+    return Case("lif_residual", label, L, make)
+
+
 def build_cases(B: int, L: int, D: int, S: int, long_L: int | None) -> list[Case]:
     cases = []
     for Lx in [L] + ([long_L] if long_L else []):
@@ -244,6 +366,11 @@ def build_cases(B: int, L: int, D: int, S: int, long_L: int | None) -> list[Case
         cases.append(wkv4_case(B, Lx, D, f"B={B}, L={Lx}, D={D}"))
     for Lx in [L] + ([long_L] if long_L else []):
         cases.append(adaptive_case(B * Lx, D, f"[B*L={B * Lx}, D={D}]", seq=Lx))
+    # the fused ops of issue 15 (run with --ops token_shift_mix,wkv4_gated,lif_residual), each
+    # side by side with the unfused sequence it replaces
+    cases.append(token_shift_mix_case(B, L, D, f"B={B}, L={L}, D={D}, 3 mixes"))
+    cases.append(wkv4_gated_case(B, L, D, f"B={B}, L={L}, D={D}"))
+    cases.append(lif_residual_case(B, L, D, f"[B={B}, L={L}, D={D}], T=L"))
     return cases
 
 
@@ -256,7 +383,7 @@ def header(device: torch.device, argv: list[str], dtype_names: list[str], peak: 
 
     try:
         import spikingjelly
-        sj_ver = getattr(spikingjelly, "__version__", "installed")
+        sj_ver = getattr(spikingjelly, "__version__", None) or importlib.metadata.version("spikingjelly")
     except Exception:
         sj_ver = "not installed"
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
