@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import itertools
 import json
 import os
@@ -170,30 +171,33 @@ def _blocks(trainer) -> dict:
     return {L.block_label(b): b for b in getattr(inner, "blocks", [])}
 
 
-def block_launch_counts(trainer, launch_batch: int) -> dict:
-    """``{path: {label: {"fwd": n, "fwd_bwd": n, "fwd_parts": {"aten": n, "triton": n, "generated": n,
-    "device": n}, "fwd_bwd_parts": ..., "top": [[name, n], ...]}}}``: launches of one block
-    of each layer type on random hidden states ``[B, L, D]`` of the training shape. Paths:
-    ``"gpu"`` (CUDA device events; on CPU our Triton kernels in the interpreter, batch
-    ``launch_batch``) and, on CPU, ``"cpu"`` (this CPU's training path, the micro-batch)."""
+def launch_paths(trainer, launch_batch: int) -> dict:
+    """``{path: (batch rows, interpret)}`` of the launch counts: ``"gpu"`` (CUDA device events; on
+    CPU, when Triton imports, our Triton kernels in the interpreter on ``launch_batch`` rows)
+    and, on CPU, ``"cpu"`` (this CPU's training path, on the micro-batch)."""
     from ..kernels.dispatch import triton_available
 
+    mb = trainer.recipe.train.micro_batch_size
+    if trainer.device.type == "cuda":
+        return {"gpu": (mb, False)}
+    return {"cpu": (mb, False), **({"gpu": (launch_batch, True)} if triton_available() else {})}
+
+
+def block_launch_counts(trainer, rows: int, interpret: bool) -> dict:
+    """``{label: {"fwd": n, "fwd_bwd": n, "fwd_parts": {"aten": n, "triton": n, "generated": n,
+    "device": n}, "fwd_bwd_parts": ..., "top": [[name, n], ...]}}``: launches of one block of
+    each layer type on random hidden states ``[rows, L, D]`` (``launches.block_launches``)."""
     r, dev = trainer.recipe, trainer.device
-    D = trainer.config.hidden_size
     out: dict = {}
-    paths = [("gpu", r.train.micro_batch_size, False)] if dev.type == "cuda" else \
-        [("cpu", r.train.micro_batch_size, False)] + ([("gpu", launch_batch, True)] if triton_available() else [])
-    for path, B, interpret in paths:
-        for label, block in _blocks(trainer).items():
-            dtype = next(block.parameters()).dtype
-            x = torch.randn(B, r.data.block_size, D, device=dev, dtype=dtype)
-            counts = L.block_launches(block, x, interpret=interpret)
-            entry = {"top": [[n, c] for n, c in counts["fwd_bwd"].by_name.most_common(8)]}
-            for key, n in counts.items():
-                entry[key] = n.total
-                entry[f"{key}_parts"] = {"aten": n.aten, "triton": n.triton, "generated": n.generated,
-                                         "device": n.device}
-            out.setdefault(path, {})[label] = entry
+    for label, block in _blocks(trainer).items():
+        x = torch.randn(rows, r.data.block_size, trainer.config.hidden_size, device=dev,
+                        dtype=next(block.parameters()).dtype)
+        counts = L.block_launches(block, x, interpret=interpret)
+        entry = {"top": [[n, c] for n, c in counts["fwd_bwd"].by_name.most_common(8)]}
+        for key, n in counts.items():
+            entry[key] = n.total
+            entry[f"{key}_parts"] = {"aten": n.aten, "triton": n.triton, "generated": n.generated, "device": n.device}
+        out[label] = entry
     return out
 
 
@@ -231,17 +235,32 @@ def prepare(args, compiled: bool, run_dir: str) -> tuple:
     return trainer, {"warmup_s": time.perf_counter() - t0, "context": _context(trainer)}
 
 
-def details(trainer, args, res: dict) -> None:
+def details(trainer, args, res: dict, strict: bool = True) -> None:
     """Add to ``res`` (one variant's results, timed) its MFU and, unless ``--timing-only``, the
-    profiled step, activation bytes per token and block launches."""
+    profiled step, activation bytes per token and block launches. ``strict=False``: a section
+    that fails is left out and its one-line reason put in ``res["failed"][section]``."""
     res["mfu"] = trainer.mfu(res["tokens_per_s"])
     if res["mfu"] is None and args.peak_tflops:
         res["mfu"] = trainer.flops_per_token * res["tokens_per_s"] / (args.peak_tflops * 1e12 * trainer.world)
-    if not args.timing_only:
-        next_step = args.warmup + args.steps
-        res["profile"] = profile_step(trainer, next_step)
-        res["activation_bytes_per_token"] = activation_bytes_per_token(trainer, next_step + 1)
-        res["launches"] = block_launch_counts(trainer, args.launch_batch)
+    if args.timing_only:
+        return
+    next_step = args.warmup + args.steps
+    sections = {("profile",): lambda: profile_step(trainer, next_step),
+                ("activation_bytes_per_token",): lambda: activation_bytes_per_token(trainer, next_step + 1)}
+    for path, (rows, interpret) in launch_paths(trainer, args.launch_batch).items():
+        sections["launches", path] = functools.partial(block_launch_counts, trainer, rows, interpret)
+    for keys, measure in sections.items():
+        try:
+            value = measure()
+        except Exception as e:
+            if strict:
+                raise
+            res.setdefault("failed", {})[" ".join(keys)] = f"{type(e).__name__}: {_one_line(e)}"[:300]
+            continue
+        if len(keys) == 1:
+            res[keys[0]] = value
+        else:
+            res.setdefault(keys[0], {})[keys[1]] = value
 
 
 def _drop_compiled(trainers: dict, res: dict, e: BaseException) -> None:
@@ -274,14 +293,9 @@ def run(args, res: dict) -> None:
             _drop_compiled(trainers, res, e)
             timed = time_interleaved(trainers, args.warmup, args.steps, min(args.rounds, args.steps))
         recompiled = _compiled_graphs() - graphs
-        for name, trainer in list(trainers.items()):
+        for name, trainer in trainers.items():
             res[name].update(timed[name], recompiled_in_timed_steps=recompiled if name == "compiled" else 0)
-            try:
-                details(trainer, args, res[name])
-            except Exception as e:
-                if name == "eager":
-                    raise
-                _drop_compiled(trainers, res, e)
+            details(trainer, args, res[name], strict=name == "eager")
         if "compiled" in trainers:
             res["compiled_speedup"] = res["compiled"]["tokens_per_s"] / res["eager"]["tokens_per_s"]
 

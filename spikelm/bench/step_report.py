@@ -103,6 +103,8 @@ def render(res: dict) -> str:
               f"{res['steps']} timed steps")]
     if "compiled_error" in res:
         lines.append(f"- compiled: failed: {res['compiled_error']}")
+    for section, why in (c or {}).get("failed", {}).items():
+        lines.append(f"- compiled: {section} failed (left out): {why}")
     for name, r in (("eager", e), ("compiled", c or {})):
         if r.get("recompiled_in_timed_steps"):
             lines.append(f"- warning: {name}: {r['recompiled_in_timed_steps']} graph(s) compiled during the timed steps")
