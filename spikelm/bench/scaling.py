@@ -75,10 +75,12 @@ def render(res: dict) -> str:
              f"- date: {res['date']}", f"- machine: {res['machine']}",
              (f"- load average (1 min) before / after: {res['load'][0]:.2f} / {res['load'][1]:.2f} (this bench "
               f"adds up to {n}; more means other work shared the {os.cpu_count()} cores)"), "",
-             f"| recipe | model | tokens/s, 1 rank | tokens/s, {n} ranks | speedup |", "|---|---|---|---|---|"]
+             f"| recipe | model | tokens/s, 1 rank | tokens/s, {n} ranks | speedup | every run (1 rank; {n} ranks) |",
+             "|---|---|---|---|---|---|"]
     for name, r in res["recipes"].items():
+        runs = "; ".join(", ".join(f"{t:,.0f}" for t in ts) for ts in r["all_tokens_per_s"])
         lines.append(f"| {name} | {r['model']} | {r['tokens_per_s'][0]:,.0f} | {r['tokens_per_s'][1]:,.0f} | "
-                     f"**{r['speedup']:.2f}x** |")
+                     f"**{r['speedup']:.2f}x** | {runs} |")
     return "\n".join(lines) + "\n"
 
 
