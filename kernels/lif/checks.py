@@ -38,8 +38,10 @@ def check_lif_inputs(x: torch.Tensor, v0: torch.Tensor | None, tau: float | torc
     if isinstance(tau, torch.Tensor) and tau.numel() != 1:
         raise ValueError(f"tau must be a number or a one-element tensor, got shape {tuple(tau.shape)}")
     check_same_device(x=x, v0=v0, tau=tau if isinstance(tau, torch.Tensor) else None)
-    if not tau_value(tau) > 0:
-        raise ValueError(f"tau must be > 0, got {tau_value(tau)}")
+    # a tensor tau (PLIF: 1 / sigmoid(w) > 1 by construction) is not read here: reading it would
+    # be a host sync per call on a GPU, and a graph break under torch.compile
+    if not isinstance(tau, torch.Tensor) and not tau > 0:
+        raise ValueError(f"tau must be > 0, got {tau}")
     if not v_th > 0:
         raise ValueError(f"v_th must be > 0, got {v_th}")
     check_surrogate(surrogate, alpha)

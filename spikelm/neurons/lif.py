@@ -69,7 +69,9 @@ class LIF(nn.Module):
 class PLIF(LIF):
     """Parametric LIF (Fang et al. 2021, ICCV): LIF with a learnable ``tau = 1 / sigmoid(w)``.
 
-    ``w`` (a 0-dim float32 parameter) is initialised so that ``tau = init_tau``.
+    ``w`` (a one-element ``[1]`` float32 parameter; not 0-dim, which DeepSpeed's parameter
+    broadcast cannot view as bytes) is initialised so that ``tau = init_tau``; a 0-dim ``w`` of
+    an older state dict loads too.
     Raises:
         ValueError: ``init_tau <= 1`` (sigmoid < 1), or LIF's errors.
     """
@@ -78,8 +80,15 @@ class PLIF(LIF):
         if not init_tau > 1:
             raise ValueError(f"PLIF init_tau must be > 1 (tau = 1/sigmoid(w)), got {init_tau}")
         super().__init__(tau=init_tau, **kwargs)
-        self.w = nn.Parameter(torch.tensor(-math.log(init_tau - 1.0)))
+        self.w = nn.Parameter(torch.tensor([-math.log(init_tau - 1.0)]))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "w"
+        if key in state_dict and state_dict[key].dim() == 0:  # saved before w was [1]
+            state_dict[key] = state_dict[key].reshape(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def tau(self) -> torch.Tensor:
-        return 1.0 / torch.sigmoid(self.w)
+        """``1 / sigmoid(w)``, a 0-dim tensor (differentiable in ``w``)."""
+        return (1.0 / torch.sigmoid(self.w)).reshape(())

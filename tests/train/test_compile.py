@@ -19,10 +19,11 @@ from spikelm.train.trainer import train
 
 from .conftest import LINES
 
-# (flavour, layout keys): SpikeGPT (rwkv4 + channel_mix + LIF), Spikformer SSA, SDSA, GLA with
+# (flavour, layout keys): SpikeGPT (rwkv4 + channel_mix + LIF, and with PLIF), Spikformer SSA, SDSA, GLA with
 # adaptive spiking, SWA, and SpikingBrain's GLA/SWA hybrid
 LAYOUTS = {
     "rwkv4": ("debug", {}),
+    "rwkv4-plif": ("debug", {"neuron": "plif"}),
     "ssa": ("spikformer-debug", {}),
     "sdsa": ("debug", {"mixer_types": "sdsa"}),
     "gla": ("hybrid-debug", {"mixer_types": "gla"}),
