@@ -12,7 +12,9 @@ What counts as one launch:
   ``torch._inductor.config.cpp.enable_kernel_profile``).
 
 So a CPU count under ``TRITON_INTERPRET=1`` is what a GPU would launch for the same code:
-``x * 2 + 1`` forward is 2 launches (``aten::mul``, ``aten::add``).
+``x * 2 + 1`` forward is 2 launches (``aten::mul``, ``aten::add``). An aten op counts once even
+where its CUDA implementation launches several kernels (layer-norm backward, for one); on CUDA
+the device events are exact.
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ COMPOSITE = frozenset(f"aten::{n}" for n in (
     "empty_like", "zeros", "zeros_like", "ones", "ones_like", "full", "full_like", "new_zeros", "new_ones",
     "new_full", "new_empty", "clone", "layer_norm", "group_norm", "rms_norm", "relu", "square", "dropout",
     "softmax", "log_softmax", "cross_entropy_loss", "nll_loss", "nll_loss_nd", "embedding", "embedding_backward",
-    "slice_backward", "select_backward", "stack", "item", "where",
+    "slice_backward", "select_backward", "stack", "item",
 ))
 """``aten::`` ops that only call other ops (counted through them; 0 when they call none, as
 ``to``/``contiguous``/``dropout(p=0)`` of a tensor that already fits)."""
@@ -55,7 +57,7 @@ class Launches:
     """Launch counts of one profiled call.
 
     Attributes:
-        aten: leaf aten ops that launch a kernel (CPU count) or 0 on CUDA.
+        aten: outermost computing aten ops (CPU count; 0 on CUDA).
         triton: Triton kernel launches (our kernels).
         generated: Inductor-generated kernels.
         device: device events (CUDA only; 0 on CPU).

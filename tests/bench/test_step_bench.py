@@ -21,6 +21,8 @@ def test_launch_counter_counts_known_code_exactly():
     assert launches.count_launches(lambda: x.view(64).t().reshape(8, 8).to(torch.float32), cuda=False).total == 0
     n = launches.count_launches(lambda: torch.sigmoid(x @ x).sum(), cuda=False)
     assert (n.total, dict(n.by_name)) == (3, {"aten::mm": 1, "aten::sigmoid": 1, "aten::sum": 1})
+    # where with a scalar branch calls where again inside: one launch
+    assert launches.count_launches(lambda: torch.where(x > 0, 0.0, x), cuda=False).total == 2   # gt, where
 
 
 def test_block_launches_of_a_known_module():
