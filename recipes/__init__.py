@@ -11,6 +11,8 @@ RECIPES_DIR = Path(__file__).resolve().parent
 """Folder holding the ``*.yaml`` recipes."""
 
 DATA_DIR = RECIPES_DIR / "data"
+LM_EVAL_DIR = RECIPES_DIR / "lm_eval"
+"""The shipped lm-evaluation-harness tasks (``spikelm eval --tasks shakespeare_cloze``)."""
 """Folder of the shipped corpora, one sub-folder per ``builtin:NAME``."""
 
 DATA_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")

@@ -38,7 +38,8 @@ def cmd_eval(argv: list[str]) -> int:
     h.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples (default: each task's own)")
     h.add_argument("--limit", type=float, default=None, help="at most N documents per task (< 1: a fraction)")
     h.add_argument("--include-path", action="append", default=[], metavar="DIR",
-                   help="folder of extra task YAML files (repeatable)")
+                   help="folder of extra task YAML files (repeatable; the shipped tasks, e.g. "
+                        "shakespeare_cloze, are always included)")
     h.add_argument("--bootstrap-iters", type=int, default=100000,
                    help="bootstrap resamples for stderrs without a closed form (0: skip)")
     h.add_argument("--output-dir", default=".", help="where lm_eval_results.json is written (default: .)")
@@ -89,8 +90,10 @@ def _eval_tasks(a: argparse.Namespace, overrides: dict) -> dict:
     if limit is not None and limit <= 0:
         raise CLIError(f"--limit must be > 0, got {a.limit}")
     try:
+        from ..recipes import LM_EVAL_DIR
+
         res = run_harness(a.model_dir, a.tasks.split(","), num_fewshot=a.num_fewshot, limit=limit,
-                          include_path=a.include_path or None, batch_size=a.batch_size, config_overrides=overrides,
+                          include_path=[*a.include_path, str(LM_EVAL_DIR)], batch_size=a.batch_size, config_overrides=overrides,
                           bootstrap_iters=a.bootstrap_iters)
     except (ValueError, FileNotFoundError) as e:
         raise CLIError(str(e)) from e

@@ -144,3 +144,23 @@ def test_files_or_tasks_required(dirs, capsys):
     with pytest.raises(SystemExit) as e:
         main(["eval", str(dirs[1]["snn"][0])])
     assert e.value.code == 2 and "files (or --tasks)" in capsys.readouterr().err
+
+
+def test_shipped_cloze_task_is_reproducible():
+    from spikelm.eval.make_shakespeare_cloze import N_ITEMS, build
+    from spikelm.recipes import DATA_DIR, LM_EVAL_DIR
+
+    items = build((DATA_DIR / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8"))
+    shipped = (LM_EVAL_DIR / "shakespeare_cloze.jsonl").read_text(encoding="utf-8")
+    assert shipped == "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in items)
+    assert len(items) == N_ITEMS and all(len(r["choices"]) == 4 and 0 <= r["label"] < 4 for r in items)
+
+
+@needs_harness
+def test_shipped_task_runs_without_include_path(dirs, tmp_path, capsys):
+    _, models = dirs
+    d, _ = models["snn"]
+    assert main(["eval", str(d), "--tasks", "shakespeare_cloze", "--limit", "4", "--bootstrap-iters", "0",
+                 "--output-dir", str(tmp_path), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)["lm_eval"]
+    assert 0 <= res["results"]["shakespeare_cloze"]["acc,none"] <= 1
