@@ -131,3 +131,20 @@ def test_spikelm_eval_reports_accuracy_of_a_classifier(base_model, tmp_path):
                        capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 2 and "label 'nope' is not one of the 2 labels other, speak" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_parquet_records_and_custom_field_names(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from spikelm.data.classification import label_names, read_labelled
+
+    pq.write_table(pa.table({"sentence": ["good", "bad", "fine"], "y": [1, 0, 1]}), tmp_path / "d.parquet")
+    recs = read_labelled(str(tmp_path / "d.parquet"), "sentence", "y")
+    assert [(t, lab) for t, lab, _ in recs] == [("good", 1), ("bad", 0), ("fine", 1)]
+    assert label_names(recs, None) == ["0", "1"] and label_names(recs, ["neg", "pos"]) == ["neg", "pos"]
+    with pytest.raises(ValueError, match=r"d.parquet:row 1: no string field 'text'"):
+        read_labelled(str(tmp_path / "d.parquet"), "text", "y")
+    (tmp_path / "d.csv").write_text("a,b\n")
+    with pytest.raises(ValueError, match="reads .jsonl or .parquet files"):
+        read_labelled(str(tmp_path / "d.csv"), "text", "label")
