@@ -104,9 +104,11 @@ class SpikeLMBlock(nn.Module):
 
         Without a mask, one op (``kernels.lif.residual.lif_residual``: a single fused kernel
         each way on the Triton path, the unfused code on the torch path); with a mask (left
-        padding), ``fire_tokens`` and the add.
+        padding), or a neuron that hooks observe (``spikelm.eval.spikes`` records each neuron
+        module's spikes through forward hooks), ``fire_tokens`` and the add.
         """
-        if mask is None and type(lif) in (LIF, PLIF):
+        observed = bool(lif._forward_hooks or lif._forward_pre_hooks)
+        if mask is None and type(lif) in (LIF, PLIF) and not observed:
             y, v_new, rate = lif_residual(res, out, v, lif.tau, lif.v_th, lif.v_reset, lif.decay_input,
                                           lif.detach_reset, lif.surrogate, lif.alpha, time_dim=1)
             self.spike_rates[name] = rate

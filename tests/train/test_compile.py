@@ -50,6 +50,8 @@ in_child = pytest.mark.skipif(not HERE, reason="runs in a fresh process: test_in
 @pytest.mark.skipif(HERE, reason="this is the fresh process")
 def test_in_a_fresh_process():
     env = dict(os.environ, SPIKELM_COMPILE_TESTS="here", OMP_NUM_THREADS="1")
+    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)  # set by this process's one-rank group; the child makes its own
     args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__))]
     r = subprocess.run(args, env=env, capture_output=True, text=True, timeout=1500, check=False)
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
