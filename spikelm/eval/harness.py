@@ -132,6 +132,8 @@ def run_harness(model_dir: str | Path, tasks: list[str], num_fewshot: int | None
     manager = task_manager(include_path, tasks)
     check_tasks(tasks, manager)
     if model is None:
+        from .perplexity import load_model
+
         model, tokenizer = load_model(model_dir, config_overrides, device)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, backend="causal", batch_size=batch_size,
               max_length=_context_length(model))
@@ -148,31 +150,6 @@ def run_harness(model_dir: str | Path, tasks: list[str], num_fewshot: int | None
 def _context_length(model) -> int | None:
     """The model's context length from its config (``max_position_embeddings``), or None."""
     return getattr(model.config, "max_position_embeddings", None)
-
-
-def load_model(model_dir: str | Path, config_overrides: dict | None = None, device: str | None = None):
-    """``(causal LM in eval mode on device, tokenizer)`` of a saved model, as ``spikelm eval`` loads it.
-
-    Raises:
-        FileNotFoundError: missing model directory / unreachable Hub id / no tokenizer files.
-        ValueError: an override of a field the model's config does not have.
-    """
-    import torch
-    from transformers import AutoTokenizer
-
-    import spikelm  # noqa: F401  (registers the Auto classes)
-
-    from ..hub.ids import check_tokenizer_files, load_causal_lm, resolve_model
-
-    name, cfg = resolve_model(model_dir)
-    check_tokenizer_files(name)
-    overrides = dict(config_overrides or {})
-    unknown = sorted(set(overrides) - set(cfg))
-    if unknown:
-        raise ValueError(f"cannot override {unknown}: not fields of {name}'s config.json")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    tok = AutoTokenizer.from_pretrained(name)
-    return load_causal_lm(name, **overrides).to(device).eval(), tok
 
 
 def results_table(res: dict) -> str:

@@ -208,6 +208,30 @@ def measure_blocks(ids: torch.Tensor, block_size: int, max_tokens: int) -> torch
 
 
 @torch.no_grad()
+def load_model(model_dir: str | Path, config_overrides: dict | None = None, device: str | None = None):
+    """``(causal LM in eval mode on device, tokenizer)`` of a saved model, as ``spikelm eval`` loads it.
+
+    Raises:
+        FileNotFoundError: missing model directory / unreachable Hub id / no tokenizer files.
+        ValueError: an override of a field the model's config does not have.
+    """
+    from transformers import AutoTokenizer
+
+    import spikelm  # noqa: F401  (registers the Auto classes)
+
+    from ..hub.ids import check_tokenizer_files, load_causal_lm, resolve_model
+
+    name, cfg = resolve_model(model_dir)
+    check_tokenizer_files(name)
+    overrides = dict(config_overrides or {})
+    unknown = sorted(set(overrides) - set(cfg))
+    if unknown:
+        raise ValueError(f"cannot override {unknown}: not fields of {name}'s config.json")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tok = AutoTokenizer.from_pretrained(name)
+    return load_causal_lm(name, **overrides).to(device).eval(), tok
+
+
 def evaluate_files(model_dir: str | Path, files: list[str], block_size: int | None = None, batch_size: int = 16,
                    text_field: str = "text", stride: int | None = None, device: str | None = None,
                    spikes: bool = True, spike_max_tokens: int = 16384, split: str | None = None,
@@ -244,11 +268,6 @@ def evaluate_files(model_dir: str | Path, files: list[str], block_size: int | No
         ValueError: bad block_size/stride, data shorter than 2 tokens, or an override of a
             field the model's config does not have.
     """
-    from transformers import AutoTokenizer
-
-    import spikelm  # noqa: F401  (registers the Auto classes)
-
-    from ..hub.ids import check_tokenizer_files, load_causal_lm, resolve_model
     from .energy import energy_estimate
 
     if batch_size < 1:
@@ -257,21 +276,13 @@ def evaluate_files(model_dir: str | Path, files: list[str], block_size: int | No
         raise ValueError(f"stride must be >= 1 (tokens between window starts), got {stride}")
     if block_size is not None and block_size < 2:
         raise ValueError(f"block_size must be >= 2, got {block_size}")
-    name, cfg = resolve_model(model_dir)
-    check_tokenizer_files(name)
-    overrides = dict(config_overrides or {})
-    unknown = sorted(set(overrides) - set(cfg))
-    if unknown:
-        raise ValueError(f"cannot override {unknown}: not fields of {name}'s config.json")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    tok = AutoTokenizer.from_pretrained(name)
-    model = load_causal_lm(name, **overrides).to(device).eval()
+    model, tok = load_model(model_dir, config_overrides, device)
     ids = tokenize_stream(files, tok, text_field, split)
     res = evaluate_stream(model, ids, token_byte_lengths(tok), block_size, stride, batch_size)
     mc = model.config
-    res.update(model=str(model_dir), model_type=cfg.get("model_type"), files=[str(f) for f in files],
+    res.update(model=str(model_dir), model_type=getattr(mc, "model_type", None), files=[str(f) for f in files],
                adaptive_spike_k=(mc.adaptive_spike_k if getattr(mc, "adaptive_spike_mode", "off") != "off" else None),
-               config_overrides=overrides)
+               config_overrides=dict(config_overrides or {}))
     if spikes:
         blocks = measure_blocks(ids, res["block_size"], spike_max_tokens)
         en = energy_estimate(model, blocks, batch_size=batch_size, spikes=True)
