@@ -115,15 +115,9 @@ def main(argv: list[str] | None = None) -> int:
                                     "speedup": tok[1] / tok[0],
                                     "all_tokens_per_s": [[r["eager"]["tokens_per_s"] for r in rs] for rs in runs]}
     res["load"].append(os.getloadavg()[0])
-    report = render(res)
-    print(report, end="")
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(report)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=2)
-            f.write("\n")
+    from .step_report import emit
+
+    emit(render(res), res, args.out, args.json)
     return 0
 
 

@@ -17,7 +17,6 @@ import contextlib
 import datetime
 import functools
 import itertools
-import json
 import os
 import platform
 import shlex
@@ -366,15 +365,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if res["eager"]["context"]["rank"] != 0:
         return 0
-    report = render(res)
-    print(report, end="", flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(report)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=2)
-            f.write("\n")
+    from .step_report import emit
+
+    emit(render(res), res, args.out, args.json)
     return 0
 
 

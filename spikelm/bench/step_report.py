@@ -118,3 +118,17 @@ def render(res: dict) -> str:
     if c is not None:
         lines += [""] + _syncs("compiled", c)
     return "\n".join(lines) + "\n"
+
+
+def emit(report: str, res: dict, out: str | None, json_path: str | None) -> None:
+    """Print ``report`` and write it to ``out`` and ``res`` as JSON to ``json_path`` (each when given)."""
+    import json
+
+    print(report, end="", flush=True)
+    if out:
+        with open(out, "w") as f:
+            f.write(report)
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(res, f, indent=2)
+            f.write("\n")
