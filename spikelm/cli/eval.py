@@ -142,6 +142,15 @@ def _print_files(res: dict) -> None:
                   f"{s['dead_fraction']:.4f}  {s['saturated_fraction']:.4f}     {s['spikes_per_token']:.1f}")
     elif en is not None:
         print("\nno spiking neurons: dense ANN")
+    moe = res.get("moe")
+    if moe:
+        print(f"\nexperts: {moe['active_expert_fraction']:.4f} of the routed experts' weights active per token "
+              f"(routing sparsity {moe['routing_sparsity']:.4f}), {moe['dropped_fraction']:.4f} of assignments dropped")
+        w = max(len(k) for k in moe["layers"])
+        print(f"  {'layer':<{w}}  experts  top-k  max load  min load  load per expert")
+        for k, s in moe["layers"].items():
+            loads = " ".join(f"{x:.3f}" for x in s["expert_load"])
+            print(f"  {k:<{w}}  {s['experts']:<7}  {s['top_k']:<5}  {s['max_load']:.4f}    {s['min_load']:.4f}    {loads}")
     if en is not None:
         print(f"operations per token: {en['dense_macs_per_token']:,.0f} MACs dense (ANN "
               f"{en['ann_energy_pj_per_token'] / 1e6:.4g} uJ); as SNN {en['snn_macs_per_token']:,.0f} MACs + "

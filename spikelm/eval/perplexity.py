@@ -262,13 +262,17 @@ def evaluate_files(model_dir: str | Path, files: list[str], block_size: int | No
         None), "spike_rates": {site: rate} (spikelm models' own counters)}``;
         with ``spikes``: ``"spikes"`` (:func:`spikelm.eval.spikes.spike_statistics`; its
         ``sites`` are empty for a model without spiking neurons) and ``"energy"``
-        (:func:`spikelm.eval.energy.energy_estimate` without its per-projection ``layers``).
+        (:func:`spikelm.eval.energy.energy_estimate` without its per-projection ``layers``;
+        an MoE model's routed experts count for the tokens routed to them), and for a model
+        with MoE layers ``"moe"`` (:meth:`spikelm.eval.moe.MoEMonitor.summary`: expert load,
+        dropped assignments, routing sparsity) from the same forward passes.
     Raises:
         FileNotFoundError: missing model directory / unreachable Hub id, or missing data file.
         ValueError: bad block_size/stride, data shorter than 2 tokens, or an override of a
             field the model's config does not have.
     """
     from .energy import energy_estimate
+    from .moe import MoEMonitor
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -285,7 +289,10 @@ def evaluate_files(model_dir: str | Path, files: list[str], block_size: int | No
                config_overrides=dict(config_overrides or {}))
     if spikes:
         blocks = measure_blocks(ids, res["block_size"], spike_max_tokens)
-        en = energy_estimate(model, blocks, batch_size=batch_size, spikes=True)
+        with MoEMonitor(model) as moe:
+            en = energy_estimate(model, blocks, batch_size=batch_size, spikes=True)
+        if moe.modules:
+            res["moe"] = moe.summary()
         res["spikes"] = en.pop("spikes")
         en.pop("layers")
         res["energy"] = en

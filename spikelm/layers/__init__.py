@@ -13,6 +13,7 @@ from .channel_mix import ChannelMixState, RWKV4ChannelMix
 from .common import SpikingInput, SpikingNorm, make_neuron, make_norm
 from .gla import GLAState, SpikingGLA
 from .mlp import SpikingMLP, SpikingMLPState, SwiGLU, SwiGLUState
+from .moe import MoEState, SpikingMoE
 from .registry import MIXERS, MLPS, kind_of, mixer_class, mlp_class
 from .spikegpt_block import SpikeGPTBlock
 from .ssa import SpikeDrivenSelfAttention, SpikingAttentionState, SpikingSelfAttention
@@ -25,4 +26,4 @@ __all__ = ["RWKV4TimeMix", "RWKV4ChannelMix", "SpikeGPTBlock", "SpikeLMBlock", "
            "SpikingNorm", "build_mixer", "build_mlp", "make_neuron", "make_norm", "rope_cos_sin", "apply_rope",
            "token_shift", "mix", "SpikeLMLayer", "MIXERS", "MLPS", "mixer_class", "mlp_class", "kind_of",
            "BlockState", "RWKV4State", "ChannelMixState", "SpikingAttentionState", "GLAState", "SWAState",
-           "SwiGLUState", "SpikingMLPState", "map_state", "state_tensors"]
+           "SwiGLUState", "SpikingMLPState", "SpikingMoE", "MoEState", "map_state", "state_tensors"]

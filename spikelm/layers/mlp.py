@@ -22,7 +22,8 @@ class SwiGLU(SpikeLMLayer):
     ``config.adaptive_spike_mode == "off"``).
 
     Args: config (``hidden_size`` D, ``intermediate_size`` I, ``mlp_bias`` (biases on the three
-    projections, Llama's ``mlp_bias``), ``adaptive_spike_*``).
+    projections, Llama's ``mlp_bias``), ``adaptive_spike_*``); ``intermediate_size``: a width
+    other than the config's (the experts of :class:`spikelm.layers.moe.SpikingMoE`).
     ``forward(x [B, L, D], state, mask [B, L] | None) -> (out [B, L, D] in x.dtype, SwiGLUState())``.
     Spike sites: ``"in.sparsity"``, ``"down_in.sparsity"`` (when spiking is on).
     """
@@ -30,9 +31,9 @@ class SwiGLU(SpikeLMLayer):
     State = SwiGLUState
     spike_sites = ("in.sparsity", "down_in.sparsity")
 
-    def __init__(self, config):
+    def __init__(self, config, intermediate_size: int | None = None):
         super().__init__()
-        D, inter = config.hidden_size, config.intermediate_size
+        D, inter = config.hidden_size, intermediate_size or config.intermediate_size
         bias = getattr(config, "mlp_bias", False)
         self.in_spike = spiking_input(config)
         self.gate_proj = nn.Linear(D, inter, bias=bias)

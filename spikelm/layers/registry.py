@@ -17,6 +17,7 @@ from .base import SpikeLMLayer
 from .channel_mix import RWKV4ChannelMix
 from .gla import SpikingGLA
 from .mlp import SpikingMLP, SwiGLU
+from .moe import SpikingMoE
 from .ssa import SpikeDrivenSelfAttention, SpikingSelfAttention
 from .swa import SlidingWindowAttention
 from .time_mix import RWKV4TimeMix
@@ -34,6 +35,7 @@ MLPS: dict[str, type[SpikeLMLayer]] = {
     "channel_mix": RWKV4ChannelMix,        # SpikeGPT's RWKV-4 channel-mix
     "swiglu": SwiGLU,                      # SwiGLU (Shazeer 2020), SpikingBrain / Llama
     "spiking_mlp": SpikingMLP,             # Spikformer's MLP
+    "moe": SpikingMoE,                     # routed + shared SwiGLU experts, SpikingBrain-76B style
 }
 """MLP (channel-mixer) kind -> class."""
 

@@ -109,6 +109,9 @@ class SpikeLMForSequenceClassification(SpikeLMPreTrainedModel):
         if labels is not None:
             self._check_labels(labels, batch)
             loss = self.loss_function(logits=pooled, labels=labels, pooled_logits=pooled, config=self.config)
+            aux = self.model.moe_aux_loss()  # MoE layers: the routers' auxiliary loss, in training
+            if aux is not None and self.training:
+                loss = loss + aux.to(loss.dtype)
         return SequenceClassifierOutputWithPast(loss=loss, logits=pooled, past_key_values=out.past_key_values,
                                                 hidden_states=out.hidden_states)
 

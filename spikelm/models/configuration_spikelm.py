@@ -12,7 +12,8 @@ self-attention of the Spike-driven Transformer), ``gla`` and ``swa`` (SpikingBra
 linear attention and sliding-window softmax attention)."""
 MLP_TYPES = tuple(MLPS)
 """Channel mixers, the keys of :data:`spikelm.layers.registry.MLPS`: ``channel_mix`` (RWKV-4,
-SpikeGPT), ``swiglu`` (SpikingBrain / Llama), ``spiking_mlp`` (Spikformer's MLP)."""
+SpikeGPT), ``swiglu`` (SpikingBrain / Llama), ``spiking_mlp`` (Spikformer's MLP), ``moe``
+(routed + shared SwiGLU experts, SpikingBrain-76B style)."""
 NEURONS = ("lif", "plif", "none")
 NORM_TYPES = ("layernorm", "rmsnorm")
 SPIKING_NORMS = ("layernorm", "batchnorm")
@@ -121,6 +122,19 @@ class SpikeLMConfig(PretrainedConfig):
         adaptive_spike_k, adaptive_spike_max_count: threshold divisor and optional count clamp.
         adaptive_spike_steps, adaptive_spike_encoding: spike-train length and encoding
             (``"binary" | "ternary" | "bitwise"``) of the expanded mode.
+        num_experts, num_experts_per_tok: routed experts ``E`` and top-k of ``moe`` layers
+            (default 8 and 2).
+        num_shared_experts: always-on shared experts ``S`` (default 0).
+        moe_intermediate_size, shared_expert_intermediate_size: widths of a routed and of a
+            shared expert (default ``intermediate_size``, and the routed width).
+        shared_expert_gate: multiply the shared experts' sum by ``sigmoid(W x)`` (Qwen2-MoE).
+        router_score_func: ``"softmax"`` (Mixtral, Qwen2-MoE) or ``"sigmoid"`` (DeepSeek-V3).
+        norm_topk_prob: renormalise the top-k weights to sum 1 (default True, as Mixtral).
+        moe_capacity_factor: training capacity per expert, ``ceil(factor * T * k / E)``
+            assignments of a micro-batch (0, the default: dropless).
+        router_aux_loss_coef, router_z_loss_coef: weights of the load-balancing loss and the
+            router z-loss added to the training loss (defaults 0.01 and 0.001), averaged over
+            the MoE layers. See :mod:`spikelm.layers.moe`.
         layer_norm_eps, dropout, initializer_range: as usual.
         use_cache: return the recurrent state from ``forward`` by default.
     Raises:
@@ -151,6 +165,11 @@ class SpikeLMConfig(PretrainedConfig):
                  ssa_v_th: float = 0.5, spiking_norm: str = "layernorm", adaptive_spike_mode: str = "off",
                  adaptive_spike_k: float = 3.0, adaptive_spike_max_count: int | None = None,
                  adaptive_spike_steps: int = 8, adaptive_spike_encoding: str = "bitwise",
+                 num_experts: int = 8, num_experts_per_tok: int = 2, num_shared_experts: int = 0,
+                 moe_intermediate_size: int | None = None, shared_expert_intermediate_size: int | None = None,
+                 shared_expert_gate: bool = False, router_score_func: str = "softmax", norm_topk_prob: bool = True,
+                 moe_capacity_factor: float = 0.0, router_aux_loss_coef: float = 0.01,
+                 router_z_loss_coef: float = 0.001,
                  layer_norm_eps: float = 1e-5, dropout: float = 0.0,
                  initializer_range: float = 0.02, tie_word_embeddings: bool = False, use_cache: bool = True,
                  bos_token_id: int | None = None, eos_token_id: int | None = None, pad_token_id: int | None = None,
@@ -234,6 +253,13 @@ class SpikeLMConfig(PretrainedConfig):
         self.adaptive_spike_mode, self.adaptive_spike_k = adaptive_spike_mode, adaptive_spike_k
         self.adaptive_spike_max_count = adaptive_spike_max_count
         self.adaptive_spike_steps, self.adaptive_spike_encoding = adaptive_spike_steps, adaptive_spike_encoding
+        self.num_experts, self.num_experts_per_tok = num_experts, num_experts_per_tok
+        self.num_shared_experts, self.shared_expert_gate = num_shared_experts, shared_expert_gate
+        self.moe_intermediate_size = moe_intermediate_size
+        self.shared_expert_intermediate_size = shared_expert_intermediate_size
+        self.router_score_func, self.norm_topk_prob = router_score_func, norm_topk_prob
+        self.moe_capacity_factor = moe_capacity_factor
+        self.router_aux_loss_coef, self.router_z_loss_coef = router_aux_loss_coef, router_z_loss_coef
         self.use_cache = use_cache
         self.layer_norm_eps, self.dropout, self.initializer_range = layer_norm_eps, dropout, initializer_range
         for kind in kinds:  # per-kind requirements (ssa/sdsa: D divisible by the heads; swa: even head_dim)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast, MoeCausalLMOutputWithPast
 
 from ..kernels.lif import heaviside
 from ..layers import BlockState, SpikeLMBlock, SpikeLMLayer, make_norm, map_state
@@ -183,6 +183,23 @@ class SpikeLMModel(SpikeLMPreTrainedModel):
         host sync (the trainer sums them on the device between log steps)."""
         return {f"layers.{i}.{site}": r for i, b in enumerate(self.blocks) for site, r in b.spike_rates.items()}
 
+    def moe_layers(self) -> dict[int, nn.Module]:
+        """The MoE MLPs (``mlp_types[i] == "moe"``, :class:`spikelm.layers.moe.SpikingMoE`) by layer index."""
+        return {i: b.ffn for i, b in enumerate(self.blocks) if b.mlp_type == "moe"}
+
+    def moe_aux_loss(self) -> torch.Tensor | None:
+        """The mean over the MoE layers of their last forward's auxiliary loss
+        (``router_aux_loss_coef * load balance + router_z_loss_coef * z-loss``), a 0-dim float32
+        tensor with gradient; None without MoE layers."""
+        losses = [m.aux_loss for m in self.moe_layers().values() if m.aux_loss is not None]
+        return torch.stack(losses).mean() if losses else None
+
+    def moe_stat_tensors(self) -> dict[str, torch.Tensor]:
+        """Routing statistics of the last forward pass, detached on the device, by name:
+        ``"layers.{i}.{load_balance|z_loss|dropped}"`` (0-dim) and ``"layers.{i}.expert_load"``
+        (``[E]``, the share of the kept assignments per expert). ``{}`` without MoE layers."""
+        return {f"layers.{i}.{k}": v for i, m in self.moe_layers().items() for k, v in m.moe_stats.items()}
+
 
 class SpikeLMForCausalLM(SpikeLMPreTrainedModel, GenerationMixin):
     """Spiking language model with an LM head (any layer layout of :class:`SpikeLMModel`); works with ``generate``,
@@ -209,7 +226,9 @@ class SpikeLMForCausalLM(SpikeLMPreTrainedModel, GenerationMixin):
                 ) -> CausalLMOutputWithPast:
         """Like any HF causal LM: ``labels [B, L]`` are shifted inside (``labels = input_ids`` is
         right; -100 is ignored). Returns logits ``[B, L, V]`` (float32 when labels are given), the
-        mean cross-entropy ``loss`` in nats per token, and the new state in ``past_key_values``."""
+        mean cross-entropy ``loss`` in nats per token, and the new state in ``past_key_values``.
+        With MoE layers the result is a ``MoeCausalLMOutputWithPast`` whose ``aux_loss`` is
+        :meth:`SpikeLMModel.moe_aux_loss`; in training mode ``loss`` includes it."""
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=past_key_values,
                          inputs_embeds=inputs_embeds, use_cache=use_cache, output_hidden_states=output_hidden_states)
         h = out.last_hidden_state
@@ -221,8 +240,14 @@ class SpikeLMForCausalLM(SpikeLMPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values,
-                                      hidden_states=out.hidden_states)
+        aux = self.model.moe_aux_loss()
+        if aux is None:
+            return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values,
+                                          hidden_states=out.hidden_states)
+        if loss is not None and self.training:
+            loss = loss + aux.to(loss.dtype)
+        return MoeCausalLMOutputWithPast(loss=loss, aux_loss=aux, logits=logits, past_key_values=out.past_key_values,
+                                         hidden_states=out.hidden_states)
 
     def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, past_key_values: SpikeLMCache | None = None,
                                       attention_mask: torch.Tensor | None = None, inputs_embeds=None,

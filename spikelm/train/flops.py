@@ -7,7 +7,9 @@ runs and hardware, not kernels.
 
 Per trained token (forward + backward = 3 x forward):
 
-* every ``nn.Linear`` (all projections and the LM head): ``6 * in * out``;
+* every ``nn.Linear`` (all projections and the LM head): ``6 * in * out``; those of the routed
+  experts of a ``moe`` MLP (``<moe>.experts.*``) times its ``active_fraction`` ``k / E``: only
+  the experts a token is routed to count (the router and shared experts count in full);
 * plus each layer's mixer and MLP term, ``flops_per_token(config, context)`` of its class in
   :mod:`spikelm.layers.registry`: softmax attention (``swa``; ``ssa``/``sdsa`` in their
   parallel form) ``12 * H * hd * T_ctx`` (PaLM's ``12 * L * H * Q * T`` per layer; ``T_ctx`` =
@@ -46,11 +48,24 @@ def model_flops_per_token(model: torch.nn.Module, config, context: int) -> float
     Raises:
         KeyError: a mixer or MLP kind missing from the registry.
     """
-    flops = sum(6.0 * m.in_features * m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear))
+    flops = sum(6.0 * m.in_features * m.out_features * _active_fraction(name, fractions)
+                for fractions in [_active_fractions(model)]
+                for name, m in model.named_modules() if isinstance(m, torch.nn.Linear))
     for table, kinds in ((MIXERS, getattr(config, "mixer_types", None)), (MLPS, getattr(config, "mlp_types", None))):
         for kind in kinds or []:
             flops += table[kind].flops_per_token(config, context)
     return flops
+
+
+def _active_fractions(model: torch.nn.Module) -> dict[str, float]:
+    """``{module name + ".": fraction}`` of the modules whose Linear layers run for only a share of
+    the tokens: an MoE layer's routed experts (``<name>.experts.``) run for ``active_fraction``."""
+    return {f"{name}.experts.": m.active_fraction for name, m in model.named_modules()
+            if isinstance(getattr(type(m), "active_fraction", None), property)}
+
+
+def _active_fraction(name: str, fractions: dict[str, float]) -> float:
+    return next((f for prefix, f in fractions.items() if name.startswith(prefix)), 1.0)
 
 
 def peak_flops(device: torch.device, precision: str) -> float | None:

@@ -24,7 +24,7 @@ from ..models.configuration_spikelm import NEURONS
 MixerType = Literal[tuple(MIXERS)]
 """Token mixers, the kinds of ``spikelm.layers.registry.MIXERS`` (rwkv4, ssa, sdsa, gla, swa)."""
 MlpType = Literal[tuple(MLPS)]
-"""MLPs, the kinds of ``spikelm.layers.registry.MLPS`` (channel_mix, swiglu, spiking_mlp)."""
+"""MLPs, the kinds of ``spikelm.layers.registry.MLPS`` (channel_mix, swiglu, spiking_mlp, moe)."""
 NeuronType = Literal[NEURONS]
 
 _NONE_WORDS = {"lif_v_reset": "soft", "adaptive_spike_max_count": "none"}
@@ -44,6 +44,8 @@ class ModelLayout:
         adaptive_spike_mode, adaptive_spike_k, adaptive_spike_max_count (``none`` = no clamp),
             adaptive_spike_steps, adaptive_spike_encoding: SpikingBrain's adaptive spiking.
         the attention, GLA, SSA and norm fields: as in SpikeLMConfig.
+        num_experts ... router_z_loss_coef: the ``moe`` MLP (routed/shared experts, router,
+            capacity, auxiliary-loss weights; :mod:`spikelm.layers.moe`).
     """
 
     hidden_size: int | None = None
@@ -87,6 +89,17 @@ class ModelLayout:
     adaptive_spike_max_count: int | Literal["none"] | None = None
     adaptive_spike_steps: int | None = None
     adaptive_spike_encoding: Literal["binary", "ternary", "bitwise"] | None = None
+    num_experts: int | None = None
+    num_experts_per_tok: int | None = None
+    num_shared_experts: int | None = None
+    moe_intermediate_size: int | None = None
+    shared_expert_intermediate_size: int | None = None
+    shared_expert_gate: bool | None = None
+    router_score_func: Literal["softmax", "sigmoid"] | None = None
+    norm_topk_prob: bool | None = None
+    moe_capacity_factor: float | None = None
+    router_aux_loss_coef: float | None = None
+    router_z_loss_coef: float | None = None
     layer_norm_eps: float | None = None
     dropout: float | None = None
     initializer_range: float | None = None

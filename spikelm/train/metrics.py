@@ -19,6 +19,46 @@ def spike_rate_tensors(module) -> dict:
     return backbone.spike_rate_tensors() if hasattr(backbone, "spike_rate_tensors") else {}
 
 
+MOE_PREFIX = "moe."
+"""Prefix of the routing statistics among :func:`step_stat_tensors`' keys."""
+
+
+def step_stat_tensors(module) -> dict:
+    """What the trainer reads of a step besides its loss, ``{name: 0-dim tensor}`` on the device:
+    :func:`spike_rate_tensors`, and for MoE layers their routing statistics
+    (``SpikeLMModel.moe_stat_tensors``) under ``"moe.layers.{i}.{load_balance|z_loss|dropped}"``
+    and ``"moe.layers.{i}.expert_load.{e}"`` (share of the kept assignments of expert ``e``)."""
+    out = dict(spike_rate_tensors(module))
+    base = module.get_base_model() if hasattr(module, "get_base_model") else module
+    backbone = getattr(base, "model", None)
+    stats = backbone.moe_stat_tensors() if hasattr(backbone, "moe_stat_tensors") else {}
+    for name, t in stats.items():
+        if t.dim() == 0:
+            out[MOE_PREFIX + name] = t
+        else:
+            out.update({f"{MOE_PREFIX}{name}.{e}": v for e, v in enumerate(t.unbind(0))})
+    return out
+
+
+def moe_summary(stats: dict[str, float]) -> dict[str, float]:
+    """Means over the MoE layers of the routing statistics in ``stats`` (:func:`step_stat_tensors`
+    keys, read): ``{"moe_load_balance", "moe_z_loss", "moe_dropped", "moe_max_load"}`` (the
+    largest expert share, 1/E when balanced); ``{}`` without MoE layers."""
+    out = {}
+    for stat in ("load_balance", "z_loss", "dropped"):
+        vals = [v for k, v in stats.items() if k.startswith(MOE_PREFIX) and k.endswith("." + stat)]
+        if vals:
+            out[f"moe_{stat}"] = sum(vals) / len(vals)
+    loads: dict[str, float] = {}
+    for k, v in stats.items():
+        if k.startswith(MOE_PREFIX) and ".expert_load." in k:
+            layer = k.split(".expert_load.")[0]
+            loads[layer] = max(loads.get(layer, 0.0), v)
+    if loads:
+        out["moe_max_load"] = sum(loads.values()) / len(loads)
+    return out
+
+
 def trim_metrics(path: Path, last_step: int) -> None:
     """Keep the records of ``path`` up to ``last_step`` (a resumed run redoes the later ones)."""
     if path.exists():
@@ -71,9 +111,12 @@ class RunLog:
 
     def step(self, rec: dict, rates: dict[str, float]) -> None:
         """Report optimizer step ``rec["step"]``: TensorBoard (loss, lr, tokens/s, per-site spike
-        rates and input sparsities, every ``log_every`` steps), the bar, and — with
-        :meth:`record` — the jsonl line. Adds the mean ``spike_rate`` / ``input_sparsity`` to ``rec``."""
+        rates and input sparsities, MoE routing statistics, every ``log_every`` steps), the bar,
+        and — with :meth:`record` — the jsonl line. ``rates``: :func:`step_stat_tensors`' keys,
+        read. Adds the mean ``spike_rate`` / ``input_sparsity`` and :func:`moe_summary` to ``rec``."""
         done = rec["step"]
+        moe = {k[len(MOE_PREFIX):]: v for k, v in rates.items() if k.startswith(MOE_PREFIX)}
+        rates = {k: v for k, v in rates.items() if not k.startswith(MOE_PREFIX)}
         fired = {k: v for k, v in rates.items() if not k.endswith(".sparsity")}
         sparsity = {k[:-len(".sparsity")]: v for k, v in rates.items() if k.endswith(".sparsity")}
         if self.writer is not None and (self.log_every and done % self.log_every == 0 or done == self.max_steps):
@@ -83,8 +126,11 @@ class RunLog:
                 self.writer.add_scalar(f"spike_rate/{name}", v, done)
             for name, v in sparsity.items():
                 self.writer.add_scalar(f"input_sparsity/{name}", v, done)
+            for name, v in moe.items():  # per layer: load_balance, z_loss, dropped, expert_load.{e}
+                self.writer.add_scalar(f"moe/{name}", v, done)
         rec["spike_rate"] = sum(fired.values()) / len(fired) if fired else None
         rec["input_sparsity"] = sum(sparsity.values()) / len(sparsity) if sparsity else None
+        rec.update(moe_summary({MOE_PREFIX + k: v for k, v in moe.items()}))
         key = "bpb" if self.last_eval and "bpb" in self.last_eval else "accuracy"
         extra = {f"val_{key}": f"{self.last_eval[key]:.3f}"} if self.last_eval else {}
         self.bar.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{rec['tokens_per_s']:,.0f}", **extra)

@@ -33,7 +33,7 @@ from .engine import deepspeed_config, initialize, resolve_precision, zero_stage
 from .export import MODEL_CONFIG, write_hf_dir
 from .flops import model_flops_per_token, peak_flops
 from .init_from import init_config, init_dir, init_source
-from .metrics import RunLog, spike_rate_tensors
+from .metrics import RunLog, step_stat_tensors
 from .model_init import build_model
 from .rundir import (
     atomic_dir,
@@ -230,7 +230,8 @@ class Trainer:
         """Run optimizer step ``step`` (0-based): forward, backward and step of each micro-batch of
         this rank (``batches``: :meth:`step_batches` of ``step``, built ahead by the loop).
 
-        Returns this rank's mean micro-batch loss, a 0-dim float32 tensor on the device. Nothing
+        Returns this rank's mean micro-batch loss (the task loss: an MoE model's auxiliary router
+        loss is trained on but not included), a 0-dim float32 tensor on the device. Nothing
         here reads a value on the host: the loop reads the losses of many steps at once
         (:meth:`_sync`), so on a GPU the host keeps queueing work ahead of the device.
         """
@@ -242,6 +243,8 @@ class Trainer:
             self.engine.backward(out.loss)
             self.engine.step()
             total = total + out.loss.detach().float()
+            if getattr(out, "aux_loss", None) is not None:
+                total = total - out.aux_loss.detach().float()
         return total / len(batches)
 
     def _check_finite(self, loss: float, done: int, log: RunLog) -> None:
@@ -376,7 +379,7 @@ class Trainer:
                     loss = self.train_step(step, batches)
                     done = step + 1
                     self.lrs[done] = self.scheduler.get_last_lr()[0]  # a host value: no sync
-                    pending.append((done, loss, spike_rate_tensors(self.engine.module), time.time()))
+                    pending.append((done, loss, step_stat_tensors(self.engine.module), time.time()))
                     # built while the device still runs this step (the host is ahead of it)
                     batches = self.step_batches(done) if done < t.max_steps else None
                     if not self._sync_due(done):

@@ -27,6 +27,14 @@ LAYOUTS = {
     "swa": dict(mixer_types="swa", num_key_value_heads=1, sliding_window=5, **HYBRID),
     "hybrid": dict(mixer_types=["gla", "swa"], num_key_value_heads=1, sliding_window=6, **HYBRID),
     "hybrid-lif-channel-mix": dict(mixer_types=["swa", "gla"], mlp_types=["channel_mix", "swiglu"], sliding_window=4),
+    # SpikingBrain-76B style: dense then MoE MLPs, routed + shared experts (softmax, top-2 of 4)
+    "hybrid-moe": dict(mixer_types=["gla", "swa"], num_key_value_heads=1, sliding_window=6,
+                       **{**HYBRID, "mlp_types": ["swiglu", "moe"]}, num_experts=4, num_experts_per_tok=2,
+                       num_shared_experts=1, moe_intermediate_size=24),
+    # sigmoid router, top-1, a gated shared expert (Qwen2-MoE), LIF block neurons on rwkv4
+    "rwkv4-moe": dict(mixer_types="rwkv4", mlp_types="moe", num_experts=3, num_experts_per_tok=1,
+                      router_score_func="sigmoid", num_shared_experts=1, shared_expert_gate=True,
+                      adaptive_spike_mode="ste"),
 }
 
 
@@ -49,7 +57,7 @@ def layout_model(request):
     return request.param, make_model(request.param)
 
 
-GEN_LAYOUTS = ["ssa", "sdsa", "gla", "swa", "hybrid"]  # the slower generation tests skip the variants
+GEN_LAYOUTS = ["ssa", "sdsa", "gla", "swa", "hybrid", "hybrid-moe"]  # the slower generation tests skip the variants
 
 
 @pytest.fixture(scope="module", params=GEN_LAYOUTS)
@@ -81,7 +89,7 @@ def test_layers_are_active(layout_model):
         m(torch.randint(0, V, (2, 14)))
     rates = m.model.spike_rates()
     lif = {k: v for k, v in rates.items() if not k.endswith(".sparsity")}
-    if "hybrid" != name and m.config.neuron != "none":
+    if name not in ("hybrid", "hybrid-moe") and m.config.neuron != "none":
         assert 0.01 < sum(lif.values()) / len(lif) < 0.99
     if name in ("ssa", "sdsa", "ssa-plif-batchnorm"):
         assert rates["layers.0.att.attn"] > 0 and rates["layers.1.att.q"] > 0
@@ -157,7 +165,7 @@ def tok():
     return train_bpe_tokenizer_from_iterator(TEXT, vocab_size=290, model_max_length=64)
 
 
-@pytest.mark.parametrize("layout", ["ssa", "hybrid"])
+@pytest.mark.parametrize("layout", ["ssa", "hybrid", "hybrid-moe"])
 def test_pipeline_and_left_padded_generation(layout, tok, tmp_path):
     m = make_model(layout, vocab_size=len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id)
     tok.padding_side = "left"
@@ -292,7 +300,11 @@ def test_new_flavours_build_and_hybrid_1b_size():
 
 @pytest.mark.parametrize("kw,match", [
     (dict(mixer_types=["gla", "mamba"]), "unknown mixer type.*accepted: rwkv4, ssa, sdsa, gla, swa"),
-    (dict(mlp_types="moe"), "unknown mlp type.*accepted: channel_mix, swiglu, spiking_mlp"),
+    (dict(mlp_types="mixtral"), "unknown mlp type.*accepted: channel_mix, swiglu, spiking_mlp, moe"),
+    (dict(mlp_types="moe", num_experts=4, num_experts_per_tok=5), r"num_experts_per_tok \(top-k, 5\) must be between 1"),
+    (dict(mlp_types="moe", router_score_func="relu"), "unknown router_score_func.*accepted: softmax, sigmoid"),
+    (dict(mlp_types="moe", shared_expert_gate=True), "shared_expert_gate needs num_shared_experts >= 1"),
+    (dict(mlp_types="moe", moe_capacity_factor=-1.0), "moe_capacity_factor must be >= 0"),
     (dict(neuron_types=["lif", "izh"]), "unknown neuron type.*accepted: lif, plif, none"),
     (dict(mixer_types=["gla"]), "mixer_types has 1 entries"),
     (dict(norm_type="batch"), "unknown norm_type.*accepted: layernorm, rmsnorm"),
@@ -311,7 +323,7 @@ def test_config_errors_list_accepted_values(kw, match):
         SpikeLMConfig(**{**BASE, **kw})
 
 
-@pytest.mark.parametrize("layout", ["ssa", "hybrid"])
+@pytest.mark.parametrize("layout", ["ssa", "hybrid", "hybrid-moe"])
 def test_bf16_training_step_and_decoding(layout):
     m = make_model(layout).to(torch.bfloat16).train()
     ids = torch.randint(0, V, (2, 20))
