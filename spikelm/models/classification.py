@@ -106,10 +106,10 @@ class SpikeLMForSequenceClassification(SpikeLMPreTrainedModel):
             last = last.to(h.device)
         pooled = self.score(h[torch.arange(batch, device=h.device), last])
         loss = None
+        aux = self.model.take_moe_aux_loss()  # MoE layers: the routers' auxiliary loss, added in training
         if labels is not None:
             self._check_labels(labels, batch)
             loss = self.loss_function(logits=pooled, labels=labels, pooled_logits=pooled, config=self.config)
-            aux = self.model.moe_aux_loss()  # MoE layers: the routers' auxiliary loss, in training
             if aux is not None and self.training:
                 loss = loss + aux.to(loss.dtype)
         return SequenceClassifierOutputWithPast(loss=loss, logits=pooled, past_key_values=out.past_key_values,

@@ -187,11 +187,16 @@ class SpikeLMModel(SpikeLMPreTrainedModel):
         """The MoE MLPs (``mlp_types[i] == "moe"``, :class:`spikelm.layers.moe.SpikingMoE`) by layer index."""
         return {i: b.ffn for i, b in enumerate(self.blocks) if b.mlp_type == "moe"}
 
-    def moe_aux_loss(self) -> torch.Tensor | None:
+    def take_moe_aux_loss(self) -> torch.Tensor | None:
         """The mean over the MoE layers of their last forward's auxiliary loss
         (``router_aux_loss_coef * load balance + router_z_loss_coef * z-loss``), a 0-dim float32
-        tensor with gradient; None without MoE layers."""
-        losses = [m.aux_loss for m in self.moe_layers().values() if m.aux_loss is not None]
+        tensor with gradient; None without MoE layers. Taking it clears it from the layers (they
+        hold no autograd graph between calls, so the model stays copyable and frees it)."""
+        losses = []
+        for m in self.moe_layers().values():
+            if m.aux_loss is not None:
+                losses.append(m.aux_loss)
+                m.aux_loss = None
         return torch.stack(losses).mean() if losses else None
 
     def moe_stat_tensors(self) -> dict[str, torch.Tensor]:
@@ -228,7 +233,7 @@ class SpikeLMForCausalLM(SpikeLMPreTrainedModel, GenerationMixin):
         right; -100 is ignored). Returns logits ``[B, L, V]`` (float32 when labels are given), the
         mean cross-entropy ``loss`` in nats per token, and the new state in ``past_key_values``.
         With MoE layers the result is a ``MoeCausalLMOutputWithPast`` whose ``aux_loss`` is
-        :meth:`SpikeLMModel.moe_aux_loss`; in training mode ``loss`` includes it."""
+        :meth:`SpikeLMModel.take_moe_aux_loss`; in training mode ``loss`` includes it."""
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=past_key_values,
                          inputs_embeds=inputs_embeds, use_cache=use_cache, output_hidden_states=output_hidden_states)
         h = out.last_hidden_state
@@ -240,7 +245,7 @@ class SpikeLMForCausalLM(SpikeLMPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        aux = self.model.moe_aux_loss()
+        aux = self.model.take_moe_aux_loss()
         if aux is None:
             return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values,
                                           hidden_states=out.hidden_states)
