@@ -20,6 +20,14 @@ def _hybrid(layers: int, **kw) -> dict:
                 mlp_types="swiglu", neuron="none", norm_type="rmsnorm", adaptive_spike_mode="ste", **kw)
 
 
+def _hybrid_moe(layers: int, dense: tuple[int, ...], **kw) -> dict:
+    """A SpikingBrain-76B-style hybrid-linear MoE: :func:`_hybrid` with ``moe`` MLPs except on the
+    ``dense`` layers (SpikingBrain-76B keeps 7 of its 28 layers dense, the first ones among them)."""
+    out = _hybrid(layers, **kw)
+    out["mlp_types"] = ["swiglu" if i in dense else "moe" for i in range(layers)]
+    return out
+
+
 def _spikformer(layers: int, **kw) -> dict:
     return dict(num_hidden_layers=layers, mixer_types="ssa", mlp_types="spiking_mlp", **kw)
 
@@ -41,10 +49,26 @@ FLAVOURS: dict[str, dict] = {
                             sliding_window=16, max_position_embeddings=64),
     "hybrid-shakespeare": _hybrid(4, hidden_size=256, num_attention_heads=4, num_key_value_heads=2,
                                   intermediate_size=704, sliding_window=64, max_position_embeddings=128),
+    # SpikingBrain-76B-style MoE hybrids (report §2.2: 1 shared + top-1 of 16 routed experts, the
+    # first layers dense); here top-1 of 8 routed + 1 shared expert, each half the dense width,
+    # so a token's active MLP width equals hybrid-shakespeare's (704)
+    "moe-debug": _hybrid_moe(2, (0,), hidden_size=32, num_attention_heads=2, num_key_value_heads=1,
+                             intermediate_size=64, sliding_window=16, max_position_embeddings=64, num_experts=4,
+                             num_experts_per_tok=1, num_shared_experts=1, moe_intermediate_size=32),
+    "moe-shakespeare": _hybrid_moe(4, (0,), hidden_size=256, num_attention_heads=4, num_key_value_heads=2,
+                                   intermediate_size=704, sliding_window=64, max_position_embeddings=128,
+                                   num_experts=8, num_experts_per_tok=1, num_shared_experts=1,
+                                   moe_intermediate_size=352),
     # ~1.07B parameters with a 50k vocabulary: 18 layers, D=2048, 16 heads of 128 (SWA: 4 KV
     # heads, window 2048), SwiGLU 5632, Qwen2-style q/k/v biases
     "hybrid-1b": _hybrid(18, hidden_size=2048, num_attention_heads=16, num_key_value_heads=4, intermediate_size=5632,
                          sliding_window=2048, attention_bias=True, rope_theta=500000.0, max_position_embeddings=4096),
+    # hybrid-1b with Mixtral-style MoE MLPs (8 experts of the dense width, top-2) on all but the
+    # first two layers: what `spikelm convert --moe-experts 8 --moe-top-k 2` makes of hybrid-1b
+    "hybrid-moe-8x1b": _hybrid_moe(18, (0, 1), hidden_size=2048, num_attention_heads=16, num_key_value_heads=4,
+                                   intermediate_size=5632, sliding_window=2048, attention_bias=True,
+                                   rope_theta=500000.0, max_position_embeddings=4096, num_experts=8,
+                                   num_experts_per_tok=2),
 }
 
 
