@@ -56,6 +56,9 @@ attention; GLA from Yang et al. 2024, arXiv:2312.06635):
 
   The head-norm init matters most (hybrid loss 6.50 -> 3.44); shorter memories are better on
   this model down to 2 tokens, 4 is kept as a margin for models with less local attention.
+* Mixtral / Qwen2-MoE MLPs become ``moe`` layers, expert for expert (fused 3D expert tensors
+  split per expert), and ``moe_experts=`` upcycles dense SwiGLU MLPs into ``moe`` layers of
+  identical experts that compute the dense output (:mod:`spikelm.convert.moe`);
 * adaptive spiking neurons (SpikingBrain report Eqs. 19-23, ``adaptive_spike_mode``) are
   inserted on the inputs of every q/k/v/gate, o, MLP-in and MLP-down projection (``spiking``:
   ``off`` for none);
@@ -84,6 +87,14 @@ from .mapping import (
     gate_bias_for_memory,
     map_tensor,
     source_windows,
+)
+from .moe import (
+    check_upcycle_args,
+    moe_tensor,
+    router_note,
+    upcycle_config,
+    upcycle_report,
+    upcycle_tensor,
 )
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
@@ -264,11 +275,33 @@ def read_source(src_dir: str | Path, out_dir: str | Path) -> tuple[Path, Path, d
     return src, out, read_json_file(src / "config.json")
 
 
+def _map_source_tensor(name: str, t: torch.Tensor, entry: dict, config: SpikeLMConfig, moe_source: bool, up,
+                       seed: int) -> tuple[list[tuple[str, torch.Tensor]], dict[str, torch.Tensor]]:
+    """``([(spikelm name, tensor)], {new name: tensor})`` of source tensor ``name`` (sets
+    ``entry["note"]``): MoE tensors of a Mixtral / Qwen2-MoE source, expert copies of an
+    upcycled dense MLP tensor (plus its layer's new router), else the dense mapping (the tensor
+    itself, or nothing for an unused one). Raises ConversionError as :func:`map_tensor`."""
+    mapped = moe_tensor(name, t, config.num_hidden_layers) if moe_source else None
+    if mapped is not None:
+        pairs, entry["note"] = mapped
+        return pairs, {}
+    dest, entry["note"] = map_tensor(name, config.num_hidden_layers, config.tie_word_embeddings)
+    if dest is None:
+        return [], {}
+    copies = upcycle_tensor(dest, t, config, up, seed) if up is not None else None
+    if copies is not None:
+        pairs, new, entry["note"] = copies
+        return pairs, new
+    return [(dest, t)], {}
+
+
 def convert_checkpoint(src_dir: str | Path, out_dir: str | Path, *, layout: str = "hybrid", spiking: str = "ste",
                        window: int | None = None, tokenizer_dir: str | Path | None = None,
                        gla_memory: float = DEFAULT_GLA_MEMORY, gla_norm_init: str = "v_rms",
-                       gla_gate_low_rank_dim: int = 16, seed: int = 0, config_overrides: dict | None = None) -> dict:
-    """Convert an HF Llama/Qwen2/Qwen3/Mistral causal-LM checkpoint directory into a spikelm one.
+                       gla_gate_low_rank_dim: int = 16, seed: int = 0, config_overrides: dict | None = None,
+                       moe_experts: int | None = None, moe_top_k: int | None = None,
+                       moe_shared: int | None = None) -> dict:
+    """Convert an HF Llama/Qwen2/Qwen3/Mistral/Mixtral/Qwen2-MoE causal-LM checkpoint directory into a spikelm one.
 
     Reads ``src_dir/config.json``, the safetensors weights (``model.safetensors.index.json`` and
     its shards, or one ``model.safetensors``; one shard in memory at a time) and the tokenizer;
@@ -294,14 +327,17 @@ def convert_checkpoint(src_dir: str | Path, out_dir: str | Path, *, layout: str 
         gla_memory: initial GLA gate memory in tokens (per-token decay ``exp(-1/gla_memory)``).
         gla_norm_init: ``"v_rms"`` or ``"ones"`` (GLA head-norm weight; module docstring).
         gla_gate_low_rank_dim: rank of the GLA gate.
-        seed: seed of the random GLA gate factor ``W_g1``.
+        seed: seed of the random GLA gate factor ``W_g1`` and of upcycled routers.
         config_overrides: extra ``SpikeLMConfig`` fields (e.g. ``adaptive_spike_k``).
+        moe_experts, moe_top_k, moe_shared: upcycle every SwiGLU MLP into a ``moe`` MLP of
+            ``moe_experts`` routed experts (top ``moe_top_k``) and ``moe_shared`` shared ones,
+            all copies of it (:mod:`spikelm.convert.moe`; the output stays the dense one's).
     Returns:
         The report (also written as ``conversion_report.json``): ``tensors`` maps every source
         tensor name to ``{"to": [spikelm names], "file", "shape", "dtype", "note"}`` (``to`` empty
         and ``note`` the reason when a tensor is not used), ``new_tensors`` maps each new
         parameter to how it was initialised, plus ``mixer_types``, ``window``, ``exact`` and the
-        tokenizer's vocabulary size.
+        tokenizer's vocabulary size (and ``moe`` when upcycling).
     Raises:
         FileExistsError: ``out_dir`` exists.
         FileNotFoundError: no ``config.json``; a shard named in the index is missing (names it
@@ -310,21 +346,25 @@ def convert_checkpoint(src_dir: str | Path, out_dir: str | Path, *, layout: str 
             RoPE type or layout; a tensor whose shape differs from what the config implies (names
             it, expected and found); a tensor listed in the index but absent from its shard; an
             unknown tensor; a tensor the model needs but the source lacks; a tokenizer with more
-            tokens than the model's embedding rows (both numbers); no tokenizer.
+            tokens than the model's embedding rows (both numbers); no tokenizer; bad ``moe_*``
+            values or upcycling a source that is already MoE (:func:`spikelm.convert.moe.check_upcycle_args`).
     """
     from safetensors import safe_open
     from safetensors.torch import save_file
 
     from ..train.rundir import atomic_dir
 
+    up = check_upcycle_args(moe_experts, moe_top_k, moe_shared)
     src, out, raw = read_source(src_dir, out_dir)
-    arch_spec(raw.get("model_type"), raw.get("architectures"))
+    spec = arch_spec(raw.get("model_type"), raw.get("architectures"))
     from transformers import AutoConfig
 
     src_cfg = AutoConfig.from_pretrained(src)
     config = convert_config(src_cfg, layout=layout, spiking=spiking, window=window,
                             gla_gate_low_rank_dim=gla_gate_low_rank_dim, **(config_overrides or {}))
-    n_layers, tied = config.num_hidden_layers, config.tie_word_embeddings
+    if up is not None:
+        config = upcycle_config(config, up, src)
+    tied = config.tie_word_embeddings
     weight_map = _source_shards(src)
     vocab, tok_files = _tokenizer_vocab(Path(tokenizer_dir) if tokenizer_dir is not None else src)
     if vocab > config.vocab_size:
@@ -350,11 +390,20 @@ def convert_checkpoint(src_dir: str | Path, out_dir: str | Path, *, layout: str 
         for file in files:
             tensors: dict[str, torch.Tensor] = {}
             for name, t, entry in shard_tensors(src, weight_map, file):
-                dest, entry["note"] = map_tensor(name, n_layers, tied)
                 report_tensors[name] = entry
-                if dest is None:
-                    continue
-                check_destination(name, dest, t.shape, list(t.shape), expected, written)
+                pairs, new = _map_source_tensor(name, t, entry, config, spec.moe, up, seed)
+                for dest, v in pairs:
+                    check_destination(name, dest, v.shape, list(t.shape), expected, written)
+                    tensors[dest] = v.contiguous()
+                    written[dest] = out_names[file]
+                entry["to"] = [d for d, _ in pairs]
+                for dest, v in new.items():
+                    tensors[dest] = v
+                    written[dest] = out_names[file]
+                    new_tensors[dest] = router_note(config, seed)
+                if len(pairs) != 1 or pairs[0][1] is not t:
+                    continue  # not used, or MoE experts / upcycled copies
+                dest = pairs[0][0]
                 layer = int(dest.split(".")[2]) if dest.startswith("model.blocks.") else None
                 if layer is not None and ".att." in dest:
                     entry["note"] = f"copied into {mixers[layer]} layer {layer}"
@@ -363,9 +412,6 @@ def convert_checkpoint(src_dir: str | Path, out_dir: str | Path, *, layout: str 
                     if mixers[layer] == LINEAR_MIXER and group > 1 and kv:
                         entry["note"] += (f" (grouped-query: each of its {config.gla_num_key_value_heads} heads "
                                           f"serves {group} query heads)")
-                tensors[dest] = t.contiguous()
-                entry["to"] = [dest]
-                written[dest] = out_names[file]
                 if name == "model.embed_tokens.weight" and tied:
                     entry["to"].append("head.weight")
                     entry["note"] = "copied; head.weight is tied to it (tie_word_embeddings)"
@@ -420,5 +466,8 @@ def convert_checkpoint(src_dir: str | Path, out_dir: str | Path, *, layout: str 
             "output_files": sorted(set(written.values())),
             "tensors": dict(sorted(report_tensors.items())), "new_tensors": dict(sorted(new_tensors.items())),
         }
+        if up is not None or spec.moe:
+            report["mlp_types"] = list(config.mlp_types)
+            report["moe"] = upcycle_report(up) if up is not None else {"upcycled": False}
         (tmp / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
     return report

@@ -1,9 +1,10 @@
 """What spikelm knows about Hugging Face ANN causal LMs: per-architecture config translation and
-tensor-name mapping (the Llama family: Llama, Qwen2/2.5, Qwen3, Mistral).
+tensor-name mapping (the Llama family: Llama, Qwen2/2.5, Qwen3, Mistral, and the MoE models
+Mixtral and Qwen2-MoE).
 
-All four share one layout (pre-RMSNorm residual blocks, RoPE softmax attention with
-grouped-query heads, SwiGLU MLP, final RMSNorm, optional tied LM head); they differ in biases,
-per-head q/k norms and sliding windows, described by :class:`ArchSpec`.
+All share one layout (pre-RMSNorm residual blocks, RoPE softmax attention with grouped-query
+heads, SwiGLU MLP, final RMSNorm, optional tied LM head); they differ in biases, per-head q/k
+norms, sliding windows and MoE MLPs (:mod:`spikelm.convert.moe`), described by :class:`ArchSpec`.
 """
 from __future__ import annotations
 
@@ -43,10 +44,11 @@ class ArchSpec:
     Attributes:
         model_type: the HF ``model_type``.
         qkv_bias: ``"always"`` (Qwen2 hard-codes q/k/v biases), ``"attention_bias"`` (the config
-            flag decides) or ``"never"``.
+            flag decides), ``"qkv_bias"`` (Qwen2-MoE's ``qkv_bias`` flag) or ``"never"``.
         o_bias: ``"attention_bias"`` (Llama, Qwen3: the flag also biases o_proj) or ``"never"``.
         qk_norm: per-head q/k RMSNorm (Qwen3).
         mlp_bias: the config's ``mlp_bias`` flag applies (Llama).
+        moe: mixture-of-experts MLPs (Mixtral, Qwen2-MoE; :func:`spikelm.convert.moe.source_moe_fields`).
     """
 
     model_type: str
@@ -54,6 +56,7 @@ class ArchSpec:
     o_bias: str = "attention_bias"
     qk_norm: bool = False
     mlp_bias: bool = False
+    moe: bool = False
 
 
 ARCHITECTURES: dict[str, ArchSpec] = {
@@ -61,6 +64,8 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "qwen2": ArchSpec("qwen2", qkv_bias="always", o_bias="never"),
     "qwen3": ArchSpec("qwen3", qk_norm=True),
     "mistral": ArchSpec("mistral", qkv_bias="never", o_bias="never"),
+    "mixtral": ArchSpec("mixtral", qkv_bias="never", o_bias="never", moe=True),
+    "qwen2_moe": ArchSpec("qwen2_moe", qkv_bias="qkv_bias", o_bias="never", moe=True),
 }
 """Supported source ``model_type`` -> its :class:`ArchSpec`."""
 
@@ -73,7 +78,7 @@ class ConversionError(ValueError):
 
 def supported_message() -> str:
     return (f"supported model_type: {', '.join(ARCHITECTURES)} (architectures LlamaForCausalLM, "
-            "Qwen2ForCausalLM, Qwen3ForCausalLM, MistralForCausalLM)")
+            "Qwen2ForCausalLM, Qwen3ForCausalLM, MistralForCausalLM, MixtralForCausalLM, Qwen2MoeForCausalLM)")
 
 
 def arch_spec(model_type: str | None, architectures=None) -> ArchSpec:
@@ -153,13 +158,14 @@ def source_rope(cfg) -> tuple[float, str, dict]:
 
 def source_windows(cfg) -> list[int | None]:
     """Per-layer attention window of the source: an int for sliding-window layers, None for full
-    attention (Mistral: ``sliding_window`` on every layer when set; Qwen2/3: ``layer_types``)."""
+    attention (Mistral, Mixtral: ``sliding_window`` on every layer when set; Qwen2/3, Qwen2-MoE:
+    ``layer_types``)."""
     n = cfg.num_hidden_layers
     sw = getattr(cfg, "sliding_window", None)
     types = getattr(cfg, "layer_types", None)
     if types:
         return [sw if t == "sliding_attention" else None for t in types]
-    if cfg.model_type == "mistral" and sw:
+    if cfg.model_type in ("mistral", "mixtral") and sw:
         return [int(sw)] * n
     return [None] * n
 
@@ -181,11 +187,12 @@ def convert_config(src_hf_config, *, layout: str = "hybrid", spiking: str = "ste
     special token ids and ``max_position_embeddings`` (the context). Adds RMSNorm,
     SwiGLU, no embedding norm, no LIF (``neuron="none"``), the layout's ``mixer_types`` and
     ``adaptive_spike_mode = spiking``; GLA layers keep the source's KV heads
-    (``gla_num_key_value_heads``).
+    (``gla_num_key_value_heads``). Mixtral / Qwen2-MoE: ``moe`` MLPs where the source has MoE
+    layers, with its experts, top-k and routing (:func:`spikelm.convert.moe.source_moe_fields`).
 
     Args:
         src_hf_config: a transformers ``PretrainedConfig`` (LlamaConfig, Qwen2Config,
-            Qwen3Config, MistralConfig) or its dict.
+            Qwen3Config, MistralConfig, MixtralConfig, Qwen2MoeConfig) or its dict.
         layout: see :data:`LAYOUTS`.
         spiking: see :data:`SPIKING_MODES`.
         window: SWA window in tokens. Default: layout ``softmax`` -> the source's own window
@@ -238,7 +245,8 @@ def convert_config(src_hf_config, *, layout: str = "hybrid", spiking: str = "ste
         "neuron": "none", "norm_type": "rmsnorm", "embed_norm": False, "num_attention_heads": heads,
         "num_key_value_heads": kv_heads, "head_dim": head_dim, "sliding_window": int(window), "rope_theta": theta,
         "rope_type": rope_type, "rope_params": rope_params,
-        "attention_bias": {"always": True, "never": False, "attention_bias": attention_bias}[spec.qkv_bias],
+        "attention_bias": {"always": True, "never": False, "attention_bias": attention_bias,
+                           "qkv_bias": bool(_get(cfg, "qkv_bias", True))}[spec.qkv_bias],
         "attention_out_bias": attention_bias if spec.o_bias == "attention_bias" else False,
         "attention_qk_norm": spec.qk_norm, "mlp_bias": bool(_get(cfg, "mlp_bias", False)) if spec.mlp_bias else False,
         "gla_num_key_value_heads": kv_heads, "gla_gate_low_rank_dim": gla_gate_low_rank_dim,
@@ -248,6 +256,10 @@ def convert_config(src_hf_config, *, layout: str = "hybrid", spiking: str = "ste
         "bos_token_id": getattr(cfg, "bos_token_id", None), "eos_token_id": getattr(cfg, "eos_token_id", None),
         "pad_token_id": getattr(cfg, "pad_token_id", None),
     }
+    if spec.moe:
+        from .moe import source_moe_fields
+
+        kw.update(source_moe_fields(cfg))
     dtype = getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None)
     if dtype is not None:
         kw["dtype"] = str(dtype).removeprefix("torch.")
@@ -289,4 +301,4 @@ def map_tensor(name: str, n_layers: int, tied: bool) -> tuple[str | None, str]:
             if pat.match(rest):
                 return f"model.blocks.{i}.{pat.sub(repl, rest)}", "copied"
     raise ConversionError(f"unexpected tensor {name!r} in the source checkpoint: spikelm convert does not know where "
-                          "it goes (is this really a plain Llama/Qwen2/Qwen3/Mistral causal LM?)")
+                          "it goes (is this really a plain Llama/Qwen2/Qwen3/Mistral/Mixtral/Qwen2-MoE causal LM?)")
