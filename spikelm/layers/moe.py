@@ -196,6 +196,10 @@ class SpikingMoE(SpikeLMLayer):
         only active experts."""
         return self.top_k / self.num_experts
 
+    def _shared_experts(self) -> nn.ModuleList:
+        """The shared experts (a subclass may keep them under another name)."""
+        return self.shared_experts
+
     def _run_experts(self, u: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor, keep: torch.Tensor
                      ) -> tuple[torch.Tensor, list[tuple[int, SwiGLU]]]:
         """``sum_i w_i Expert_{e_i}(u_t)`` for ``u [T, D]``; dropped assignments (``keep`` False) add 0.
@@ -234,12 +238,13 @@ class SpikingMoE(SpikeLMLayer):
             keep = capacity_mask(experts, self.num_experts, capacity, real)
         out, ran = self._run_experts(flat, experts, weights, keep)
         out = out.view(B, L, D)
-        if len(self.shared_experts):
-            shared = sum(s(x, None, mask)[0] for s in self.shared_experts)
+        shared_experts = self._shared_experts()
+        if len(shared_experts):
+            shared = sum(s(x, None, mask)[0] for s in shared_experts)
             if self.shared_gate is not None:
                 shared = torch.sigmoid(self.shared_gate(x)) * shared
             out = out + shared
-            ran += [(B * L, s) for s in self.shared_experts]
+            ran += [(B * L, s) for s in shared_experts]
         lb = load_balancing_loss(probs, experts, real)
         z = router_z_loss(logits, real)
         self.aux_loss = self.aux_coef * lb + self.z_coef * z

@@ -301,6 +301,9 @@ class TrainConfig:
         compile: ``torch.compile`` each block of the model (torchtitan's per-block pattern); the
             recurrent kernels are opaque custom ops (``spikelm.kernels.custom_op``), so every
             layout compiles without graph breaks. Costs a compile at the first steps.
+        expert_parallel_size: ranks that share the routed experts of each MoE layer (expert
+            parallelism on DeepSpeed's MoE groups, ``spikelm.train.expert_parallel``); must
+            divide the number of ranks and ``num_experts``. 1 (default): every rank holds all.
     """
 
     run_dir: str = "runs/shakespeare"
@@ -326,6 +329,7 @@ class TrainConfig:
     deepspeed: dict = field(default_factory=dict)
     kernel_backend: KernelBackend = "auto"
     compile: bool = False
+    expert_parallel_size: int = 1
 
     def __post_init__(self):
         self.check()
@@ -345,6 +349,8 @@ class TrainConfig:
             (self.collective_timeout_s >= 1, f"train.collective_timeout_s must be >= 1, got {self.collective_timeout_s}"),
             (not self.offload_params or self.zero_stage == 3, "train.offload_params needs train.zero_stage 3"),
             (not self.offload_optimizer or self.zero_stage >= 1, "train.offload_optimizer needs train.zero_stage >= 1"),
+            (self.expert_parallel_size >= 1,
+             f"train.expert_parallel_size must be >= 1, got {self.expert_parallel_size}"),
             (self.kernel_backend in KernelBackend.__args__,
              f"train.kernel_backend {self.kernel_backend!r} is unknown; accepted: {', '.join(KernelBackend.__args__)}"),
         ])
@@ -378,6 +384,9 @@ def validate_recipe(r: Recipe) -> None:
         (not r.train.compile or r.train.zero_stage < 3,
          "train.compile needs train.zero_stage 0, 1 or 2 (ZeRO-3 gathers parameters in module hooks that the "
          "per-block compile does not trace); set train.compile false or lower the stage"),
+        (r.train.expert_parallel_size == 1 or (r.train.zero_stage < 3 and r.model.lora.r == 0 and not r.train.compile),
+         "train.expert_parallel_size > 1 needs train.zero_stage 0, 1 or 2 (DeepSpeed's MoE layers do not run under "
+         "ZeRO-3), no model.lora (the experts are sharded over ranks) and train.compile false"),
         (r.model.lora.r == 0 or r.train.zero_stage < 3,
          "model.lora needs train.zero_stage 0, 1 or 2 (only the adapters are trained, so ZeRO-2 already shards "
          "all optimizer state and gradients)"),

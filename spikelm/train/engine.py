@@ -54,13 +54,19 @@ def zero_stage(ds_config: dict) -> int:
 
 def build_optimizer(model, recipe: Recipe) -> torch.optim.AdamW:
     """AdamW over the trainable parameters (with LoRA: the adapters only); weight decay on
-    matrices (``dim >= 2``) only."""
+    matrices (``dim >= 2``) only. With expert parallelism the expert parameters go into groups
+    of their own (DeepSpeed's ``split_params_into_different_moe_groups_for_optimizer``: ZeRO
+    partitions them over the expert-data-parallel group)."""
     o = recipe.optim
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}],
-                             lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+    groups = [{"params": decay, "weight_decay": o.weight_decay, "name": "decay"},
+              {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
+    if any(getattr(p, "allreduce", True) is False for p in decay + no_decay):
+        from deepspeed.moe.utils import split_params_into_different_moe_groups_for_optimizer
+
+        groups = [g for g in split_params_into_different_moe_groups_for_optimizer(groups) if g["params"]]
+    return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
 
 
 def initialize(model, recipe: Recipe, ds_config: dict):

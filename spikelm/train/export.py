@@ -101,11 +101,17 @@ def consolidated_state_dict(ckpt: Path, tag: str) -> dict[str, torch.Tensor]:
     """Full fp32 weights of checkpoint ``ckpt/tag``, by parameter name, whatever the ZeRO stage.
 
     ZeRO 1-3: DeepSpeed's ``zero_to_fp32`` (merges the optimizer's fp32 partitions);
-    stage 0: the module weights saved by rank 0.
+    stage 0: the module weights saved by rank 0; expert parallelism (one file per expert): the
+    module weights and the expert files, in the plain model's names
+    (:func:`spikelm.train.expert_parallel.checkpoint_state_dict`; the 16-bit weights of a bf16 run).
     """
     from .checkpoint import safe_load, safe_torch_load
+    from .expert_parallel import checkpoint_state_dict
 
     folder = ckpt / tag
+    ep_state = checkpoint_state_dict(folder)
+    if ep_state is not None:
+        return {k: v.float() if v.is_floating_point() else v for k, v in ep_state.items()}
     if any(folder.glob("*optim_states.pt")) and any(folder.glob("zero_pp_rank_*")):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 

@@ -170,6 +170,13 @@ class Trainer:
                                target_modules=lora.target_modules,
                                task="classification" if self.classify else "causal_lm")
         self.n_trainable = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad)
+        self.ep_size = t.expert_parallel_size
+        if self.ep_size > 1:  # after the counts above (of the whole model): this rank keeps E / P experts
+            from .expert_parallel import check_expert_parallel, shard_experts
+
+            check_expert_parallel(self.config, self.ep_size, self.world, self.zero_stage, lora.r)
+            self.log(f"expert parallelism: {shard_experts(model, self.ep_size)} MoE layers, "
+                     f"{self.config.num_experts // self.ep_size} of {self.config.num_experts} experts per rank")
         if t.compile:
             from .compile import compile_blocks
 
@@ -277,14 +284,25 @@ class Trainer:
         n, bs = len(blocks), t.micro_batch_size
         starts = list(range(0, n, bs))[:t.eval_max_batches] if t.eval_max_batches is not None else range(0, n, bs)
         sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # [nll, targets], read once below
-        for s in list(starts)[self.rank::self.world]:
+        for s, counted in self._rank_batches(list(starts)):
             nll, k = batch_nll_sum(model, make_batch(blocks, range(s, min(s + bs, n)), self.device))
-            sums = sums + torch.stack([nll.double(), k.double()])
+            if counted:
+                sums = sums + torch.stack([nll.double(), k.double()])
         total, count = all_reduce_tensor(sums).tolist()
         model.train()
         loss = total / max(count, 1)
         return {"loss": loss, "bpb": loss / math.log(2) / self.val_bytes_per_token,
                 "perplexity": math.exp(min(loss, 50)), "tokens": int(count)}
+
+    def _rank_batches(self, starts: list[int]) -> list[tuple[int, bool]]:
+        """This rank's share of the validation batch ``starts``, as ``(start, counted)``. With
+        expert parallelism every rank of a group must join each forward's all-to-all, so a rank
+        with fewer batches repeats its first one, not counted, until all have as many."""
+        mine = [(s, True) for s in starts[self.rank::self.world]]
+        if self.ep_size > 1 and starts:
+            per = -(-len(starts) // self.world)
+            mine += [((mine[0] if mine else (starts[0], True))[0], False)] * (per - len(mine))
+        return mine
 
     @torch.no_grad()
     def _evaluate_classifier(self) -> dict:
@@ -298,9 +316,11 @@ class Trainer:
         starts = list(range(0, n, bs))[:t.eval_max_batches] if t.eval_max_batches is not None else list(range(0, n, bs))
         k = len(rows.names)
         sums = torch.zeros(1 + k * k, dtype=torch.float64, device=self.device)  # [nll, confusion k x k]
-        for s in starts[self.rank::self.world]:
+        for s, counted in self._rank_batches(starts):
             batch = make_batch(rows, range(s, min(s + bs, n)), self.device)
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+            if not counted:
+                continue
             nll = torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum")
             conf = torch.bincount(batch["labels"] * k + logits.argmax(-1), minlength=k * k)
             sums = sums + torch.cat([nll.double()[None], conf.double()])
@@ -423,11 +443,20 @@ class Trainer:
 
     def export(self, out_dir: Path, summary: dict) -> None:
         """Write the trained model as a Hugging Face directory (``export.write_hf_dir``; ZeRO-3
-        gathers the weights on every rank first, rank 0 writes)."""
+        gathers the weights on every rank first, rank 0 writes; expert parallelism broadcasts every
+        expert to rank 0, which writes the plain single-device model)."""
         state = self.engine._zero3_consolidated_16bit_state_dict() if self.zero_stage == 3 else None
+        model = self.engine.module
+        if self.ep_size > 1:
+            from .expert_parallel import gather_hf_state_dict
+
+            state = gather_hf_state_dict(model)
+            if self.rank == 0:
+                model = type(model)(self.config)
+                model.load_state_dict(state)
+                state = None
         if self.rank == 0:
-            write_hf_dir(out_dir, self.engine.module, self.tok, state_dict=state, summary=summary,
-                         run_dir=self.run_dir)
+            write_hf_dir(out_dir, model, self.tok, state_dict=state, summary=summary, run_dir=self.run_dir)
         barrier()
 
 
