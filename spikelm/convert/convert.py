@@ -243,6 +243,23 @@ def check_destination(name: str, dest: str, shape: tuple[int, ...], source_shape
         raise ConversionError(f"tensor {name} maps to {dest}, already written from another tensor")
 
 
+def place_tensors(tensors: dict, name: str, source_shape: list[int], pairs: list, new: dict, entry: dict,
+                  expected: dict, written: dict[str, str], new_tensors: dict[str, str], shard: str, note: str) -> None:
+    """Put the tensors mapped from source tensor ``name`` (``pairs``: ``(dest, tensor)``, each checked
+    by :func:`check_destination`) and the new ones made with it (``new``: ``{dest: tensor}``, e.g.
+    an upcycled router, recorded in ``new_tensors`` with ``note``) into output shard ``shard``'s
+    ``tensors``; ``entry["to"]`` lists the destinations. Raises ConversionError (see check_destination)."""
+    for dest, v in pairs:
+        check_destination(name, dest, v.shape, source_shape, expected, written)
+        tensors[dest] = v.contiguous()
+        written[dest] = shard
+    entry["to"] = [d for d, _ in pairs]
+    for dest, v in new.items():
+        tensors[dest] = v
+        written[dest] = shard
+        new_tensors[dest] = note
+
+
 def finish_shards(tmp: Path, expected: dict, written: dict[str, str], total_size: int, n_files: int) -> None:
     """After every shard is written: check that no parameter is missing and, for several
     shards, write ``model.safetensors.index.json``.
@@ -392,15 +409,8 @@ def convert_checkpoint(src_dir: str | Path, out_dir: str | Path, *, layout: str 
             for name, t, entry in shard_tensors(src, weight_map, file):
                 report_tensors[name] = entry
                 pairs, new = _map_source_tensor(name, t, entry, config, spec.moe, up, seed)
-                for dest, v in pairs:
-                    check_destination(name, dest, v.shape, list(t.shape), expected, written)
-                    tensors[dest] = v.contiguous()
-                    written[dest] = out_names[file]
-                entry["to"] = [d for d, _ in pairs]
-                for dest, v in new.items():
-                    tensors[dest] = v
-                    written[dest] = out_names[file]
-                    new_tensors[dest] = router_note(config, seed)
+                place_tensors(tensors, name, list(t.shape), pairs, new, entry, expected, written, new_tensors,
+                              out_names[file], router_note(config, seed))
                 if len(pairs) != 1 or pairs[0][1] is not t:
                     continue  # not used, or MoE experts / upcycled copies
                 dest = pairs[0][0]

@@ -293,9 +293,9 @@ def upcycle_spikelm(src_dir: str | Path, out_dir: str | Path, *, moe_experts: in
         TOKENIZER_FILES,
         _expected_shapes,
         _source_shards,
-        check_destination,
         finish_shards,
         output_shard_names,
+        place_tensors,
         read_source,
         shard_tensors,
     )
@@ -326,15 +326,8 @@ def upcycle_spikelm(src_dir: str | Path, out_dir: str | Path, *, moe_experts: in
                     entry["note"] = "tie_word_embeddings: the head is model.embeddings.weight (tied on load)"
                     continue
                 pairs, new, entry["note"] = upcycle_tensor(name, t, config, up, seed) or ([(name, t)], {}, "copied")
-                for dest, v in pairs:
-                    check_destination(name, dest, v.shape, list(t.shape), expected, written)
-                    tensors[dest] = v.contiguous()
-                    written[dest] = out_names[file]
-                entry["to"] = [d for d, _ in pairs]
-                for dest, v in new.items():
-                    tensors[dest] = v
-                    written[dest] = out_names[file]
-                    new_tensors[dest] = router_note(config, seed)
+                place_tensors(tensors, name, list(t.shape), pairs, new, entry, expected, written, new_tensors,
+                              out_names[file], router_note(config, seed))
             total_size += sum(v.numel() * v.element_size() for v in tensors.values())
             save_file(tensors, str(tmp / out_names[file]), metadata={"format": "pt"})
             del tensors
