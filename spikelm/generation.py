@@ -51,8 +51,10 @@ def generate_text(model_dir: str | Path, prompt: str, max_new_tokens: int = 200,
     (e.g. a model from ``spikelm finetune``) and only the assistant's reply is returned.
 
     Raises:
-        ValueError: empty prompt, a prompt longer than the model's context
-            (``max_position_embeddings``; ``context_length`` in configs saved before the rename),
+        ValueError: empty prompt, a prompt longer than the context (``max_position_embeddings``;
+            ``context_length`` in configs saved before the rename) of a model that is not a spikelm
+            one (a spikelm model carries a recurrent state, so any prompt length works: long
+            prompts are prefilled in chunks of ``config.prefill_chunk_tokens`` tokens),
             non-positive ``max_new_tokens`` or ``temperature``, ``chat`` with a tokenizer that has
             no chat template; plus :func:`check_model_dir`'s errors.
     """
@@ -80,7 +82,7 @@ def generate_text(model_dir: str | Path, prompt: str, max_new_tokens: int = 200,
     else:
         n = len(pipe.tokenizer(prompt, add_special_tokens=False)["input_ids"])
     ctx = cfg.get("max_position_embeddings") or cfg.get("context_length")  # the latter: older spikelm configs
-    if ctx and n > ctx:
+    if ctx and n > ctx and cfg.get("model_type") != "spikelm":
         raise ValueError(f"the prompt is {n} tokens but the model's context is {ctx} tokens; shorten the prompt")
     set_seed(seed)
     kw = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p)

@@ -135,6 +135,10 @@ class SpikeLMConfig(PretrainedConfig):
         router_aux_loss_coef, router_z_loss_coef: weights of the load-balancing loss and the
             router z-loss added to the training loss (defaults 0.01 and 0.001), averaged over
             the MoE layers. See :mod:`spikelm.layers.moe`.
+        prefill_chunk_tokens: in evaluation mode (no labels), a sequence longer than this is run in
+            chunks of this many tokens, each starting from the state the previous one left, so a
+            long prompt's prefill costs time linear in its length and memory bounded by the chunk
+            (SWA: by its window); the outputs equal a one-shot forward. 0: always one shot. Default 2048.
         layer_norm_eps, dropout, initializer_range: as usual.
         use_cache: return the recurrent state from ``forward`` by default.
     Raises:
@@ -169,7 +173,7 @@ class SpikeLMConfig(PretrainedConfig):
                  moe_intermediate_size: int | None = None, shared_expert_intermediate_size: int | None = None,
                  shared_expert_gate: bool = False, router_score_func: str = "softmax", norm_topk_prob: bool = True,
                  moe_capacity_factor: float = 0.0, router_aux_loss_coef: float = 0.01,
-                 router_z_loss_coef: float = 0.001,
+                 router_z_loss_coef: float = 0.001, prefill_chunk_tokens: int = 2048,
                  layer_norm_eps: float = 1e-5, dropout: float = 0.0,
                  initializer_range: float = 0.02, tie_word_embeddings: bool = False, use_cache: bool = True,
                  bos_token_id: int | None = None, eos_token_id: int | None = None, pad_token_id: int | None = None,
@@ -260,6 +264,9 @@ class SpikeLMConfig(PretrainedConfig):
         self.router_score_func, self.norm_topk_prob = router_score_func, norm_topk_prob
         self.moe_capacity_factor = moe_capacity_factor
         self.router_aux_loss_coef, self.router_z_loss_coef = router_aux_loss_coef, router_z_loss_coef
+        if prefill_chunk_tokens < 0:
+            raise ValueError(f"prefill_chunk_tokens must be >= 0 (0 = one shot), got {prefill_chunk_tokens}")
+        self.prefill_chunk_tokens = prefill_chunk_tokens
         self.use_cache = use_cache
         self.layer_norm_eps, self.dropout, self.initializer_range = layer_norm_eps, dropout, initializer_range
         for kind in kinds:  # per-kind requirements (ssa/sdsa: D divisible by the heads; swa: even head_dim)

@@ -234,6 +234,12 @@ class SpikeLMForCausalLM(SpikeLMPreTrainedModel, GenerationMixin):
         mean cross-entropy ``loss`` in nats per token, and the new state in ``past_key_values``.
         With MoE layers the result is a ``MoeCausalLMOutputWithPast`` whose ``aux_loss`` is
         :meth:`SpikeLMModel.take_moe_aux_loss`; in training mode ``loss`` includes it."""
+        L = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        chunk = getattr(self.config, "prefill_chunk_tokens", 0)
+        if (chunk and L > chunk and not self.training and labels is None and not output_hidden_states
+                and isinstance(logits_to_keep, int)):
+            return self._chunked_forward(input_ids, inputs_embeds, attention_mask, past_key_values, use_cache,
+                                         logits_to_keep, chunk)
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=past_key_values,
                          inputs_embeds=inputs_embeds, use_cache=use_cache, output_hidden_states=output_hidden_states)
         h = out.last_hidden_state
@@ -253,6 +259,33 @@ class SpikeLMForCausalLM(SpikeLMPreTrainedModel, GenerationMixin):
             loss = loss + aux.to(loss.dtype)
         return MoeCausalLMOutputWithPast(loss=loss, aux_loss=aux, logits=logits, past_key_values=out.past_key_values,
                                          hidden_states=out.hidden_states)
+
+    def _chunked_forward(self, input_ids, inputs_embeds, attention_mask, past_key_values, use_cache,
+                         logits_to_keep: int, chunk: int):
+        """:meth:`forward` of a long input in chunks of ``chunk`` tokens, each from the state the
+        previous one left (``config.prefill_chunk_tokens``): the same logits and state as one call,
+        with activations of one chunk at a time. Only the logits asked for are computed
+        (``logits_to_keep`` > 0: the last ones, e.g. 1 in ``generate``'s prefill)."""
+        x = input_ids if input_ids is not None else inputs_embeds
+        L = x.shape[1]
+        first_kept = L - logits_to_keep if logits_to_keep > 0 else 0
+        cache, logits, aux = past_key_values, [], []
+        for s in range(0, L, chunk):
+            e = min(s + chunk, L)
+            am = None if attention_mask is None else attention_mask[:, :attention_mask.shape[1] - (L - e)]
+            part = dict(input_ids=x[:, s:e]) if input_ids is not None else dict(inputs_embeds=x[:, s:e])
+            out = self.model(**part, attention_mask=am, past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            if e > first_kept:
+                logits.append(self.head(out.last_hidden_state[:, max(first_kept - s, 0):]))
+            step_aux = self.model.take_moe_aux_loss()
+            if step_aux is not None:
+                aux.append(step_aux)
+        logits = torch.cat(logits, 1)
+        cache = cache if (use_cache if use_cache is not None else self.config.use_cache) else None
+        if not aux:
+            return CausalLMOutputWithPast(logits=logits, past_key_values=cache)
+        return MoeCausalLMOutputWithPast(aux_loss=torch.stack(aux).mean(), logits=logits, past_key_values=cache)
 
     def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, past_key_values: SpikeLMCache | None = None,
                                       attention_mask: torch.Tensor | None = None, inputs_embeds=None,

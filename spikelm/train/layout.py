@@ -46,6 +46,7 @@ class ModelLayout:
         the attention, GLA, SSA and norm fields: as in SpikeLMConfig.
         num_experts ... router_z_loss_coef: the ``moe`` MLP (routed/shared experts, router,
             capacity, auxiliary-loss weights; :mod:`spikelm.layers.moe`).
+        prefill_chunk_tokens: tokens per chunk of a long prompt's prefill (0 = one shot).
     """
 
     hidden_size: int | None = None
@@ -100,6 +101,7 @@ class ModelLayout:
     moe_capacity_factor: float | None = None
     router_aux_loss_coef: float | None = None
     router_z_loss_coef: float | None = None
+    prefill_chunk_tokens: int | None = None
     layer_norm_eps: float | None = None
     dropout: float | None = None
     initializer_range: float | None = None

@@ -84,9 +84,16 @@ def test_generate_rejects_a_dir_without_a_causal_lm(capsys, tmp_path):
     assert "'resnet'" in err and "causal language model" in err
 
 
-def test_generate_rejects_prompt_longer_than_context(capsys, model_dir):
-    err = _err(capsys, ["generate", str(model_dir), "But soft, what light " * 20])
-    assert "context is 24 tokens" in err
+def test_generate_takes_a_long_prompt_file(capsys, model_dir, tmp_path):
+    """A spikelm model has a recurrent state: a prompt beyond the training context (24 tokens) is
+    prefilled (in chunks when longer than config.prefill_chunk_tokens), not refused."""
+    prompt = tmp_path / "long.txt"
+    prompt.write_text("But soft, what light " * 20)
+    assert main(["generate", str(model_dir), "--prompt-file", str(prompt), "--max-new-tokens", "4", "--greedy"]) == 0
+    assert capsys.readouterr().out.startswith("But soft, what light " * 20)
+    assert "exactly one" in _err(capsys, ["generate", str(model_dir), "hi", "--prompt-file", str(prompt)])
+    assert "exactly one" in _err(capsys, ["generate", str(model_dir)])
+    assert "cannot read --prompt-file" in _err(capsys, ["generate", str(model_dir), "--prompt-file", str(tmp_path / "no")])
 
 
 def test_generate_prints_text(capsys, model_dir):

@@ -82,6 +82,32 @@ def test_parallel_equals_recurrent_and_chunked_prefill(layout_model):
     assert st1.seen_tokens == 14
 
 
+@pytest.mark.parametrize("chunk", [4, 5])
+def test_chunked_prefill_equals_one_shot_with_left_padding(layout_model, chunk):
+    """config.prefill_chunk_tokens: a 13-token left-padded batch in chunks of 4 or 5 (13 is a multiple
+    of neither) gives the one-shot logits and state; logits_to_keep=1 keeps only the last."""
+    name, m = layout_model
+    ids = torch.randint(0, V, (2, 13))
+    mask = torch.ones(2, 13, dtype=torch.long)
+    mask[0, :3] = 0
+    try:
+        with torch.no_grad():
+            m.config.prefill_chunk_tokens = 0
+            one = m(ids, attention_mask=mask, use_cache=True)
+            m.config.prefill_chunk_tokens = chunk
+            parts = m(ids, attention_mask=mask, use_cache=True)
+            last = m(ids, attention_mask=mask, use_cache=True, logits_to_keep=1)
+    finally:
+        m.config.prefill_chunk_tokens = 2048
+    real = mask.bool()
+    assert torch.allclose(one.logits[real], parts.logits[real], atol=1e-5), name
+    assert last.logits.shape == (2, 1, V) and torch.allclose(last.logits[:, 0], one.logits[:, -1], atol=1e-5)
+    for a, b in zip(cache_tensors(one.past_key_values), cache_tensors(parts.past_key_values)):
+        for x, y in zip(a, b):
+            assert torch.allclose(x.float(), y.float(), atol=1e-5), name
+    assert parts.past_key_values.seen_tokens == 13
+
+
 def test_layers_are_active(layout_model):
     """Guards the equality tests against comparing silent neurons or constant outputs."""
     name, m = layout_model
@@ -181,6 +207,22 @@ def test_pipeline_and_left_padded_generation(layout, tok, tmp_path):
     pipe = pipeline("text-generation", model=str(tmp_path))
     text = pipe("First Citizen:", max_new_tokens=6, do_sample=False)[0]["generated_text"]
     assert text.startswith("First Citizen:") and len(text) > len("First Citizen:")
+
+
+@pytest.mark.parametrize("layout", ["hybrid", "rwkv4-moe"])
+def test_generate_and_pipeline_prefill_long_prompts_in_chunks(layout, tok):
+    m = make_model(layout, vocab_size=len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id)
+    tok.padding_side = "left"
+    prompts = [" ".join(TEXT[:3]), "All:"]  # the first prompt spans several 4-token chunks
+    batch = tok(prompts, return_tensors="pt", padding=True)
+    kw = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
+    out = {}
+    for chunk in (0, 4):
+        m.config.prefill_chunk_tokens = chunk
+        out[chunk] = (m.generate(**batch, **kw).tolist(),
+                      pipeline("text-generation", model=m, tokenizer=tok, device="cpu")(prompts[0], **kw)[0])
+    m.config.prefill_chunk_tokens = 2048
+    assert out[0] == out[4]
 
 
 def test_swa_window_limits_what_a_token_sees():
