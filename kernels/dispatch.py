@@ -26,12 +26,14 @@ from typing import Iterator
 import torch
 
 __all__ = ["BACKENDS", "TritonUnavailableError", "set_backend", "get_backend", "use_backend", "use_triton",
-           "triton_available", "triton_interpreting", "check_tensor", "check_same_device"]
+           "triton_available", "triton_interpreting", "check_tensor", "check_same_device", "state_gradients",
+           "state_gradients_enabled"]
 
 BACKENDS = ("auto", "triton", "torch")
 """Accepted backend names (see the module docstring)."""
 
 _backend = "auto"
+_state_grads = False
 
 
 class TritonUnavailableError(RuntimeError):
@@ -94,17 +96,37 @@ def use_backend(name: str) -> Iterator[str]:
         set_backend(previous)
 
 
+@contextlib.contextmanager
+def state_gradients() -> Iterator[None]:
+    """Context manager: inside the block every op differentiates through its initial and final
+    recurrent states (sequence parallelism passes them between ranks): the torch paths with
+    autograd in every input (WKV-4: ``wkv4_torch_chunk`` instead of ``wkv4_torch_loop``), the
+    Triton kernels not at all (their backward passes stop at the states)."""
+    global _state_grads
+    previous, _state_grads = _state_grads, True
+    try:
+        yield
+    finally:
+        _state_grads = previous
+
+
+def state_gradients_enabled() -> bool:
+    """True inside :func:`state_gradients`."""
+    return _state_grads
+
+
 def use_triton(x: torch.Tensor, backend: str | None = None) -> bool:
     """Whether the Triton implementation should run for tensor ``x`` (False: the torch path).
 
     ``backend``: ``"auto"``, ``"triton"``, ``"torch"`` or None for :func:`get_backend`. True
     where Triton can run ``x`` (a CUDA tensor, or a CPU tensor under ``TRITON_INTERPRET=1``, with
-    the ``triton`` package importable) unless the backend is ``"torch"``. Raises ``ValueError``
+    the ``triton`` package importable) unless the backend is ``"torch"`` or
+    :func:`state_gradients` is on. Raises ``ValueError``
     for an unknown backend and, for ``"triton"``, :class:`TritonUnavailableError` where Triton
     cannot run ``x``.
     """
     backend = _checked(_backend if backend is None else backend)
-    if backend == "torch":
+    if backend == "torch" or _state_grads:
         return False
     runs = (x.is_cuda or (x.device.type == "cpu" and triton_interpreting())) and triton_available()
     if backend == "triton" and not runs:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..custom_op import opaque_op
-from ..dispatch import use_triton
+from ..dispatch import state_gradients_enabled, use_triton
 from .checks import check_wkv4_inputs
 from .naive import EMPTY_PP, wkv4_init_state, wkv4_naive
 from .torch_chunk import wkv4_torch_chunk
@@ -46,7 +46,8 @@ def wkv4(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sta
             (``spikelm.kernels.dispatch``). float64 and empty batches use the torch path.
     Returns:
         ``(y, state)``: ``y [B, L, D]`` in ``v.dtype``; the state after the last token (fp32).
-        The returned state is not differentiable on the fast paths.
+        The returned state is not differentiable on the fast paths (it is inside
+        ``spikelm.kernels.dispatch.state_gradients()``, which takes ``wkv4_torch_chunk``).
     Raises:
         TypeError: non-float inputs or ``k``/``v`` of different dtypes.
         ValueError: shape mismatch, empty sequence, tensors on different devices, an unknown
@@ -68,6 +69,9 @@ def _wkv4_flat(w, u, k, v, aa, bb, pp, backend):
         if impl is not None:
             y, st = impl(w, u, k, v, state)
             return (y, *st)
+    if state_gradients_enabled():  # sequence parallelism: gradients through both states
+        y, st = wkv4_torch_chunk(w, u, k, v, state)
+        return (y, *st)
     y, st = wkv4_torch_loop(w, u, k, v, state)
     return (y, *st)
 

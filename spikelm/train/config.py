@@ -304,6 +304,10 @@ class TrainConfig:
         expert_parallel_size: ranks that share the routed experts of each MoE layer (expert
             parallelism on DeepSpeed's MoE groups, ``spikelm.train.expert_parallel``); must
             divide the number of ranks and ``num_experts``. 1 (default): every rank holds all.
+        sequence_parallel_size: ranks that share each sequence, ``P`` contiguous chunks of
+            ``data.block_size / P`` tokens, the layers' states passed from rank to rank
+            (``spikelm.train.sequence_parallel``); must divide the number of ranks and the block
+            size. The ranks of a group read the same sequences; ``P x D`` ranks in all.
     """
 
     run_dir: str = "runs/shakespeare"
@@ -330,6 +334,7 @@ class TrainConfig:
     kernel_backend: KernelBackend = "auto"
     compile: bool = False
     expert_parallel_size: int = 1
+    sequence_parallel_size: int = 1
 
     def __post_init__(self):
         self.check()
@@ -349,6 +354,8 @@ class TrainConfig:
             (self.collective_timeout_s >= 1, f"train.collective_timeout_s must be >= 1, got {self.collective_timeout_s}"),
             (not self.offload_params or self.zero_stage == 3, "train.offload_params needs train.zero_stage 3"),
             (not self.offload_optimizer or self.zero_stage >= 1, "train.offload_optimizer needs train.zero_stage >= 1"),
+            (self.sequence_parallel_size >= 1,
+             f"train.sequence_parallel_size must be >= 1, got {self.sequence_parallel_size}"),
             (self.expert_parallel_size >= 1,
              f"train.expert_parallel_size must be >= 1, got {self.expert_parallel_size}"),
             (self.kernel_backend in KernelBackend.__args__,
@@ -387,6 +394,19 @@ def validate_recipe(r: Recipe) -> None:
         (r.train.expert_parallel_size == 1 or (r.train.zero_stage < 3 and r.model.lora.r == 0 and not r.train.compile),
          "train.expert_parallel_size > 1 needs train.zero_stage 0, 1 or 2 (DeepSpeed's MoE layers do not run under "
          "ZeRO-3), no model.lora (the experts are sharded over ranks) and train.compile false"),
+        (r.train.sequence_parallel_size == 1 or r.data.block_size % r.train.sequence_parallel_size == 0,
+         f"data.block_size ({r.data.block_size}) must be divisible by train.sequence_parallel_size "
+         f"({r.train.sequence_parallel_size})"),
+        (r.train.sequence_parallel_size == 1 or (r.data.format == "text" and not r.data.streaming),
+         "train.sequence_parallel_size > 1 trains on text blocks loaded in memory (data.format text, "
+         "data.streaming false)"),
+        (r.train.sequence_parallel_size == 1 or r.train.zero_stage < 3,
+         "train.sequence_parallel_size > 1 needs train.zero_stage 0, 1 or 2"),
+        (r.train.sequence_parallel_size == 1 or r.train.expert_parallel_size == 1,
+         "train.sequence_parallel_size and train.expert_parallel_size cannot both be > 1"),
+        (r.train.sequence_parallel_size == 1 or r.train.precision != "fp16",
+         "train.sequence_parallel_size > 1 needs train.precision bf16 or fp32 (fp16's loss scale would apply "
+         "twice to the state gradients passed between ranks)"),
         (r.model.lora.r == 0 or r.train.zero_stage < 3,
          "model.lora needs train.zero_stage 0, 1 or 2 (only the adapters are trained, so ZeRO-2 already shards "
          "all optimizer state and gradients)"),

@@ -71,6 +71,12 @@ class Trainer:
 
         set_backend(t.kernel_backend)
         self.rank, self.world, self.device = init_distributed(t.collective_timeout_s)
+        self.sp = None
+        if t.sequence_parallel_size > 1:  # P x D ranks: the ranks of a group share each sequence
+            from .sequence_parallel import SequenceParallel
+
+            self.sp = SequenceParallel(t.sequence_parallel_size, self.rank, self.world)
+        self.data_rank, self.data_world = (self.sp.data_rank, self.sp.data_world) if self.sp else (self.rank, self.world)
         if self.device.type == "cpu":
             # The WKV running-max form evaluates exp() of large negative numbers; denormal results
             # make x86 arithmetic 10-100x slower (seen as sudden multi-second steps). Flush them.
@@ -91,7 +97,7 @@ class Trainer:
         self._write_run_start()
         r = recipe
         self.order = self.train_blocks if r.data.streaming else \
-            BatchOrder(len(self.train_blocks), t.micro_batch_size * t.grad_accum * self.world, t.seed)
+            BatchOrder(len(self.train_blocks), t.micro_batch_size * t.grad_accum * self.data_world, t.seed)
         self.tokens_per_step = self.order.global_batch * r.data.block_size
 
     def log(self, msg: str) -> None:
@@ -230,7 +236,7 @@ class Trainer:
     def step_batches(self, step: int) -> list[dict]:
         """The micro-batches of optimizer step ``step`` on this rank, on the device (from pinned
         memory, copied without waiting on CUDA)."""
-        micro = self.order.rank_micro_batches(step, self.rank, self.world, self.recipe.train.micro_batch_size)
+        micro = self.order.rank_micro_batches(step, self.data_rank, self.data_world, self.recipe.train.micro_batch_size)
         return [make_batch(self.train_blocks, mb, self.device) for mb in micro]
 
     def train_step(self, step: int, batches: list[dict] | None = None) -> torch.Tensor:
@@ -246,6 +252,12 @@ class Trainer:
         extra = self._loss_weighting(batches)
         total = torch.zeros((), dtype=torch.float32, device=self.device)
         for batch in batches:
+            if self.sp is not None:  # this rank's chunk of each sequence, states passed between the ranks
+                # the module itself, not the engine's forward: the engine hooks its outputs to run its
+                # backward prologue, which the state-gradient pass (autograd.grad) must not trigger
+                total = total + self.sp.step(self.engine.module, batch, self.engine.backward)
+                self.engine.step()
+                continue
             out = self.engine(**batch, use_cache=False, **extra)
             self.engine.backward(out.loss)
             self.engine.step()
