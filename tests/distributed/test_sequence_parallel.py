@@ -52,6 +52,20 @@ def test_trainer_two_chunks_match_one_rank_and_resume(corpus, tmp_path):
     assert losses(run) == pytest.approx(two, abs=1e-6)
 
 
+def test_sequence_and_data_parallel_compose(corpus, tmp_path):
+    """P=2 x D=2 on 4 ranks (ZeRO-1): two groups of two chunks, the same global batch of 4 as one
+    rank with 2 micro-batches of 2."""
+    one = tmp_path / "one"
+    res = subprocess.run([sys.executable, "-m", "spikelm.cli", *sp_args(corpus, one, **{
+        "train.sequence_parallel_size": 1, "train.zero_stage": 0, "train.grad_accum": 2})], env=env(),
+        capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    run = tmp_path / "sp"
+    out = torchrun(sp_args(corpus, run, **{"train.zero_stage": 1}), nproc=4, timeout=400)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert losses(run) == pytest.approx(losses(one), rel=1e-5)
+
+
 @pytest.mark.parametrize("over, msg", [
     ({}, "train.sequence_parallel_size (2) must divide the number of ranks (1)"),
     ({"data.block_size": 31}, "data.block_size (31) must be divisible by train.sequence_parallel_size (2)"),
