@@ -308,6 +308,13 @@ class TrainConfig:
             ``data.block_size / P`` tokens, the layers' states passed from rank to rank
             (``spikelm.train.sequence_parallel``); must divide the number of ranks and the block
             size. The ranks of a group read the same sequences; ``P x D`` ranks in all.
+        distill_from: a teacher causal-LM directory with the student's tokenizer (e.g. the ANN a
+            converted model came from): its next-token distributions are distilled into the
+            student (``spikelm.train.distill``), ``distill_weight * T^2 * KL`` per target token
+            added to the loss, logged as ``distill_kl``. None (default): no teacher.
+        distill_weight, distill_temperature, distill_schedule: the KL weight (>= 0), the softmax
+            temperature T (> 0) and how the weight evolves: ``constant`` or ``linear`` (to 0 at
+            ``max_steps``).
     """
 
     run_dir: str = "runs/shakespeare"
@@ -335,6 +342,10 @@ class TrainConfig:
     compile: bool = False
     expert_parallel_size: int = 1
     sequence_parallel_size: int = 1
+    distill_from: str | None = None
+    distill_weight: float = 1.0
+    distill_temperature: float = 1.0
+    distill_schedule: Literal["constant", "linear"] = "constant"
 
     def __post_init__(self):
         self.check()
@@ -354,6 +365,10 @@ class TrainConfig:
             (self.collective_timeout_s >= 1, f"train.collective_timeout_s must be >= 1, got {self.collective_timeout_s}"),
             (not self.offload_params or self.zero_stage == 3, "train.offload_params needs train.zero_stage 3"),
             (not self.offload_optimizer or self.zero_stage >= 1, "train.offload_optimizer needs train.zero_stage >= 1"),
+            (self.distill_weight >= 0, f"train.distill_weight must be >= 0, got {self.distill_weight}"),
+            (self.distill_temperature > 0, f"train.distill_temperature must be > 0, got {self.distill_temperature}"),
+            (self.distill_schedule in ("constant", "linear"),
+             f"train.distill_schedule {self.distill_schedule!r} is unknown; accepted: constant, linear"),
             (self.sequence_parallel_size >= 1,
              f"train.sequence_parallel_size must be >= 1, got {self.sequence_parallel_size}"),
             (self.expert_parallel_size >= 1,
@@ -400,6 +415,9 @@ def validate_recipe(r: Recipe) -> None:
         (r.train.sequence_parallel_size == 1 or (r.data.format == "text" and not r.data.streaming),
          "train.sequence_parallel_size > 1 trains on text blocks loaded in memory (data.format text, "
          "data.streaming false)"),
+        (r.train.distill_from is None or (r.data.format != "classification" and r.train.sequence_parallel_size == 1),
+         "train.distill_from distils next-token distributions: it needs data.format text or instructions and "
+         "train.sequence_parallel_size 1"),
         (r.train.sequence_parallel_size == 1 or r.train.zero_stage < 3,
          "train.sequence_parallel_size > 1 needs train.zero_stage 0, 1 or 2"),
         (r.train.sequence_parallel_size == 1 or r.train.expert_parallel_size == 1,

@@ -116,12 +116,15 @@ class RunLog:
         read. Adds the mean ``spike_rate`` / ``input_sparsity`` and :func:`moe_summary` to ``rec``."""
         done = rec["step"]
         moe = {k[len(MOE_PREFIX):]: v for k, v in rates.items() if k.startswith(MOE_PREFIX)}
-        rates = {k: v for k, v in rates.items() if not k.startswith(MOE_PREFIX)}
+        extra = {"distill_" + k[len("distill."):]: v for k, v in rates.items() if k.startswith("distill.")}
+        rates = {k: v for k, v in rates.items() if not k.startswith((MOE_PREFIX, "distill."))}
         fired = {k: v for k, v in rates.items() if not k.endswith(".sparsity")}
         sparsity = {k[:-len(".sparsity")]: v for k, v in rates.items() if k.endswith(".sparsity")}
         if self.writer is not None and (self.log_every and done % self.log_every == 0 or done == self.max_steps):
             for key in ("loss", "lr", "tokens_per_s"):
                 self.writer.add_scalar(f"train/{key}", rec[key], done)
+            for key, v in extra.items():  # e.g. distill_kl
+                self.writer.add_scalar(f"train/{key}", v, done)
             for name, v in fired.items():
                 self.writer.add_scalar(f"spike_rate/{name}", v, done)
             for name, v in sparsity.items():
@@ -131,6 +134,7 @@ class RunLog:
         rec["spike_rate"] = sum(fired.values()) / len(fired) if fired else None
         rec["input_sparsity"] = sum(sparsity.values()) / len(sparsity) if sparsity else None
         rec.update(moe_summary({MOE_PREFIX + k: v for k, v in moe.items()}))
+        rec.update(extra)
         key = "bpb" if self.last_eval and "bpb" in self.last_eval else "accuracy"
         extra = {f"val_{key}": f"{self.last_eval[key]:.3f}"} if self.last_eval else {}
         self.bar.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{rec['tokens_per_s']:,.0f}", **extra)

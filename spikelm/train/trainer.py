@@ -183,6 +183,15 @@ class Trainer:
             check_expert_parallel(self.config, self.ep_size, self.world, self.zero_stage, lora.r)
             self.log(f"expert parallelism: {shard_experts(model, self.ep_size)} MoE layers, "
                      f"{self.config.num_experts // self.ep_size} of {self.config.num_experts} experts per rank")
+        self.distiller = None
+        if t.distill_from is not None:  # the teacher, loaded (and checked) before anything is written
+            from .distill import Distiller
+
+            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
+            self.distiller = Distiller(t.distill_from, self.config.vocab_size, self.device, dtype, t.distill_weight,
+                                       t.distill_temperature, t.distill_schedule, t.max_steps)
+            self.log(f"distilling from {t.distill_from} (weight {t.distill_weight}, {t.distill_schedule}, "
+                     f"T={t.distill_temperature})")
         if t.compile:
             from .compile import compile_blocks
 
@@ -251,6 +260,7 @@ class Trainer:
         batches = self.step_batches(step) if batches is None else batches
         extra = self._loss_weighting(batches)
         total = torch.zeros((), dtype=torch.float32, device=self.device)
+        kl_total = torch.zeros((), dtype=torch.float32, device=self.device)
         for batch in batches:
             if self.sp is not None:  # this rank's chunk of each sequence, states passed between the ranks
                 # the module itself, not the engine's forward: the engine hooks its outputs to run its
@@ -259,11 +269,17 @@ class Trainer:
                 self.engine.step()
                 continue
             out = self.engine(**batch, use_cache=False, **extra)
-            self.engine.backward(out.loss)
+            loss = out.loss
+            if self.distiller is not None:  # the teacher's next-token distributions, a KL term
+                kl = self.distiller.kl(out.logits, batch)
+                loss = loss + self.distiller.alpha(step) * kl
+                kl_total = kl_total + kl.detach()
+            self.engine.backward(loss)
             self.engine.step()
             total = total + out.loss.detach().float()
             if getattr(out, "aux_loss", None) is not None:
                 total = total - out.aux_loss.detach().float()
+        self.step_extra = {"distill.kl": kl_total / len(batches)} if self.distiller is not None else {}
         return total / len(batches)
 
     def _check_finite(self, loss: float, done: int, log: RunLog) -> None:
@@ -402,7 +418,7 @@ class Trainer:
         self.engine.train()
         self.nonfinite, self.tokens_seen, self.t_loop = 0, 0, time.time()
         done, stopped, pending = self.start_step, None, []
-        self.lrs = {}
+        self.lrs, self.step_extra = {}, {}
         try:
             with RunLog(self.run_dir, self.rank, t.max_steps, self.start_step, t.log_every) as log, \
                     StopRequest() as stop:
@@ -411,7 +427,8 @@ class Trainer:
                     loss = self.train_step(step, batches)
                     done = step + 1
                     self.lrs[done] = self.scheduler.get_last_lr()[0]  # a host value: no sync
-                    pending.append((done, loss, step_stat_tensors(self.engine.module), time.time()))
+                    stats = {**step_stat_tensors(self.engine.module), **self.step_extra}
+                    pending.append((done, loss, stats, time.time()))
                     # built while the device still runs this step (the host is ahead of it)
                     batches = self.step_batches(done) if done < t.max_steps else None
                     if not self._sync_due(done):

@@ -1,0 +1,70 @@
+"""Distillation (train.distill_from): the KL term on hand-checked cases, and a training run that
+moves the student towards its teacher, logs the KL apart from the loss, and checks the teacher."""
+import json
+import math
+
+import pytest
+import torch
+
+from spikelm.train.distill import distill_kl
+from spikelm.train.trainer import train
+
+from .conftest import train_debug_model
+
+
+def test_kl_on_hand_checked_cases():
+    s = torch.log(torch.tensor([[[0.5, 0.5], [0.9, 0.1]]]))
+    t = torch.log(torch.tensor([[[0.9, 0.1], [0.9, 0.1]]]))
+    targets = torch.tensor([[1, 0]])
+    kl0 = 0.9 * math.log(0.9 / 0.5) + 0.1 * math.log(0.1 / 0.5)  # position 0; position 1 agrees
+    assert distill_kl(s, t, targets).item() == pytest.approx(kl0 / 2, rel=1e-5)
+    assert distill_kl(s, t, torch.tensor([[1, -100]])).item() == pytest.approx(kl0, rel=1e-5)  # -100 left out
+    assert distill_kl(t, t, targets).item() == pytest.approx(0.0, abs=1e-7)
+    # temperature: softmax(logits / T), times T^2
+    sl, tl = torch.tensor([[[1.0, 0.0]]]), torch.tensor([[[3.0, 0.0]]])
+    p, q = torch.softmax(tl / 2, -1)[0, 0], torch.softmax(sl / 2, -1)[0, 0]
+    expect = 4 * float((p * (p / q).log()).sum())
+    assert distill_kl(sl, tl, torch.tensor([[0]]), temperature=2.0).item() == pytest.approx(expect, rel=1e-5)
+    with pytest.raises(ValueError, match="same vocabulary|share the student's vocabulary"):
+        distill_kl(sl, torch.zeros(1, 1, 3), torch.tensor([[0]]))
+
+
+def records(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_distillation_pulls_the_student_towards_the_teacher(recipe, tmp_path):
+    (tmp_path / "t").mkdir()
+    teacher = train_debug_model(tmp_path / "t", 16, 12, 2) / "final"
+    runs = {}
+    for name, kw in {"plain": {}, "weight0": dict(distill_from=str(teacher), distill_weight=0.0),
+                     "distil": dict(distill_from=str(teacher), distill_weight=10.0)}.items():
+        r = recipe(run_dir=str(tmp_path / name), max_steps=6, eval_every=0, checkpoint_every=0, **kw)
+        r.data.tokenizer = str(teacher)  # the teacher's tokenizer
+        train(r)
+        runs[name] = records(tmp_path / name)
+    assert "distill_kl" not in runs["plain"][0]
+    # weight 0: the KL is measured and logged but not trained on: the same losses as without a teacher
+    assert [x["loss"] for x in runs["weight0"]] == pytest.approx([x["loss"] for x in runs["plain"]], abs=1e-6)
+    kl0, kl1 = [x["distill_kl"] for x in runs["weight0"]], [x["distill_kl"] for x in runs["distil"]]
+    assert kl0[0] == pytest.approx(kl1[0], rel=1e-5) and kl0[0] > 0  # the same student before its first update
+    assert kl1[-1] < 0.95 * kl0[-1]  # trained towards the teacher: closer than the student trained without it
+
+
+def test_a_teacher_with_another_vocabulary_is_refused(recipe, tmp_path, capsys):
+    from spikelm.cli import main
+
+    from spikelm import SpikeLMForCausalLM, flavour_config
+
+    from .conftest import LINES
+
+    teacher = tmp_path / "teacher"
+    SpikeLMForCausalLM(flavour_config("debug", vocab_size=311)).save_pretrained(teacher)
+    (tmp_path / "corpus.txt").write_text("\n".join(LINES * 40) + "\n")
+    argv = ["train", "debug", f"--data.train_files=[{tmp_path / 'corpus.txt'}]", "--data.vocab_size=280",
+            "--data.block_size=16", f"--train.run_dir={tmp_path / 's'}", f"--train.distill_from={teacher}",
+            "--train.max_steps=1", "--train.sample_tokens=0"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "vocabulary of 311 tokens" in err
+    assert not (tmp_path / "s").exists()
