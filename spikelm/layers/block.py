@@ -87,6 +87,8 @@ class SpikeLMBlock(nn.Module):
         self.lif2 = make_neuron(config, neuron) if self.spiking else None
         self.dropout = nn.Dropout(config.dropout)
         self.spike_rates: dict[str, torch.Tensor] = {}
+        self.rate_grad = False  # keep the output neurons' rates with their gradient (spikelm.train.sparsity)
+        self.rate_tensors: dict[str, torch.Tensor] = {}
 
     @property
     def spike_sites(self) -> tuple[str, ...]:
@@ -97,6 +99,8 @@ class SpikeLMBlock(nn.Module):
     def _fire(self, lif, x: torch.Tensor, v: torch.Tensor | None, mask, name: str):
         spikes, v_new = fire_tokens(lif, x, v, mask)
         self.spike_rates[name] = spikes.detach().float().mean()
+        if self.rate_grad:  # the rate with its surrogate gradient, for a spike-rate regulariser
+            self.rate_tensors[name] = spikes.float().mean()
         return spikes, v_new
 
     def _fire_add(self, lif, res: torch.Tensor, out: torch.Tensor, v: torch.Tensor | None, mask, name: str):
@@ -104,11 +108,11 @@ class SpikeLMBlock(nn.Module):
 
         Without a mask, one op (``kernels.lif.residual.lif_residual``: a single fused kernel
         each way on the Triton path, the unfused code on the torch path); with a mask (left
-        padding), or a neuron that hooks observe (``spikelm.eval.spikes`` records each neuron
+        padding), with ``rate_grad`` (the rate must keep its gradient), or a neuron that hooks observe (``spikelm.eval.spikes`` records each neuron
         module's spikes through forward hooks), ``fire_tokens`` and the add.
         """
         observed = bool(lif._forward_hooks or lif._forward_pre_hooks)
-        if mask is None and type(lif) in (LIF, PLIF) and not observed:
+        if mask is None and type(lif) in (LIF, PLIF) and not observed and not self.rate_grad:
             y, v_new, rate = lif_residual(res, out, v, lif.tau, lif.v_th, lif.v_reset, lif.decay_input,
                                           lif.detach_reset, lif.surrogate, lif.alpha, time_dim=1)
             self.spike_rates[name] = rate

@@ -315,6 +315,10 @@ class TrainConfig:
         distill_weight, distill_temperature, distill_schedule: the KL weight (>= 0), the softmax
             temperature T (> 0) and how the weight evolves: ``constant`` or ``linear`` (to 0 at
             ``max_steps``).
+        spike_rate_weight, spike_rate_target: a regulariser ``weight * mean (rate - target)^2`` over
+            the block-output neuron sites pulls their spike rates towards ``target`` (sparsity
+            ``1 - target``; ``spikelm.train.sparsity``), logged as ``spike_rate_penalty``. Weight 0
+            (default): off.
     """
 
     run_dir: str = "runs/shakespeare"
@@ -346,6 +350,8 @@ class TrainConfig:
     distill_weight: float = 1.0
     distill_temperature: float = 1.0
     distill_schedule: Literal["constant", "linear"] = "constant"
+    spike_rate_weight: float = 0.0
+    spike_rate_target: float = 0.15
 
     def __post_init__(self):
         self.check()
@@ -365,6 +371,9 @@ class TrainConfig:
             (self.collective_timeout_s >= 1, f"train.collective_timeout_s must be >= 1, got {self.collective_timeout_s}"),
             (not self.offload_params or self.zero_stage == 3, "train.offload_params needs train.zero_stage 3"),
             (not self.offload_optimizer or self.zero_stage >= 1, "train.offload_optimizer needs train.zero_stage >= 1"),
+            (self.spike_rate_weight >= 0, f"train.spike_rate_weight must be >= 0, got {self.spike_rate_weight}"),
+            (0 <= self.spike_rate_target <= 1,
+             f"train.spike_rate_target must be a rate in [0, 1], got {self.spike_rate_target}"),
             (self.distill_weight >= 0, f"train.distill_weight must be >= 0, got {self.distill_weight}"),
             (self.distill_temperature > 0, f"train.distill_temperature must be > 0, got {self.distill_temperature}"),
             (self.distill_schedule in ("constant", "linear"),
@@ -418,6 +427,8 @@ def validate_recipe(r: Recipe) -> None:
         (r.train.distill_from is None or (r.data.format != "classification" and r.train.sequence_parallel_size == 1),
          "train.distill_from distils next-token distributions: it needs data.format text or instructions and "
          "train.sequence_parallel_size 1"),
+        (r.train.spike_rate_weight == 0 or r.train.sequence_parallel_size == 1,
+         "train.spike_rate_weight needs train.sequence_parallel_size 1"),
         (r.train.sequence_parallel_size == 1 or r.train.zero_stage < 3,
          "train.sequence_parallel_size > 1 needs train.zero_stage 0, 1 or 2"),
         (r.train.sequence_parallel_size == 1 or r.train.expert_parallel_size == 1,

@@ -21,6 +21,9 @@ def spike_rate_tensors(module) -> dict:
 
 MOE_PREFIX = "moe."
 """Prefix of the routing statistics among :func:`step_stat_tensors`' keys."""
+EXTRA_PREFIX = "extra."
+"""Prefix of the trainer's other per-step values (``extra.distill_kl``, ``extra.spike_rate_penalty``):
+written to ``metrics.jsonl`` and TensorBoard (``train/...``) under the rest of the name."""
 
 
 def step_stat_tensors(module) -> dict:
@@ -116,8 +119,8 @@ class RunLog:
         read. Adds the mean ``spike_rate`` / ``input_sparsity`` and :func:`moe_summary` to ``rec``."""
         done = rec["step"]
         moe = {k[len(MOE_PREFIX):]: v for k, v in rates.items() if k.startswith(MOE_PREFIX)}
-        extra = {"distill_" + k[len("distill."):]: v for k, v in rates.items() if k.startswith("distill.")}
-        rates = {k: v for k, v in rates.items() if not k.startswith((MOE_PREFIX, "distill."))}
+        extra = {k[len(EXTRA_PREFIX):]: v for k, v in rates.items() if k.startswith(EXTRA_PREFIX)}
+        rates = {k: v for k, v in rates.items() if not k.startswith((MOE_PREFIX, EXTRA_PREFIX))}
         fired = {k: v for k, v in rates.items() if not k.endswith(".sparsity")}
         sparsity = {k[:-len(".sparsity")]: v for k, v in rates.items() if k.endswith(".sparsity")}
         if self.writer is not None and (self.log_every and done % self.log_every == 0 or done == self.max_steps):

@@ -183,6 +183,11 @@ class Trainer:
             check_expert_parallel(self.config, self.ep_size, self.world, self.zero_stage, lora.r)
             self.log(f"expert parallelism: {shard_experts(model, self.ep_size)} MoE layers, "
                      f"{self.config.num_experts // self.ep_size} of {self.config.num_experts} experts per rank")
+        if t.spike_rate_weight > 0:  # the output neurons' rates keep their gradient for the regulariser
+            from .sparsity import enable_rate_grads
+
+            self.log(f"spike-rate regulariser: {enable_rate_grads(model)} blocks towards rate {t.spike_rate_target} "
+                     f"(weight {t.spike_rate_weight})")
         self.distiller = None
         if t.distill_from is not None:  # the teacher, loaded (and checked) before anything is written
             from .distill import Distiller
@@ -261,6 +266,8 @@ class Trainer:
         extra = self._loss_weighting(batches)
         total = torch.zeros((), dtype=torch.float32, device=self.device)
         kl_total = torch.zeros((), dtype=torch.float32, device=self.device)
+        pen_total = torch.zeros((), dtype=torch.float32, device=self.device)
+        t = self.recipe.train
         for batch in batches:
             if self.sp is not None:  # this rank's chunk of each sequence, states passed between the ranks
                 # the module itself, not the engine's forward: the engine hooks its outputs to run its
@@ -274,12 +281,21 @@ class Trainer:
                 kl = self.distiller.kl(out.logits, batch)
                 loss = loss + self.distiller.alpha(step) * kl
                 kl_total = kl_total + kl.detach()
+            if t.spike_rate_weight > 0:
+                from .sparsity import take_spike_rate_penalty
+
+                pen = take_spike_rate_penalty(self.engine.module, t.spike_rate_target)
+                if pen is not None:
+                    loss = loss + t.spike_rate_weight * pen
+                    pen_total = pen_total + pen.detach()
             self.engine.backward(loss)
             self.engine.step()
             total = total + out.loss.detach().float()
             if getattr(out, "aux_loss", None) is not None:
                 total = total - out.aux_loss.detach().float()
-        self.step_extra = {"distill.kl": kl_total / len(batches)} if self.distiller is not None else {}
+        self.step_extra = {"extra.distill_kl": kl_total / len(batches)} if self.distiller is not None else {}
+        if t.spike_rate_weight > 0:
+            self.step_extra["extra.spike_rate_penalty"] = pen_total / len(batches)
         return total / len(batches)
 
     def _check_finite(self, loss: float, done: int, log: RunLog) -> None:
