@@ -123,5 +123,5 @@ def test_spikegpt_block_is_the_generic_block_with_rwkv4():
 def test_builders_reject_unknown_kinds():
     with pytest.raises(ValueError, match="accepted: rwkv4, ssa, sdsa, gla, swa"):
         build_mixer(cfg(), 0, "mamba")
-    with pytest.raises(ValueError, match="accepted: channel_mix, swiglu, spiking_mlp"):
-        build_mlp(cfg(), 0, "moe")
+    with pytest.raises(ValueError, match="accepted: channel_mix, swiglu, spiking_mlp, moe"):
+        build_mlp(cfg(), 0, "mixtral")

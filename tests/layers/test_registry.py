@@ -38,7 +38,7 @@ IDS = list(MIXERS) + list(MLPS)
 
 def test_config_accepts_exactly_the_registry():
     assert MIXER_TYPES == tuple(MIXERS) == ("rwkv4", "ssa", "sdsa", "gla", "swa")
-    assert MLP_TYPES == tuple(MLPS) == ("channel_mix", "swiglu", "spiking_mlp")
+    assert MLP_TYPES == tuple(MLPS) == ("channel_mix", "swiglu", "spiking_mlp", "moe")
     for table in (MIXERS, MLPS):
         for kind, cls in table.items():
             assert kind_of(cls) == kind and issubclass(cls, SpikeLMLayer)
