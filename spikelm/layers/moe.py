@@ -204,26 +204,34 @@ class SpikingMoE(SpikeLMLayer):
                      ) -> tuple[torch.Tensor, list[tuple[int, SwiGLU]]]:
         """``sum_i w_i Expert_{e_i}(u_t)`` for ``u [T, D]``; dropped assignments (``keep`` False) add 0.
 
-        A stable sort groups the assignments by expert (dropped ones last); each expert runs
-        once on its rows; the results go back to their assignment slots by a permutation (no
-        atomics) and are summed over the k slots in float32."""
+        A stable sort groups the assignments by expert (dropped ones last, as expert ``E``);
+        :meth:`_expert_rows` computes them in that order; the results go back to their
+        assignment slots by a permutation (no atomics) and are summed over the k slots in float32."""
         T, k = experts.shape
         E = self.num_experts
         flat = torch.where(keep, experts, torch.full_like(experts, E)).reshape(-1)
         order = torch.argsort(flat, stable=True)
-        counts = torch.bincount(flat, minlength=E + 1).tolist()  # the one host read of the layer
+        counts = torch.bincount(flat, minlength=E + 1)
+        y_sorted, ran = self._expert_rows(u, order, flat, counts, k)
+        y = torch.empty_like(y_sorted).index_copy_(0, order, y_sorted).view(T, k, -1)
+        w = (weights * keep).unsqueeze(-1)
+        return (y.float() * w).sum(1).to(u.dtype), ran
+
+    def _expert_rows(self, u: torch.Tensor, order: torch.Tensor, flat: torch.Tensor, counts: torch.Tensor, k: int
+                     ) -> tuple[torch.Tensor, list[tuple[int, SwiGLU]]]:
+        """The expert outputs ``[T * k, D]`` of the assignments in sorted ``order`` (``flat``: each
+        assignment's expert, ``E`` for dropped ones, which get zeros; ``counts [E + 1]`` per expert),
+        and ``(rows, expert)`` of each expert that ran. Each expert runs once on its rows."""
+        E = self.num_experts
         rows = u.index_select(0, order // k)
         outs, ran = [], []
-        for e, chunk in enumerate(rows.split(counts)):
+        for e, chunk in enumerate(rows.split(counts.tolist())):  # the one host read of the layer
             if e == E:  # dropped assignments
                 outs.append(chunk.new_zeros(chunk.shape))
             elif chunk.shape[0]:
                 outs.append(self.experts[e](chunk[None])[0][0])
                 ran.append((chunk.shape[0], self.experts[e]))
-        y_sorted = torch.cat(outs)
-        y = torch.empty_like(y_sorted).index_copy_(0, order, y_sorted).view(T, k, -1)
-        w = (weights * keep).unsqueeze(-1)
-        return (y.float() * w).sum(1).to(u.dtype), ran
+        return torch.cat(outs), ran
 
     def forward(self, x: torch.Tensor, state: MoEState | None = None, mask: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, MoEState]:

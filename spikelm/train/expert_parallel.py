@@ -97,39 +97,34 @@ class ExpertParallelMoE(SpikingMoE):
 
         return _AllToAll.apply(self.ep_group, t.contiguous())
 
-    def _run_experts(self, u, experts, weights, keep):
-        """As :meth:`SpikingMoE._run_experts`, with the experts on other ranks: the kept
+    def _expert_rows(self, u, order, flat, counts, k):
+        """As :meth:`SpikingMoE._expert_rows`, with the experts on other ranks: the kept
         assignments, sorted by expert, go into an ``[E, C, D]`` buffer (``C`` the largest
         per-expert count on any rank of the group), an all-to-all brings each rank the rows of its
         local experts, they run, and a second all-to-all brings the results back."""
         import torch.distributed as dist
 
-        T, k = experts.shape
         E, P, El, D = self.num_experts, self.ep_size, self.num_local_experts, u.shape[-1]
-        flat = torch.where(keep, experts, torch.full_like(experts, E)).reshape(-1)
-        order = torch.argsort(flat, stable=True)
-        counts = torch.bincount(flat, minlength=E + 1)
         send = counts[:E].contiguous()
         recv = torch.empty_like(send)
         dist.all_to_all_single(recv, send, group=self.ep_group)  # recv[p * El + j]: rows of rank p for local j
         cap = send.max().reshape(1)
         dist.all_reduce(cap, op=dist.ReduceOp.MAX, group=self.ep_group)
-        host = torch.cat([counts, recv, cap]).tolist()  # the one host read of the layer
-        counts_h, recv_h, C = host[:E + 1], host[E + 1:2 * E + 1], max(int(host[-1]), 1)
-        n_kept = sum(counts_h[:E])
+        host = torch.cat([send, recv, cap]).tolist()  # the one host read of the layer
+        recv_h, C = host[E:2 * E], max(int(host[-1]), 1)
+        n_kept = sum(host[:E])
         kept_order = order[:n_kept]
         expert_of = flat.index_select(0, kept_order)
-        starts = torch.cumsum(counts[:E], 0) - counts[:E]
+        starts = torch.cumsum(send, 0) - send
         slot = torch.arange(n_kept, device=u.device) - starts.index_select(0, expert_of)
         where = expert_of * C + slot  # row of each kept assignment in the [E * C] buffer
         rows = u.index_select(0, kept_order // k)
         buf = rows.new_zeros(E * C, D).index_copy(0, where, rows)
         got = self._exchange(buf.view(E, C, D)).view(P * El * C, D)
         idx, outs, ran = [], [], []
-        local = getattr(self, "deepspeed_moe").experts.deepspeed_experts
+        local = self.deepspeed_moe.experts.deepspeed_experts
         for j in range(El):
-            sel = [torch.arange(recv_h[p * El + j], device=u.device) + (p * El + j) * C for p in range(P)]
-            sel = torch.cat(sel)
+            sel = torch.cat([torch.arange(recv_h[p * El + j], device=u.device) + (p * El + j) * C for p in range(P)])
             if sel.numel():
                 outs.append(local[j](got.index_select(0, sel)[None])[0][0])
                 idx.append(sel)
@@ -138,13 +133,7 @@ class ExpertParallelMoE(SpikingMoE):
         if idx:
             back = back.index_copy(0, torch.cat(idx), torch.cat(outs))
         mine = self._exchange(back.view(E, C, D)).view(E * C, D).index_select(0, where)
-        y_sorted = torch.cat([mine, mine.new_zeros(T * k - n_kept, D)])
-        y = torch.empty_like(y_sorted).index_copy_(0, order, y_sorted).view(T, k, -1)
-        w = (weights * keep).unsqueeze(-1)
-        return (y.float() * w).sum(1).to(u.dtype), ran
-
-    def forward(self, x, state=None, mask=None):
-        return SpikingMoE.forward(self, x, state, mask)
+        return torch.cat([mine, mine.new_zeros(order.numel() - n_kept, D)]), ran
 
 
 def shard_experts(model: nn.Module, ep_size: int) -> int:

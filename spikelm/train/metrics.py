@@ -14,9 +14,14 @@ def spike_rate_tensors(module) -> dict:
     """``SpikeLMModel.spike_rate_tensors()`` of the last forward pass of a (possibly peft-wrapped)
     causal LM, ``{site: 0-dim tensor}`` on the device, not read (sites ending in ``.sparsity`` are
     adaptive-spiking input sparsities); ``{}`` for a model without spikes (the Llama baseline)."""
-    base = module.get_base_model() if hasattr(module, "get_base_model") else module
-    backbone = getattr(base, "model", None)
+    backbone = _backbone(module)
     return backbone.spike_rate_tensors() if hasattr(backbone, "spike_rate_tensors") else {}
+
+
+def _backbone(module):
+    """The ``SpikeLMModel`` (``.model``) of a possibly peft-wrapped causal LM, or None."""
+    base = module.get_base_model() if hasattr(module, "get_base_model") else module
+    return getattr(base, "model", None)
 
 
 MOE_PREFIX = "moe."
@@ -32,8 +37,7 @@ def step_stat_tensors(module) -> dict:
     (``SpikeLMModel.moe_stat_tensors``) under ``"moe.layers.{i}.{load_balance|z_loss|dropped}"``
     and ``"moe.layers.{i}.expert_load.{e}"`` (share of the kept assignments of expert ``e``)."""
     out = dict(spike_rate_tensors(module))
-    base = module.get_base_model() if hasattr(module, "get_base_model") else module
-    backbone = getattr(base, "model", None)
+    backbone = _backbone(module)
     stats = backbone.moe_stat_tensors() if hasattr(backbone, "moe_stat_tensors") else {}
     for name, t in stats.items():
         if t.dim() == 0:

@@ -45,6 +45,7 @@ from .rundir import (
 )
 from .schedule import BatchOrder
 from .signals import StopRequest
+from .sparsity import take_spike_rate_penalty
 
 
 class Trainer:
@@ -282,8 +283,6 @@ class Trainer:
                 loss = loss + self.distiller.alpha(step) * kl
                 kl_total = kl_total + kl.detach()
             if t.spike_rate_weight > 0:
-                from .sparsity import take_spike_rate_penalty
-
                 pen = take_spike_rate_penalty(self.engine.module, t.spike_rate_target)
                 if pen is not None:
                     loss = loss + t.spike_rate_weight * pen
@@ -345,7 +344,8 @@ class Trainer:
         mine = [(s, True) for s in starts[self.rank::self.world]]
         if self.ep_size > 1 and starts:
             per = -(-len(starts) // self.world)
-            mine += [((mine[0] if mine else (starts[0], True))[0], False)] * (per - len(mine))
+            filler = mine[0][0] if mine else starts[0]
+            mine += [(filler, False)] * (per - len(mine))
         return mine
 
     @torch.no_grad()
