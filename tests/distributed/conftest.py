@@ -49,3 +49,14 @@ def torchrun(args: list[str], nproc: int = 2, timeout: int = 240, extra: list[st
 
 def losses(run_dir) -> list[float]:
     return [json.loads(l)["loss"] for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def one_rank_run(d, args_fn) -> tuple:
+    """A 1-rank baseline in ``d``: the test corpus written to ``d/corpus.txt`` and
+    ``spikelm train *args_fn(corpus, d / "run")`` run to completion. Returns ``(corpus, run dir)``."""
+    corpus = d / "corpus.txt"
+    corpus.write_text("\n".join(LINES * 40) + "\n")
+    out = subprocess.run([sys.executable, "-m", "spikelm.cli", *args_fn(corpus, d / "run")], env=env(),
+                         capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return corpus, d / "run"

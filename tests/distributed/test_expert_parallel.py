@@ -14,7 +14,7 @@ import spikelm  # noqa: F401  (registers the Auto classes)
 from spikelm import flavour_config
 from spikelm.train.expert_parallel import check_expert_parallel
 
-from .conftest import env, losses, torchrun, train_args
+from .conftest import env, losses, one_rank_run, torchrun, train_args
 
 pytestmark = pytest.mark.slow
 
@@ -28,15 +28,8 @@ def moe_args(corpus, run_dir, **over) -> list[str]:
 @pytest.fixture(scope="module")
 def one_rank(tmp_path_factory):
     """Baseline: 1 rank holding all experts, micro-batch 2 x 2 accumulation = global batch 4."""
-    from .conftest import LINES
-
-    d = tmp_path_factory.mktemp("one")
-    corpus = d / "corpus.txt"
-    corpus.write_text("\n".join(LINES * 40) + "\n")
-    out = subprocess.run([sys.executable, "-m", "spikelm.cli", *moe_args(corpus, d / "run")], env=env(),
-                         capture_output=True, text=True, timeout=240)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return corpus, losses(d / "run"), d / "run"
+    corpus, run = one_rank_run(tmp_path_factory.mktemp("one"), moe_args)
+    return corpus, losses(run), run
 
 
 def logits(model_dir, ids):

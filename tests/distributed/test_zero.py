@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 
 import spikelm  # noqa: F401  (registers the Auto classes)
 
-from .conftest import env, losses, torchrun, train_args
+from .conftest import env, losses, one_rank_run, torchrun, train_args
 
 pytestmark = pytest.mark.slow
 
@@ -17,15 +17,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def one_rank(tmp_path_factory):
     """Baseline: 1 rank, micro-batch 2 x 2 accumulation = global batch 4."""
-    from .conftest import LINES
-
-    d = tmp_path_factory.mktemp("one")
-    corpus = d / "corpus.txt"
-    corpus.write_text("\n".join(LINES * 40) + "\n")
-    out = subprocess.run([sys.executable, "-m", "spikelm.cli", *train_args(corpus, d / "run")], env=env(),
-                         capture_output=True, text=True, timeout=240)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return corpus, losses(d / "run")
+    corpus, run = one_rank_run(tmp_path_factory.mktemp("one"), train_args)
+    return corpus, losses(run)
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3])
