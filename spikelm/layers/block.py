@@ -113,7 +113,8 @@ class SpikeLMBlock(nn.Module):
         """
         observed = bool(lif._forward_hooks or lif._forward_pre_hooks)
         if mask is None and type(lif) in (LIF, PLIF) and not observed and not self.rate_grad:
-            y, v_new, rate = lif_residual(res, out, v, lif.tau, lif.v_th, lif.v_reset, lif.decay_input,
+            out, v_th = lif.scale_input(out)
+            y, v_new, rate = lif_residual(res, out, v, lif.tau, v_th, lif.v_reset, lif.decay_input,
                                           lif.detach_reset, lif.surrogate, lif.alpha, time_dim=1)
             self.spike_rates[name] = rate
             return y, v_new

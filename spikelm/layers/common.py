@@ -27,7 +27,8 @@ def make_neuron(config, kind: str | None = None, v_th: float | None = None) -> L
     if v_reset is not None and v_reset >= v_th:
         v_reset = 0.0 if v_th > 0 else None
     kw = dict(v_th=v_th, v_reset=v_reset, decay_input=config.lif_decay_input,
-              detach_reset=config.lif_detach_reset, surrogate=config.surrogate, alpha=config.surrogate_alpha)
+              detach_reset=config.lif_detach_reset, surrogate=config.surrogate, alpha=config.surrogate_alpha,
+              learn_v_th=config.lif_v_th_learnable)
     if kind == "plif":
         return PLIF(init_tau=config.lif_tau, **kw)
     return LIF(tau=config.lif_tau, **kw)

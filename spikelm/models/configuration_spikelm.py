@@ -75,6 +75,8 @@ class SpikeLMConfig(PretrainedConfig):
         neuron_types: per-layer override of ``neuron`` for the block-output neurons.
         lif_tau, lif_v_th, lif_v_reset, lif_decay_input, lif_detach_reset: LIF parameters
             (SpikeGPT: tau 2, v_th 1, hard reset to 0). ``lif_v_reset=None`` is a soft reset.
+        lif_v_th_learnable: every LIF/PLIF neuron learns its threshold (``exp(log_v_th)``,
+            initialised to ``lif_v_th``; :class:`spikelm.neurons.LIF`); needs ``lif_v_reset`` 0 or None.
         surrogate, surrogate_alpha: surrogate gradient (``"atan"``, 2.0 in SpikeGPT).
         spike_embedding: binarise the token embedding with a Heaviside (+ surrogate).
         norm_type: block norms, ``"layernorm"`` (SpikeGPT) or ``"rmsnorm"`` (SpikingBrain).
@@ -157,7 +159,8 @@ class SpikeLMConfig(PretrainedConfig):
                  mixer_types: list[str] | str | None = None, mlp_types: list[str] | str | None = None,
                  neuron: str = "lif", neuron_types: list[str] | None = None, lif_tau: float = 2.0,
                  lif_v_th: float = 1.0, lif_v_reset: float | None = 0.0, lif_decay_input: bool = True,
-                 lif_detach_reset: bool = False, surrogate: str = "atan", surrogate_alpha: float = 2.0,
+                 lif_detach_reset: bool = False, lif_v_th_learnable: bool = False, surrogate: str = "atan",
+                 surrogate_alpha: float = 2.0,
                  spike_embedding: bool = False, norm_type: str = "layernorm", embed_norm: bool | None = None,
                  num_attention_heads: int | None = None, num_key_value_heads: int | None = None,
                  head_dim: int | None = None, sliding_window: int = 4096, rope_theta: float = 10000.0,
@@ -224,6 +227,8 @@ class SpikeLMConfig(PretrainedConfig):
         if gla_gate_low_rank_dim < 1 or not gla_gate_logit_normalizer > 0:
             raise ValueError(f"gla_gate_low_rank_dim must be >= 1 and gla_gate_logit_normalizer > 0, got "
                              f"{gla_gate_low_rank_dim} and {gla_gate_logit_normalizer}")
+        if lif_v_th_learnable and lif_v_reset not in (0.0, None):
+            raise ValueError(f"lif_v_th_learnable needs lif_v_reset 0 or None (soft), got {lif_v_reset}")
         if not adaptive_spike_k > 0:
             raise ValueError(f"adaptive_spike_k must be > 0, got {adaptive_spike_k}")
         if adaptive_spike_max_count is not None and adaptive_spike_max_count < 1:
@@ -241,6 +246,7 @@ class SpikeLMConfig(PretrainedConfig):
         self.neuron_types = neuron_types
         self.lif_tau, self.lif_v_th, self.lif_v_reset = lif_tau, lif_v_th, lif_v_reset
         self.lif_decay_input, self.lif_detach_reset = lif_decay_input, lif_detach_reset
+        self.lif_v_th_learnable = lif_v_th_learnable
         self.surrogate, self.surrogate_alpha = surrogate, surrogate_alpha
         self.spike_embedding = spike_embedding
         self.norm_type = norm_type

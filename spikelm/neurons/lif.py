@@ -27,12 +27,22 @@ class LIF(nn.Module):
         detach_reset: no gradient through the reset.
         surrogate: ``"atan"`` (default alpha 2) or ``"sigmoid"`` (default alpha 4).
         alpha: surrogate sharpness; None for the surrogate's default.
+        learn_v_th: a learnable threshold ``v_th = exp(log_v_th)`` (one float32 parameter per
+            neuron module, shape ``[1]``, initialised to ``v_th``), trained through the
+            surrogate gradient like PLIF's tau (learnable thresholds as in Wang et al. 2022,
+            "LTMD: Learning Improvement of Spiking Neural Networks with Learnable Thresholding
+            Neurons and Moderate Dropout", NeurIPS). It runs as the unit-threshold neuron on
+            ``x / v_th``: with a reset to 0 (or a soft reset) the dynamics are linear in
+            ``(x, v, v_th)``, so the spikes are exactly those of threshold ``v_th``; the
+            membrane potential ``v`` (the recurrent state) is then kept in units of ``v_th``.
     Raises:
-        ValueError: ``tau <= 0``, ``v_th <= 0``, ``v_reset >= v_th``, unknown surrogate.
+        ValueError: ``tau <= 0``, ``v_th <= 0``, ``v_reset >= v_th``, unknown surrogate, or
+            ``learn_v_th`` with a reset potential other than 0 or None.
     """
 
     def __init__(self, tau: float = 2.0, v_th: float = 1.0, v_reset: float | None = 0.0, decay_input: bool = True,
-                 detach_reset: bool = False, surrogate: str = "atan", alpha: float | None = None):
+                 detach_reset: bool = False, surrogate: str = "atan", alpha: float | None = None,
+                 learn_v_th: bool = False):
         super().__init__()
         if not tau > 0:
             raise ValueError(f"LIF tau must be > 0, got {tau}")
@@ -40,11 +50,17 @@ class LIF(nn.Module):
             raise ValueError(f"LIF v_th must be > 0, got {v_th}")
         if v_reset is not None and v_reset >= v_th:
             raise ValueError(f"LIF v_reset ({v_reset}) must be below v_th ({v_th})")
+        if learn_v_th and v_reset not in (None, 0.0):
+            raise ValueError(f"a learnable LIF v_th needs a reset to 0 or a soft reset (v_reset 0 or None), got {v_reset}")
         alpha = alpha if alpha is not None else {"atan": 2.0, "sigmoid": 4.0}.get(surrogate, 1.0)
         check_surrogate(surrogate, alpha)
         self.v_th, self.v_reset, self.decay_input, self.detach_reset = v_th, v_reset, decay_input, detach_reset
         self.surrogate, self.alpha = surrogate, alpha
         self._tau = tau
+        if learn_v_th:
+            self.log_v_th = nn.Parameter(torch.tensor([math.log(v_th)]))
+        else:
+            self.register_parameter("log_v_th", None)
 
     @property
     def tau(self) -> float | torch.Tensor:
@@ -55,14 +71,27 @@ class LIF(nn.Module):
         """The resting potential a neuron starts from (``v_reset``, or 0 for a soft reset)."""
         return 0.0 if self.v_reset is None else float(self.v_reset)
 
+    def threshold(self) -> float | torch.Tensor:
+        """The threshold ``v_th``: the float, or ``exp(log_v_th)`` (a 0-dim tensor) when learnable."""
+        return self.v_th if self.log_v_th is None else self.log_v_th.exp().reshape(())
+
+    def scale_input(self, x: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """The input and threshold the kernel runs with: ``(x, v_th)``, or ``(x / v_th, 1.0)``
+        for a learnable threshold (``x`` any shape, same dtype out)."""
+        if self.log_v_th is None:
+            return x, self.v_th
+        return x / self.threshold().to(x.dtype), 1.0
+
     def forward(self, x: torch.Tensor, v: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``x [T, ...]`` (time first) and ``v`` (``x.shape[1:]``, or None = at rest) ->
         ``(spikes [T, ...] in x.dtype, v_T [...] float32)``."""
-        return lif_multistep(x, v, self.tau, self.v_th, self.v_reset, self.decay_input, self.detach_reset,
+        x, v_th = self.scale_input(x)
+        return lif_multistep(x, v, self.tau, v_th, self.v_reset, self.decay_input, self.detach_reset,
                              self.surrogate, self.alpha)
 
     def extra_repr(self) -> str:
-        return (f"tau={float(self.tau):.3g}, v_th={self.v_th}, v_reset={self.v_reset}, decay_input={self.decay_input}, "
+        v_th = f"{float(self.threshold().detach()):.4g} (learnable)" if self.log_v_th is not None else self.v_th
+        return (f"tau={float(self.tau):.3g}, v_th={v_th}, v_reset={self.v_reset}, decay_input={self.decay_input}, "
                 f"detach_reset={self.detach_reset}, surrogate={self.surrogate}(alpha={self.alpha})")
 
 

@@ -319,6 +319,15 @@ class TrainConfig:
             the block-output neuron sites pulls their spike rates towards ``target`` (sparsity
             ``1 - target``; ``spikelm.train.sparsity``), logged as ``spike_rate_penalty``. Weight 0
             (default): off.
+        distill_hidden_weight: weight of a hidden-state matching term added to the distillation
+            loss: per layer, the student's hidden state against the teacher's (normalised mean
+            square error, ``spikelm.train.distill``); needs a teacher with the student's depth and
+            width (e.g. the ANN it was converted from), logged as ``distill_hidden``. 0: off.
+        adaptive_k_anneal_to, adaptive_k_anneal_steps: anneal the adaptive spiking neuron's ``k``
+            linearly from the model's ``adaptive_spike_k`` at step 0 to ``adaptive_k_anneal_to`` at
+            step ``adaptive_k_anneal_steps`` (default ``max_steps``) and keep it there (a smaller
+            ``k`` raises the threshold ``mean|x| / k``: fewer spikes); the export records the final
+            ``k``; logged as ``adaptive_k``. None (default): ``k`` fixed.
     """
 
     run_dir: str = "runs/shakespeare"
@@ -352,6 +361,9 @@ class TrainConfig:
     distill_schedule: Literal["constant", "linear"] = "constant"
     spike_rate_weight: float = 0.0
     spike_rate_target: float = 0.15
+    distill_hidden_weight: float = 0.0
+    adaptive_k_anneal_to: float | None = None
+    adaptive_k_anneal_steps: int | None = None
 
     def __post_init__(self):
         self.check()
@@ -375,6 +387,16 @@ class TrainConfig:
             (0 <= self.spike_rate_target <= 1,
              f"train.spike_rate_target must be a rate in [0, 1], got {self.spike_rate_target}"),
             (self.distill_weight >= 0, f"train.distill_weight must be >= 0, got {self.distill_weight}"),
+            (self.distill_hidden_weight >= 0,
+             f"train.distill_hidden_weight must be >= 0, got {self.distill_hidden_weight}"),
+            (self.distill_hidden_weight == 0 or self.distill_from is not None,
+             "train.distill_hidden_weight needs a teacher (train.distill_from)"),
+            (self.adaptive_k_anneal_to is None or self.adaptive_k_anneal_to > 0,
+             f"train.adaptive_k_anneal_to must be > 0, got {self.adaptive_k_anneal_to}"),
+            (self.adaptive_k_anneal_steps is None or self.adaptive_k_anneal_steps >= 1,
+             f"train.adaptive_k_anneal_steps must be >= 1, got {self.adaptive_k_anneal_steps}"),
+            (self.adaptive_k_anneal_steps is None or self.adaptive_k_anneal_to is not None,
+             "train.adaptive_k_anneal_steps needs train.adaptive_k_anneal_to"),
             (self.distill_temperature > 0, f"train.distill_temperature must be > 0, got {self.distill_temperature}"),
             (self.distill_schedule in ("constant", "linear"),
              f"train.distill_schedule {self.distill_schedule!r} is unknown; accepted: constant, linear"),

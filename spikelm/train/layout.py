@@ -40,7 +40,8 @@ class ModelLayout:
         mixer_types, mlp_types: per-layer lists (or one value for every layer) of token mixers
             and MLPs. neuron, neuron_types: block-output neurons.
         lif_tau, lif_v_th, lif_v_reset (``soft`` = soft reset), lif_decay_input,
-            lif_detach_reset, surrogate, surrogate_alpha: LIF neuron and surrogate gradient.
+            lif_detach_reset, lif_v_th_learnable, surrogate, surrogate_alpha: LIF neuron and
+            surrogate gradient.
         adaptive_spike_mode, adaptive_spike_k, adaptive_spike_max_count (``none`` = no clamp),
             adaptive_spike_steps, adaptive_spike_encoding: SpikingBrain's adaptive spiking.
         the attention, GLA, SSA and norm fields: as in SpikeLMConfig.
@@ -61,6 +62,7 @@ class ModelLayout:
     lif_v_reset: float | Literal["soft"] | None = None
     lif_decay_input: bool | None = None
     lif_detach_reset: bool | None = None
+    lif_v_th_learnable: bool | None = None
     surrogate: Literal["atan", "sigmoid"] | None = None
     surrogate_alpha: float | None = None
     spike_embedding: bool | None = None

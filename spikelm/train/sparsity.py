@@ -41,3 +41,43 @@ def take_spike_rate_penalty(model: nn.Module, target: float) -> torch.Tensor | N
     if not rates:
         return None
     return (torch.stack(rates) - target).square().mean()
+
+
+class KAnnealing:
+    """``k`` of every adaptive spiking neuron annealed linearly over training (``train.adaptive_k_anneal_to``).
+
+    SpikingBrain's adaptive neuron fires ``round(x / v_th)`` with ``v_th = mean(|x|) / k``
+    (report Eqs. 19-23), so its mean count is about ``k`` whatever the weights: its sparsity is
+    a choice, not something the loss learns. Annealing ``k`` from ``k_start`` (the model's
+    ``adaptive_spike_k``) to ``k_end`` over ``steps`` optimizer steps lets the model adapt to a
+    sparser code gradually: at step ``s`` (0-based) ``k = k_start + (k_end - k_start) *
+    min(1, s / (steps - 1))``, so the last annealed step already trains with ``k_end``. The
+    model config's ``adaptive_spike_k`` follows, so an export records the ``k`` it was left with.
+
+    Args: model (its ``AdaptiveSpike`` modules are set), config (``SpikeLMConfig``; ``k_start``
+    is read from it once, at construction), k_end (> 0), steps (>= 1).
+    Raises:
+        ValueError: a model without adaptive spiking (``adaptive_spike_mode`` off).
+    """
+
+    def __init__(self, model: nn.Module, config, k_end: float, steps: int):
+        from ..neurons import AdaptiveSpike
+
+        self.neurons = [m for m in model.modules() if isinstance(m, AdaptiveSpike) and m.mode != "off"]
+        if not self.neurons:
+            raise ValueError("train.adaptive_k_anneal_to needs adaptive spiking neurons (model.adaptive_spike_mode ste "
+                             "or expanded); this model has none")
+        self.config, self.k_start, self.k_end, self.steps = config, float(config.adaptive_spike_k), k_end, steps
+
+    def k(self, step: int) -> float:
+        """``k`` at optimizer step ``step`` (0-based)."""
+        frac = 1.0 if self.steps <= 1 else min(1.0, step / (self.steps - 1))
+        return self.k_start + (self.k_end - self.k_start) * frac
+
+    def apply(self, step: int) -> float:
+        """Set ``k(step)`` on every adaptive neuron and in the config; returns it."""
+        k = self.k(step)
+        for m in self.neurons:
+            m.k = k
+        self.config.adaptive_spike_k = k
+        return k

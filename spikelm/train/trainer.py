@@ -189,15 +189,24 @@ class Trainer:
 
             self.log(f"spike-rate regulariser: {enable_rate_grads(model)} blocks towards rate {t.spike_rate_target} "
                      f"(weight {t.spike_rate_weight})")
+        self.k_anneal = None
+        if t.adaptive_k_anneal_to is not None:  # k of the adaptive neurons, a schedule over the steps
+            from .sparsity import KAnnealing
+
+            self.k_anneal = KAnnealing(model, self.config, t.adaptive_k_anneal_to, t.adaptive_k_anneal_steps or t.max_steps)
+            self.log(f"adaptive spiking k annealed {self.k_anneal.k_start:g} -> {t.adaptive_k_anneal_to:g} over "
+                     f"{self.k_anneal.steps} steps ({len(self.k_anneal.neurons)} neurons)")
         self.distiller = None
         if t.distill_from is not None:  # the teacher, loaded (and checked) before anything is written
             from .distill import Distiller
 
             dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
             self.distiller = Distiller(t.distill_from, self.config.vocab_size, self.device, dtype, t.distill_weight,
-                                       t.distill_temperature, t.distill_schedule, t.max_steps)
+                                       t.distill_temperature, t.distill_schedule, t.max_steps, t.distill_hidden_weight,
+                                       (self.config.num_hidden_layers, self.config.hidden_size))
             self.log(f"distilling from {t.distill_from} (weight {t.distill_weight}, {t.distill_schedule}, "
-                     f"T={t.distill_temperature})")
+                     f"T={t.distill_temperature}" + (f"; hidden states, weight {t.distill_hidden_weight})"
+                                                     if t.distill_hidden_weight > 0 else ")"))
         if t.compile:
             from .compile import compile_blocks
 
@@ -264,10 +273,13 @@ class Trainer:
         (:meth:`_sync`), so on a GPU the host keeps queueing work ahead of the device.
         """
         batches = self.step_batches(step) if batches is None else batches
+        if self.k_anneal is not None:
+            self.k_anneal.apply(step)
         extra = self._loss_weighting(batches)
         total = torch.zeros((), dtype=torch.float32, device=self.device)
         kl_total = torch.zeros((), dtype=torch.float32, device=self.device)
         pen_total = torch.zeros((), dtype=torch.float32, device=self.device)
+        hid_total = torch.zeros((), dtype=torch.float32, device=self.device)
         t = self.recipe.train
         for batch in batches:
             if self.sp is not None:  # this rank's chunk of each sequence, states passed between the ranks
@@ -276,12 +288,17 @@ class Trainer:
                 total = total + self.sp.step(self.engine.module, batch, self.engine.backward)
                 self.engine.step()
                 continue
+            if t.distill_hidden_weight > 0:
+                extra = {**extra, "output_hidden_states": True}
             out = self.engine(**batch, use_cache=False, **extra)
             loss = out.loss
             if self.distiller is not None:  # the teacher's next-token distributions, a KL term
-                kl = self.distiller.kl(out.logits, batch)
+                kl, hid = self.distiller.losses(out, batch)
                 loss = loss + self.distiller.alpha(step) * kl
                 kl_total = kl_total + kl.detach()
+                if hid is not None:  # and its hidden states, layer by layer
+                    loss = loss + t.distill_hidden_weight * hid
+                    hid_total = hid_total + hid.detach()
             if t.spike_rate_weight > 0:
                 pen = take_spike_rate_penalty(self.engine.module, t.spike_rate_target)
                 if pen is not None:
@@ -293,6 +310,8 @@ class Trainer:
             if getattr(out, "aux_loss", None) is not None:
                 total = total - out.aux_loss.detach().float()
         self.step_extra = {"extra.distill_kl": kl_total / len(batches)} if self.distiller is not None else {}
+        if t.distill_hidden_weight > 0:
+            self.step_extra["extra.distill_hidden"] = hid_total / len(batches)
         if t.spike_rate_weight > 0:
             self.step_extra["extra.spike_rate_penalty"] = pen_total / len(batches)
         return total / len(batches)
@@ -407,6 +426,8 @@ class Trainer:
         tok_s = self.tokens_seen / max(elapsed, 1e-9)
         rec = {"step": done, "loss": loss, "lr": self.lrs[done], "tokens_per_s": tok_s,
                "elapsed_s": elapsed, "epoch": self.order.epoch_of(done), "mfu": self.mfu(tok_s)}
+        if self.k_anneal is not None:
+            rec["adaptive_k"] = self.k_anneal.k(done - 1)
         log.step(rec, rates)
         if self._due(t.eval_every, done):
             log.evaluation(rec, self.evaluate())
@@ -478,6 +499,8 @@ class Trainer:
             "zero_stage": self.zero_stage, "model_flops_per_token": self.flops_per_token,
             "mfu": self.mfu(tokens_per_s), "stopped_by": stopped, "last_step": done,
         }
+        if self.k_anneal is not None:  # the k the model was left with (a resumed finished run starts at k_start)
+            self.k_anneal.apply(max(done - 1, 0))
         if not stopped:
             if last_eval is None and self.start_step >= t.max_steps:
                 summary["val"] = self.evaluate()

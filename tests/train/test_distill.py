@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from spikelm.train.distill import distill_kl
+from spikelm.train.distill import Distiller, distill_kl, hidden_match
 from spikelm.train.trainer import train
 
 from .conftest import train_debug_model
@@ -29,6 +29,29 @@ def test_kl_on_hand_checked_cases():
         distill_kl(sl, torch.zeros(1, 1, 3), torch.tensor([[0]]))
 
 
+def test_hidden_match_on_hand_checked_cases():
+    t = (torch.zeros(1, 2, 2), torch.tensor([[[1.0, 0.0], [0.0, 2.0]]]), torch.ones(1, 2, 2))
+    s = (torch.randn(1, 2, 2), torch.tensor([[[0.0, 0.0], [0.0, 2.0]]]), torch.ones(1, 2, 2))
+    # layer 1: error 1 over a reference of 5; layer 2 agrees; the embeddings (index 0) are left out
+    assert hidden_match(s, t).item() == pytest.approx((1 / 5 + 0) / 2, rel=1e-6)
+    # masked: only token 1 counts, where layer 1 agrees
+    assert hidden_match(s, t, torch.tensor([[0, 1]])).item() == pytest.approx(0.0, abs=1e-7)
+    assert hidden_match(tuple(torch.zeros_like(x) for x in t), t).item() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="depth and width"):
+        hidden_match(s[:2], t)
+
+
+def test_hidden_matching_needs_a_teacher_of_the_students_shape(tmp_path):
+    from spikelm import SpikeLMForCausalLM, flavour_config
+
+    SpikeLMForCausalLM(flavour_config("debug", vocab_size=60, num_hidden_layers=3)).save_pretrained(tmp_path / "t")
+    kw = dict(vocab_size=60, device="cpu", dtype=torch.float32, weight=1.0, temperature=1.0, schedule="constant",
+              max_steps=4)
+    Distiller(tmp_path / "t", student_shape=(2, 32), **kw)  # KL only: any depth
+    with pytest.raises(ValueError, match="3 layers of width .* the student 2"):
+        Distiller(tmp_path / "t", hidden_weight=1.0, student_shape=(2, 32), **kw)
+
+
 def records(run):
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
@@ -38,7 +61,8 @@ def test_distillation_pulls_the_student_towards_the_teacher(recipe, tmp_path):
     teacher = train_debug_model(tmp_path / "t", 16, 12, 2) / "final"
     runs = {}
     for name, kw in {"plain": {}, "weight0": dict(distill_from=str(teacher), distill_weight=0.0),
-                     "distil": dict(distill_from=str(teacher), distill_weight=10.0)}.items():
+                     "distil": dict(distill_from=str(teacher), distill_weight=10.0),
+                     "hidden": dict(distill_from=str(teacher), distill_weight=0.0, distill_hidden_weight=10.0)}.items():
         r = recipe(run_dir=str(tmp_path / name), max_steps=6, eval_every=0, checkpoint_every=0, **kw)
         r.data.tokenizer = str(teacher)  # the teacher's tokenizer
         train(r)
@@ -49,6 +73,9 @@ def test_distillation_pulls_the_student_towards_the_teacher(recipe, tmp_path):
     kl0, kl1 = [x["distill_kl"] for x in runs["weight0"]], [x["distill_kl"] for x in runs["distil"]]
     assert kl0[0] == pytest.approx(kl1[0], rel=1e-5) and kl0[0] > 0  # the same student before its first update
     assert kl1[-1] < 0.95 * kl0[-1]  # trained towards the teacher: closer than the student trained without it
+    hid = [x["distill_hidden"] for x in runs["hidden"]]
+    assert "distill_hidden" not in runs["distil"][0] and hid[0] > 0
+    assert hid[-1] < 0.8 * hid[0]  # the hidden states move towards the teacher's
 
 
 def test_a_teacher_with_another_vocabulary_is_refused(recipe, tmp_path, capsys):
