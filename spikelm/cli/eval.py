@@ -32,6 +32,10 @@ def cmd_eval(argv: list[str]) -> int:
                    help="tokens measured for spike statistics/energy (disjoint blocks from the start)")
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                    help="replace a config field at load time (JSON value), e.g. adaptive_spike_k=2")
+    p.add_argument("--sweep", default=None, metavar="KEY=V1,V2,...",
+                   help="evaluate once per value of one config field (JSON values, on top of --override), e.g. "
+                        "adaptive_spike_k=1,2,3 or lif_v_th=0.8,1,1.5: a table of BPB against sparsity; with --json "
+                        '{"sweep": KEY, "points": [result, ...]} (spikelm plot draws it as one trade-off curve)')
     p.add_argument("--json", action="store_true", help="print one JSON object")
     h = p.add_argument_group("lm-evaluation-harness (pip install spikelm[eval])")
     h.add_argument("--tasks", default=None, help="comma-separated harness task/group names, e.g. arc_easy,piqa")
@@ -55,6 +59,9 @@ def cmd_eval(argv: list[str]) -> int:
             overrides[key] = json.loads(val)
         except json.JSONDecodeError:
             overrides[key] = val
+    sweep = _parse_sweep(a.sweep, overrides) if a.sweep is not None else None
+    if sweep is not None and (a.tasks is not None or not a.files):
+        raise CLIError("--sweep evaluates FILE arguments; it does not combine with --tasks")
     if a.spike_tokens < 1:
         raise CLIError(f"--spike-tokens must be >= 1, got {a.spike_tokens}")
     if a.tasks is not None:
@@ -66,6 +73,14 @@ def cmd_eval(argv: list[str]) -> int:
             raise CLIError(str(e)) from None
         except FileNotFoundError as e:
             raise CLIError(str(e)) from e
+    if sweep is not None:
+        key, values = sweep
+        points = [_eval_files(a, {**overrides, key: v}) for v in values]
+        if a.json:
+            print(json.dumps({"sweep": key, "points": points}))
+        else:
+            _print_sweep(key, values, points)
+        return 0
     res = _eval_files(a, overrides) if a.files else {}
     if a.tasks is not None:
         res["lm_eval"] = _eval_tasks(a, overrides)
@@ -80,6 +95,37 @@ def cmd_eval(argv: list[str]) -> int:
         print(("\n" if a.files else "") + results_table(res["lm_eval"]))
         print(f"lm-eval results written to {res['lm_eval']['results_file']}")
     return 0
+
+
+def _parse_sweep(spec: str, overrides: dict) -> tuple[str, list]:
+    """``KEY=V1,V2,...`` -> ``(KEY, [V1, V2, ...])`` (each value JSON, else a string). Raises
+    CLIError for a malformed spec, fewer than two values or a key that --override sets too."""
+    key, sep, vals = spec.partition("=")
+    values = [v.strip() for v in vals.split(",") if v.strip()] if sep else []
+    if not key or len(values) < 2:
+        raise CLIError(f"--sweep expects KEY=V1,V2,... with two or more values, got {spec!r}")
+    if key in overrides:
+        raise CLIError(f"--sweep {key} is also set by --override; give it in one place")
+    out = []
+    for v in values:
+        try:
+            out.append(json.loads(v))
+        except json.JSONDecodeError:
+            out.append(v)
+    return key, out
+
+
+def _print_sweep(key: str, values: list, points: list[dict]) -> None:
+    """The text table of a ``--sweep``: one row per value."""
+    w = max(len(key), *(len(str(v)) for v in values))
+    print(f"{key:<{w}}  loss (nats/token)  bits/byte  perplexity  sparsity  spike rate  energy/token (uJ)")
+    for v, r in zip(values, points):
+        ov = (r.get("spikes") or {}).get("overall") or {}
+        en = r.get("energy") or {}
+        sp = f"{ov['sparsity']:.4f}" if ov else "-"
+        rate = f"{ov['spike_rate']:.4f}" if ov else "-"
+        energy = f"{en['snn_energy_pj_per_token'] / 1e6:.4g}" if en else "-"
+        print(f"{str(v):<{w}}  {r['loss']:<17.4f}  {r['bpb']:<9.4f}  {r['perplexity']:<10.2f}  {sp:<8}  {rate:<10}  {energy}")
 
 
 def _eval_tasks(a: argparse.Namespace, overrides: dict) -> dict:

@@ -5,9 +5,11 @@
 * ``loss.png``: training (solid) and validation (dashed) loss per step from each run's
   ``metrics.jsonl`` (one colour per run);
 * ``spike_rates_<name>.png``: per-layer spike rates of each eval result with spike statistics;
-* ``sparsity_tradeoff.png``: bits per byte against overall sparsity across the adaptive
-  neuron's ``k``, from two or more eval results of adaptive-spiking models (e.g.
-  ``spikelm eval MODEL FILE --json --override adaptive_spike_k=K`` for several K).
+* ``sparsity_tradeoff.png``: bits per byte against overall sparsity, one series per model
+  (layout, training setting): the results of one model with different config overrides
+  (``spikelm eval MODEL FILE --json --sweep adaptive_spike_k=1,2,3``, or one
+  ``--override adaptive_spike_k=K`` result per file) are joined into a curve and labelled by
+  their override; a model evaluated once is a labelled point. Written from two or more points.
 """
 from __future__ import annotations
 
@@ -83,22 +85,27 @@ def plot_spike_rates(site_stats: dict[str, dict], out_png: str | Path, metric: s
     return _save(fig, plt, out_png)
 
 
-def plot_sparsity_tradeoff(points: list[dict], out_png: str | Path, x: str = "sparsity", y: str = "bpb",
-                           label: str = "k") -> Path:
-    """Quality against sparsity across the adaptive neuron's ``k``: ``points`` are dicts with
-    keys ``x``, ``y`` and ``label`` (e.g. ``{"k": 3, "sparsity": 0.6, "bpb": 1.9}``), joined in
-    order of ``label``. Returns the PNG path. Raises ValueError for no points."""
+def plot_sparsity_tradeoff(points: list[dict], out_png: str | Path, x: str = "sparsity", y: str = "bpb") -> Path:
+    """Quality against sparsity: ``points`` are :func:`tradeoff_points` dicts (keys ``x``, ``y``,
+    ``"series"`` and ``"label"``); the points of a series are joined in order of ``x`` and each
+    point is annotated with its label. Returns the PNG path. Raises ValueError for no points."""
     if not points:
         raise ValueError("no points to plot")
     plt = _plt()
-    pts = sorted(points, key=lambda p: p[label])
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    ax.plot([p[x] for p in pts], [p[y] for p in pts], marker="o")
-    for p in pts:
-        ax.annotate(f"{label}={p[label]}", (p[x], p[y]), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set_xlabel(x)
-    ax.set_ylabel(y)
+    series: dict[str, list[dict]] = {}
+    for pt in points:
+        series.setdefault(pt["series"], []).append(pt)
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for i, (name, pts) in enumerate(series.items()):
+        pts = sorted(pts, key=lambda p: p[x])
+        ax.plot([p[x] for p in pts], [p[y] for p in pts], marker="o", color=f"C{i % 10}", label=name)
+        for p in pts:
+            if p.get("label"):
+                ax.annotate(p["label"], (p[x], p[y]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel(f"{x} (block-output and projection-input neurons)" if x == "sparsity" else x)
+    ax.set_ylabel("validation bits per byte" if y == "bpb" else y)
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     return _save(fig, plt, out_png)
 
 
@@ -111,16 +118,40 @@ def _save(fig, plt, out_png) -> Path:
     return out
 
 
-def tradeoff_points(results: list[dict]) -> list[dict]:
-    """``[{"k", "sparsity", "bpb", "spike_rate"}]`` of the eval results that have an adaptive
-    spiking ``k`` and overall spike statistics (others are skipped)."""
+def tradeoff_points(results: list[dict], names: list[str] | None = None) -> list[dict]:
+    """``[{"series", "label", "sparsity", "spike_rate", "bpb"}]`` of the eval results with overall
+    spike statistics (others, e.g. ANNs, are skipped). ``series`` is the model directory's name
+    (the run's, for a run's ``final`` export; ``names[i]`` when given); ``label`` the result's config overrides (``k=2``-style for
+    ``adaptive_spike_k``), else empty."""
     pts = []
-    for r in results:
+    for i, r in enumerate(results):
         ov = (r.get("spikes") or {}).get("overall") or {}
-        if r.get("adaptive_spike_k") is not None and ov:
-            pts.append({"k": r["adaptive_spike_k"], "sparsity": ov["sparsity"], "spike_rate": ov["spike_rate"],
-                        "bpb": r["bpb"]})
+        if not ov:
+            continue
+        over = r.get("config_overrides") or {}
+        label = ", ".join(f"{'k' if k == 'adaptive_spike_k' else k}={v}" for k, v in over.items())
+        model = Path(str(r.get("model", "model")))
+        series = names[i] if names else (model.parent.name if model.name == "final" else model.name)
+        pts.append({"series": series, "label": label, "sparsity": ov["sparsity"], "spike_rate": ov["spike_rate"],
+                    "bpb": r["bpb"]})
     return pts
+
+
+def read_eval_results(path: str | Path) -> list[dict]:
+    """The results in a ``spikelm eval --json`` file: one, or a ``--sweep``'s points.
+
+    Raises FileNotFoundError (missing file) or ValueError (not such output)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"eval result {p} does not exist (write one with spikelm eval ... --json > FILE)")
+    try:
+        r = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{p} is not JSON ({e}); write it with spikelm eval ... --json > FILE") from None
+    rs = r.get("points") if isinstance(r, dict) and "sweep" in r else [r]
+    if not isinstance(rs, list) or not all(isinstance(x, dict) and "bpb" in x for x in rs):
+        raise ValueError(f"{p} is not a spikelm eval --json result (no 'bpb')")
+    return rs
 
 
 def make_plots(run_dirs: list[str | Path], eval_files: list[str | Path], out_dir: str | Path) -> list[Path]:
@@ -140,19 +171,13 @@ def make_plots(run_dirs: list[str | Path], eval_files: list[str | Path], out_dir
         written.append(plot_loss_curves(runs, out / "loss.png"))
     results = []
     for f in eval_files:
-        p = Path(f)
-        if not p.is_file():
-            raise FileNotFoundError(f"eval result {p} does not exist (write one with spikelm eval ... --json > FILE)")
-        try:
-            r = json.loads(p.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{p} is not JSON ({e}); write it with spikelm eval ... --json > FILE") from None
-        if not isinstance(r, dict) or "bpb" not in r:
-            raise ValueError(f"{p} is not a spikelm eval --json result (no 'bpb')")
-        results.append(r)
-        layers = (r.get("spikes") or {}).get("layers")
-        if layers:
-            written.append(plot_spike_rates(layers, out / f"spike_rates_{p.stem}.png"))
+        rs = read_eval_results(f)
+        for i, r in enumerate(rs):
+            layers = (r.get("spikes") or {}).get("layers")
+            if layers:
+                suffix = f"_{i}" if len(rs) > 1 else ""
+                written.append(plot_spike_rates(layers, out / f"spike_rates_{Path(f).stem}{suffix}.png"))
+        results += rs
     pts = tradeoff_points(results)
     if len(pts) >= 2:
         written.append(plot_sparsity_tradeoff(pts, out / "sparsity_tradeoff.png"))

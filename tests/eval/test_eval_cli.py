@@ -94,6 +94,22 @@ def test_k_sweep_and_plots(dirs, capsys, tmp_path):
     run.mkdir()
     (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 6 - s, "val_loss": 6.5 - s}) + "\n"
                                                for s in (1, 2, 3)))
+    # --sweep: the same three evaluations in one call, one JSON with the points in order
+    sw = _eval(capsys, dirs["snn"], dirs["val"], "--block-size", "16", "--sweep", "adaptive_spike_k=1,3,8")
+    assert sw["sweep"] == "adaptive_spike_k" and [p["adaptive_spike_k"] for p in sw["points"]] == [1, 3, 8]
+    assert [p["bpb"] for p in sw["points"]] == pytest.approx([json.loads(f.read_text())["bpb"] for f in files])
+    assert main(["eval", str(dirs["snn"]), str(dirs["val"]), "--block-size", "16", "--sweep",
+                 "adaptive_spike_k=1,2"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("adaptive_spike_k") and len(table) == 3 and "sparsity" in table[0]
+    for bad, msg in ((["--sweep", "adaptive_spike_k=1"], "two or more values"),
+                     (["--sweep", "adaptive_spike_k=1,2", "--override", "adaptive_spike_k=3"], "also set by --override")):
+        assert main(["eval", str(dirs["snn"]), str(dirs["val"]), *bad]) == 2
+        assert msg in capsys.readouterr().err
+    (tmp_path / "sweep.json").write_text(json.dumps(sw))
+    assert main(["plot", "--eval", str(tmp_path / "sweep.json"), "--out", str(tmp_path / "p2")]) == 0
+    assert (tmp_path / "p2" / "sparsity_tradeoff.png").is_file() and (tmp_path / "p2" / "spike_rates_sweep_2.png").is_file()
+    capsys.readouterr()
     assert main(["plot", str(run), "--eval", *map(str, files), "--out", str(tmp_path / "plots")]) == 0
     names = sorted(p.name for p in (tmp_path / "plots").iterdir())
     assert names == ["loss.png", "sparsity_tradeoff.png", "spike_rates_k1.png", "spike_rates_k3.png",

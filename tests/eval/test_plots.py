@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from spikelm.eval.plots import plot_loss_curves, plot_sparsity_tradeoff, plot_spike_rates
+from spikelm.eval.plots import plot_loss_curves, plot_sparsity_tradeoff, plot_spike_rates, tradeoff_points
 
 
 def test_plots(tmp_path):
@@ -13,7 +13,9 @@ def test_plots(tmp_path):
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     outs = [plot_loss_curves({"snn": run, "ann": run / "metrics.jsonl"}, tmp_path / "p" / "loss.png"),
             plot_spike_rates({"layers.0": {"spike_rate": 0.2}, "layers.1": {"spike_rate": 0.1}}, tmp_path / "r.png"),
-            plot_sparsity_tradeoff([{"k": 3, "sparsity": 0.6, "bpb": 2.0}, {"k": 1, "sparsity": 0.3, "bpb": 1.9}],
+            plot_sparsity_tradeoff([{"series": "hybrid", "label": "k=3", "sparsity": 0.6, "bpb": 2.0},
+                                    {"series": "hybrid", "label": "k=1", "sparsity": 0.3, "bpb": 1.9},
+                                    {"series": "spikegpt", "label": "", "sparsity": 0.7, "bpb": 2.1}],
                                    tmp_path / "k.png")]
     for p in outs:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -21,3 +23,14 @@ def test_plots(tmp_path):
         plot_loss_curves(tmp_path / "missing", tmp_path / "x.png")
     with pytest.raises(ValueError):
         plot_spike_rates({}, tmp_path / "y.png")
+
+
+def test_tradeoff_points_group_by_model_and_label_by_override():
+    def res(model, bpb, sparsity, over=None):
+        return {"model": f"runs/{model}/final", "bpb": bpb, "config_overrides": over or {},
+                "spikes": {"overall": {"sparsity": sparsity, "spike_rate": 1 - sparsity}}}
+    pts = tradeoff_points([res("hybrid", 2.0, 0.6, {"adaptive_spike_k": 3}), res("hybrid", 2.1, 0.7, {"adaptive_spike_k": 1}),
+                           res("shakespeare", 2.1, 0.72), {"model": "ann", "bpb": 2.4, "spikes": {"overall": {}}}])
+    assert [(p["series"], p["label"]) for p in pts] == [("hybrid", "k=3"), ("hybrid", "k=1"), ("shakespeare", "")]
+    named = tradeoff_points([res("a", 2.0, 0.5), res("b", 2.0, 0.6)], names=["SpikeGPT", "hybrid"])
+    assert [p["series"] for p in named] == ["SpikeGPT", "hybrid"]
