@@ -323,6 +323,10 @@ class TrainConfig:
             loss: per layer, the student's hidden state against the teacher's (normalised mean
             square error, ``spikelm.train.distill``); needs a teacher with the student's depth and
             width (e.g. the ANN it was converted from), logged as ``distill_hidden``. 0: off.
+        distill_attention_weight: weight of attention transfer (LoLCATs): every student token
+            mixer run on the input of the teacher's attention layer of the same depth, matched
+            to its output (``spikelm.train.distill``); same shape needs, logged as
+            ``distill_attention``. 0: off.
         adaptive_k_anneal_to, adaptive_k_anneal_steps: anneal the adaptive spiking neuron's ``k``
             linearly from the model's ``adaptive_spike_k`` at step 0 to ``adaptive_k_anneal_to`` at
             step ``adaptive_k_anneal_steps`` (default ``max_steps``) and keep it there (a smaller
@@ -362,6 +366,7 @@ class TrainConfig:
     spike_rate_weight: float = 0.0
     spike_rate_target: float = 0.15
     distill_hidden_weight: float = 0.0
+    distill_attention_weight: float = 0.0
     adaptive_k_anneal_to: float | None = None
     adaptive_k_anneal_steps: int | None = None
 
@@ -389,8 +394,10 @@ class TrainConfig:
             (self.distill_weight >= 0, f"train.distill_weight must be >= 0, got {self.distill_weight}"),
             (self.distill_hidden_weight >= 0,
              f"train.distill_hidden_weight must be >= 0, got {self.distill_hidden_weight}"),
-            (self.distill_hidden_weight == 0 or self.distill_from is not None,
-             "train.distill_hidden_weight needs a teacher (train.distill_from)"),
+            (self.distill_attention_weight >= 0,
+             f"train.distill_attention_weight must be >= 0, got {self.distill_attention_weight}"),
+            (self.distill_hidden_weight == self.distill_attention_weight == 0 or self.distill_from is not None,
+             "train.distill_hidden_weight and distill_attention_weight need a teacher (train.distill_from)"),
             (self.adaptive_k_anneal_to is None or self.adaptive_k_anneal_to > 0,
              f"train.adaptive_k_anneal_to must be > 0, got {self.adaptive_k_anneal_to}"),
             (self.adaptive_k_anneal_steps is None or self.adaptive_k_anneal_steps >= 1,

@@ -16,6 +16,15 @@ the embeddings are left out). This is layer-wise feature distillation (FitNets, 
 makes layers of different scales count alike). It needs a teacher of the student's depth and
 width.
 
+With ``train.distill_attention_weight: gamma > 0`` it gains ``gamma *`` :func:`attention_transfer`:
+each student token mixer (GLA, SWA, ...) is run on the input the teacher's attention layer of
+the same depth received, and its output is matched to that layer's output (the same
+normalised squared error). This is LoLCATs' attention transfer (Zhang et al. 2024,
+"LoLCATs: On Low-Rank Linearizing of Large Language Models", Sec. 3.1: train the linear
+attention to reproduce softmax attention's outputs on the teacher's own hidden states), done
+here on the training batches and at the same time as the KL, so it uses no tokens of its own:
+a layer-local target that does not wait for the errors of the layers below to be fixed.
+
 The teacher runs in inference mode (no gradients, eval mode) on every rank, in the student's
 precision (bf16 on GPU); it is loaded whole on each rank (not sharded by ZeRO-3).
 """
@@ -53,6 +62,14 @@ def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targe
     return kl * temperature ** 2
 
 
+def _nmse(s: torch.Tensor, t: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+    """``sum ||s - t||^2 / sum ||t||^2`` over the positions where ``w [B, L, 1]`` is 1 (all: None)."""
+    err, ref = (s.float() - t.float()).square(), t.float().square()
+    if w is not None:
+        err, ref = err * w, ref * w
+    return err.sum() / ref.sum().clamp(min=1e-12)
+
+
 def hidden_match(student_hidden: tuple[torch.Tensor, ...], teacher_hidden: tuple[torch.Tensor, ...],
                  mask: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over layers ``l >= 1`` of ``sum ||s_l - t_l||^2 / sum ||t_l||^2`` over the real tokens.
@@ -67,13 +84,32 @@ def hidden_match(student_hidden: tuple[torch.Tensor, ...], teacher_hidden: tuple
                          f"{tuple(student_hidden[-1].shape)}, teacher {len(teacher_hidden)} x "
                          f"{tuple(teacher_hidden[-1].shape)}; hidden-state matching needs the student's depth and width")
     w = None if mask is None else mask[..., None].float()
-    terms = []
-    for s_l, t_l in zip(student_hidden[1:], teacher_hidden[1:]):
-        err, ref = (s_l.float() - t_l.float()).square(), t_l.float().square()
-        if w is not None:
-            err, ref = err * w, ref * w
-        terms.append(err.sum() / ref.sum().clamp(min=1e-12))
-    return torch.stack(terms).mean()
+    return torch.stack([_nmse(s_l, t_l, w) for s_l, t_l in zip(student_hidden[1:], teacher_hidden[1:])]).mean()
+
+
+def attention_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The token-mixing layers of a causal LM in depth order: ``layers.{i}.self_attn`` of a
+    transformers Llama-family model, ``blocks.{i}.att`` of a spikelm model; ``[]`` for others."""
+    found = {}
+    for name, mod in model.named_modules():
+        parts = name.split(".")
+        if len(parts) >= 3 and parts[-3] in ("layers", "blocks") and parts[-2].isdigit() and \
+                parts[-1] in ("self_attn", "att"):
+            found[int(parts[-2])] = mod
+    return [found[i] for i in sorted(found)]
+
+
+def attention_transfer(student_mixers: list[torch.nn.Module], teacher_io: list[tuple[torch.Tensor, torch.Tensor]],
+                       mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over layers of ``_nmse(mixer_l(x_l), y_l)``: each student token mixer run on the input
+    ``x_l [B, L, D]`` of the teacher's attention layer ``l``, against that layer's output
+    ``y_l [B, L, D]`` (module docstring). ``mask [B, L]`` (1 = token) or None. Returns a 0-dim
+    float32 tensor. Raises ValueError when the layer counts differ."""
+    if len(student_mixers) != len(teacher_io):
+        raise ValueError(f"attention transfer pairs layers: the student has {len(student_mixers)} token mixers, "
+                         f"the teacher {len(teacher_io)} attention layers")
+    w = None if mask is None else mask[..., None].float()
+    return torch.stack([_nmse(m(x, None, mask)[0], y, w) for m, (x, y) in zip(student_mixers, teacher_io)]).mean()
 
 
 class Distiller:
@@ -85,7 +121,8 @@ class Distiller:
         device, dtype: where and in which dtype the teacher runs.
         weight, temperature, schedule, max_steps: ``alpha`` at step 0, ``T``, :data:`SCHEDULES`.
         hidden_weight: ``beta`` of :func:`hidden_match` (0: off); student_shape: the student's
-            ``(num_hidden_layers, hidden_size)``, which the teacher's must equal when ``beta > 0``.
+            ``(num_hidden_layers, hidden_size)``, which the teacher's must equal when ``beta > 0``
+            or ``gamma > 0``. attention_weight: ``gamma`` of :func:`attention_transfer` (0: off).
     Raises:
         FileNotFoundError: ``teacher_dir`` is not a directory with a ``config.json``.
         ValueError: a teacher that does not load as a causal LM, a vocabulary of another size,
@@ -94,7 +131,7 @@ class Distiller:
 
     def __init__(self, teacher_dir: str | Path, vocab_size: int, device, dtype, weight: float, temperature: float,
                  schedule: str, max_steps: int, hidden_weight: float = 0.0,
-                 student_shape: tuple[int, int] | None = None):
+                 student_shape: tuple[int, int] | None = None, attention_weight: float = 0.0):
         from transformers import AutoModelForCausalLM
 
         d = Path(teacher_dir)
@@ -110,15 +147,19 @@ class Distiller:
         if n != vocab_size:
             raise ValueError(f"train.distill_from {d} has a vocabulary of {n} tokens, the student {vocab_size}; the "
                              "teacher must use the student's tokenizer (e.g. the ANN the student was converted from)")
-        if hidden_weight > 0:
+        if hidden_weight > 0 or attention_weight > 0:
             tc = self.teacher.config
             shape = (getattr(tc, "num_hidden_layers", None), getattr(tc, "hidden_size", None))
             if student_shape is not None and shape != tuple(student_shape):
-                raise ValueError(f"train.distill_hidden_weight matches hidden states layer by layer: the teacher {d} has "
-                                 f"{shape[0]} layers of width {shape[1]}, the student {student_shape[0]} of width "
-                                 f"{student_shape[1]}; use a teacher of the student's shape or distill_hidden_weight 0")
+                raise ValueError(f"train.distill_hidden_weight / distill_attention_weight match layer by layer: the "
+                                 f"teacher {d} has {shape[0]} layers of width {shape[1]}, the student {student_shape[0]} "
+                                 f"of width {student_shape[1]}; use a teacher of the student's shape or set them to 0")
+        self.teacher_attention = attention_layers(self.teacher) if attention_weight > 0 else []
+        if attention_weight > 0 and len(self.teacher_attention) != tc.num_hidden_layers:
+            raise ValueError(f"train.distill_attention_weight: the teacher {d} has no layers.N.self_attn / blocks.N.att "
+                             "attention modules to match")
         self.weight, self.temperature, self.schedule, self.max_steps = weight, temperature, schedule, max_steps
-        self.hidden_weight = hidden_weight
+        self.hidden_weight, self.attention_weight = hidden_weight, attention_weight
 
     def alpha(self, step: int) -> float:
         """The KL weight at optimizer step ``step`` (0-based)."""
@@ -126,17 +167,33 @@ class Distiller:
             return self.weight * max(0.0, 1.0 - step / max(self.max_steps, 1))
         return self.weight
 
-    def losses(self, out, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(KL, hidden match or None)`` of the student's output ``out`` on ``batch`` (a
-        ``make_batch`` dict) against the teacher, run on the same inputs in inference mode:
-        :func:`distill_kl` of the logits, and with ``hidden_weight > 0`` :func:`hidden_match`
-        of ``out.hidden_states`` (the student must be run with ``output_hidden_states=True``)."""
+    def losses(self, out, batch: dict, student: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
+        """The distillation terms of the student's output ``out`` on ``batch`` (a ``make_batch``
+        dict) against the teacher, run on the same inputs in inference mode: ``"kl"``
+        (:func:`distill_kl` of the logits), with ``hidden_weight > 0`` ``"hidden"``
+        (:func:`hidden_match` of ``out.hidden_states``: run the student with
+        ``output_hidden_states=True``) and with ``attention_weight > 0`` ``"attention"``
+        (:func:`attention_transfer` of ``student``'s token mixers, a spikelm causal LM)."""
         targets, pos = batch_targets(batch)
         mask = batch.get("attention_mask")
-        with torch.inference_mode():
-            t = self.teacher(input_ids=batch["input_ids"], attention_mask=mask, use_cache=False,
-                             output_hidden_states=self.hidden_weight > 0)
-        kl = distill_kl(out.logits[:, pos], t.logits[:, pos].clone(), targets, self.temperature)
-        if self.hidden_weight <= 0:
-            return kl, None
-        return kl, hidden_match(out.hidden_states, tuple(h.clone() for h in t.hidden_states), mask)
+        io: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+        def grab(mod, args, kwargs, output):
+            x = args[0] if args else kwargs["hidden_states"]
+            io.append((x, output[0] if isinstance(output, tuple) else output))
+
+        hooks = [m.register_forward_hook(grab, with_kwargs=True) for m in self.teacher_attention]
+        try:
+            with torch.inference_mode():
+                t = self.teacher(input_ids=batch["input_ids"], attention_mask=mask, use_cache=False,
+                                 output_hidden_states=self.hidden_weight > 0)
+        finally:
+            for h in hooks:
+                h.remove()
+        terms = {"kl": distill_kl(out.logits[:, pos], t.logits[:, pos].clone(), targets, self.temperature)}
+        if self.hidden_weight > 0:
+            terms["hidden"] = hidden_match(out.hidden_states, tuple(h.clone() for h in t.hidden_states), mask)
+        if self.attention_weight > 0:
+            io = [(x.clone(), y.clone()) for x, y in io]  # inference tensors -> ordinary ones
+            terms["attention"] = attention_transfer(attention_layers(student), io, mask)
+        return terms

@@ -203,10 +203,13 @@ class Trainer:
             dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
             self.distiller = Distiller(t.distill_from, self.config.vocab_size, self.device, dtype, t.distill_weight,
                                        t.distill_temperature, t.distill_schedule, t.max_steps, t.distill_hidden_weight,
-                                       (self.config.num_hidden_layers, self.config.hidden_size))
+                                       (self.config.num_hidden_layers, self.config.hidden_size),
+                                       t.distill_attention_weight)
             self.log(f"distilling from {t.distill_from} (weight {t.distill_weight}, {t.distill_schedule}, "
                      f"T={t.distill_temperature}" + (f"; hidden states, weight {t.distill_hidden_weight})"
-                                                     if t.distill_hidden_weight > 0 else ")"))
+                                                     if t.distill_hidden_weight > 0 else ")")
+                     + (f"; attention transfer, weight {t.distill_attention_weight}"
+                        if t.distill_attention_weight > 0 else ""))
         if t.compile:
             from .compile import compile_blocks
 
@@ -279,7 +282,7 @@ class Trainer:
         total = torch.zeros((), dtype=torch.float32, device=self.device)
         kl_total = torch.zeros((), dtype=torch.float32, device=self.device)
         pen_total = torch.zeros((), dtype=torch.float32, device=self.device)
-        hid_total = torch.zeros((), dtype=torch.float32, device=self.device)
+        layer_totals: dict[str, torch.Tensor] = {}
         t = self.recipe.train
         for batch in batches:
             if self.sp is not None:  # this rank's chunk of each sequence, states passed between the ranks
@@ -293,12 +296,13 @@ class Trainer:
             out = self.engine(**batch, use_cache=False, **extra)
             loss = out.loss
             if self.distiller is not None:  # the teacher's next-token distributions, a KL term
-                kl, hid = self.distiller.losses(out, batch)
-                loss = loss + self.distiller.alpha(step) * kl
-                kl_total = kl_total + kl.detach()
-                if hid is not None:  # and its hidden states, layer by layer
-                    loss = loss + t.distill_hidden_weight * hid
-                    hid_total = hid_total + hid.detach()
+                terms = self.distiller.losses(out, batch, self.engine.module)
+                loss = loss + self.distiller.alpha(step) * terms["kl"]
+                kl_total = kl_total + terms["kl"].detach()
+                for name, weight in (("hidden", t.distill_hidden_weight), ("attention", t.distill_attention_weight)):
+                    if name in terms:  # its hidden states, layer by layer; its attention layers' outputs
+                        loss = loss + weight * terms[name]
+                        layer_totals[name] = layer_totals.get(name, 0.0) + terms[name].detach()
             if t.spike_rate_weight > 0:
                 pen = take_spike_rate_penalty(self.engine.module, t.spike_rate_target)
                 if pen is not None:
@@ -310,8 +314,8 @@ class Trainer:
             if getattr(out, "aux_loss", None) is not None:
                 total = total - out.aux_loss.detach().float()
         self.step_extra = {"extra.distill_kl": kl_total / len(batches)} if self.distiller is not None else {}
-        if t.distill_hidden_weight > 0:
-            self.step_extra["extra.distill_hidden"] = hid_total / len(batches)
+        for name, v in layer_totals.items():
+            self.step_extra[f"extra.distill_{name}"] = v / len(batches)
         if t.spike_rate_weight > 0:
             self.step_extra["extra.spike_rate_penalty"] = pen_total / len(batches)
         return total / len(batches)

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from spikelm.train.distill import Distiller, distill_kl, hidden_match
+from spikelm.train.distill import Distiller, attention_layers, attention_transfer, distill_kl, hidden_match
 from spikelm.train.trainer import train
 
 from .conftest import train_debug_model
@@ -50,6 +50,45 @@ def test_hidden_matching_needs_a_teacher_of_the_students_shape(tmp_path):
     Distiller(tmp_path / "t", student_shape=(2, 32), **kw)  # KL only: any depth
     with pytest.raises(ValueError, match="3 layers of width .* the student 2"):
         Distiller(tmp_path / "t", hidden_weight=1.0, student_shape=(2, 32), **kw)
+
+
+def test_attention_transfer_matches_each_mixer_to_the_teachers_attention(tmp_path):
+    """A Llama teacher's self_attn inputs/outputs, captured in the distiller's teacher pass, against
+    the converted student's mixers: the exact softmax conversion (spiking off) matches to ~0, a
+    GLA layer does not, and the term has a gradient into the student's mixers only."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from spikelm.convert import convert_checkpoint
+    from spikelm.data import train_bpe_tokenizer_from_iterator
+    from spikelm.models import SpikeLMForCausalLM
+
+    from .conftest import LINES
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=32)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "ann")
+    train_bpe_tokenizer_from_iterator(LINES, vocab_size=280, model_max_length=32).save_pretrained(tmp_path / "ann")
+    assert len(attention_layers(LlamaForCausalLM(cfg))) == 2
+    kw = dict(vocab_size=300, device="cpu", dtype=torch.float32, weight=1.0, temperature=1.0, schedule="constant",
+              max_steps=4, student_shape=(2, 32), attention_weight=1.0)
+    d = Distiller(tmp_path / "ann", **kw)
+    batch = {"input_ids": torch.randint(0, 300, (2, 12)), "labels": torch.randint(0, 300, (2, 12))}
+    got = {}
+    for layout in ("softmax", "gla,swa"):
+        convert_checkpoint(tmp_path / "ann", tmp_path / layout, layout=layout, spiking="off")
+        student = SpikeLMForCausalLM.from_pretrained(tmp_path / layout)
+        assert len(attention_layers(student)) == 2
+        terms = d.losses(student(**batch), batch, student)
+        got[layout] = terms["attention"]
+    assert got["softmax"].item() < 1e-10  # the exact conversion: each mixer reproduces its attention layer
+    assert got["gla,swa"].item() > 0.01
+    got["gla,swa"].backward()
+    gla = attention_layers(student)[0]
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in gla.parameters())
+    assert student.get_output_embeddings().weight.grad is None  # a layer-local term: nothing above the mixers
+    with pytest.raises(ValueError, match="2 token mixers, the teacher 1"):
+        attention_transfer(attention_layers(student), [(torch.zeros(1, 2, 32), torch.zeros(1, 2, 32))])
 
 
 def records(run):

@@ -47,5 +47,5 @@ def test_bad_anneal_settings_exit_2_before_writing(tmp_path, capsys):
     assert main(base + ["--train.adaptive_k_anneal_to=0"]) == 2
     assert "train.adaptive_k_anneal_to must be > 0" in capsys.readouterr().err
     assert main(base + ["--train.distill_hidden_weight=1"]) == 2
-    assert "needs a teacher" in capsys.readouterr().err
+    assert "need a teacher" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
