@@ -26,7 +26,11 @@ here on the training batches and at the same time as the KL, so it uses no token
 a layer-local target that does not wait for the errors of the layers below to be fixed.
 
 The teacher runs in inference mode (no gradients, eval mode) on every rank, in the student's
-precision (bf16 on GPU); it is loaded whole on each rank (not sharded by ZeRO-3).
+precision (bf16 on GPU). Under ZeRO stage 3 it is sharded like the student: built inside
+``deepspeed.zero.Init`` from its safetensors (``spikelm.train.model_init.build_model``, so no
+rank holds it whole) and run through a DeepSpeed engine without an optimizer (ZeRO-3's
+parameter gathering in module hooks, as DeepSpeed's ZeRO-Inference); other stages load it
+whole on each rank.
 """
 from __future__ import annotations
 
@@ -112,6 +116,20 @@ def attention_transfer(student_mixers: list[torch.nn.Module], teacher_io: list[t
     return torch.stack([_nmse(m(x, None, mask)[0], y, w) for m, (x, y) in zip(student_mixers, teacher_io)]).mean()
 
 
+def _zero3_teacher(d: Path, config, ds_config: dict):
+    """The teacher in ``d`` partitioned by ZeRO-3 (module docstring): a DeepSpeed engine without an
+    optimizer, in eval mode. Raises ValueError for an architecture the trainer cannot build."""
+    import deepspeed
+
+    from .model_init import build_model
+
+    model = build_model(config, ds_config, 3, seed=0, weights_dir=d).requires_grad_(False)
+    inference = {k: v for k, v in ds_config.items() if k not in ("optimizer", "scheduler")}
+    engine = deepspeed.initialize(model=model, config=inference)[0]
+    engine.eval()  # (DeepSpeedEngine.eval returns None)
+    return engine
+
+
 class Distiller:
     """The teacher of a run and its KL term (module docstring).
 
@@ -123,32 +141,44 @@ class Distiller:
         hidden_weight: ``beta`` of :func:`hidden_match` (0: off); student_shape: the student's
             ``(num_hidden_layers, hidden_size)``, which the teacher's must equal when ``beta > 0``
             or ``gamma > 0``. attention_weight: ``gamma`` of :func:`attention_transfer` (0: off).
+        ds_config: the student's DeepSpeed config; with ZeRO stage 3 the teacher is sharded
+            (module docstring; a spikelm or Llama-family teacher), else loaded whole.
     Raises:
         FileNotFoundError: ``teacher_dir`` is not a directory with a ``config.json``.
         ValueError: a teacher that does not load as a causal LM, a vocabulary of another size,
-            or (hidden matching) another depth or width (names both).
+            or (hidden matching) another depth or width (names both), or under ZeRO-3 a teacher
+            of another architecture.
     """
 
     def __init__(self, teacher_dir: str | Path, vocab_size: int, device, dtype, weight: float, temperature: float,
                  schedule: str, max_steps: int, hidden_weight: float = 0.0,
-                 student_shape: tuple[int, int] | None = None, attention_weight: float = 0.0):
-        from transformers import AutoModelForCausalLM
+                 student_shape: tuple[int, int] | None = None, attention_weight: float = 0.0,
+                 ds_config: dict | None = None):
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        from .engine import zero_stage
 
         d = Path(teacher_dir)
         if not (d / "config.json").is_file():
             raise FileNotFoundError(f"train.distill_from {d} is not a model directory (no config.json)")
+        self.sharded = ds_config is not None and zero_stage(ds_config) == 3
         try:
-            teacher = AutoModelForCausalLM.from_pretrained(d, dtype=dtype)
+            tc = AutoConfig.from_pretrained(d)
+            if self.sharded:
+                self.teacher = _zero3_teacher(d, tc, ds_config)
+            else:
+                teacher = AutoModelForCausalLM.from_pretrained(d, dtype=dtype)
+                self.teacher = teacher.to(device).eval().requires_grad_(False)
         except (OSError, ValueError, RuntimeError, KeyError) as e:
             raise ValueError(f"train.distill_from {d} does not load as a causal LM "
                              f"({' '.join(str(e).split())[:200]})") from None
-        self.teacher = teacher.to(device).eval().requires_grad_(False)
-        n = self.teacher.get_output_embeddings().weight.shape[0]
+        w = self.teacher.module.get_output_embeddings().weight if self.sharded else \
+            self.teacher.get_output_embeddings().weight
+        n = getattr(w, "ds_shape", w.shape)[0]
         if n != vocab_size:
             raise ValueError(f"train.distill_from {d} has a vocabulary of {n} tokens, the student {vocab_size}; the "
                              "teacher must use the student's tokenizer (e.g. the ANN the student was converted from)")
         if hidden_weight > 0 or attention_weight > 0:
-            tc = self.teacher.config
             shape = (getattr(tc, "num_hidden_layers", None), getattr(tc, "hidden_size", None))
             if student_shape is not None and shape != tuple(student_shape):
                 raise ValueError(f"train.distill_hidden_weight / distill_attention_weight match layer by layer: the "
@@ -184,7 +214,7 @@ class Distiller:
 
         hooks = [m.register_forward_hook(grab, with_kwargs=True) for m in self.teacher_attention]
         try:
-            with torch.inference_mode():
+            with torch.no_grad() if self.sharded else torch.inference_mode():  # ZeRO-3 gathers into its params
                 t = self.teacher(input_ids=batch["input_ids"], attention_mask=mask, use_cache=False,
                                  output_hidden_states=self.hidden_weight > 0)
         finally:

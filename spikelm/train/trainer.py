@@ -204,8 +204,9 @@ class Trainer:
             self.distiller = Distiller(t.distill_from, self.config.vocab_size, self.device, dtype, t.distill_weight,
                                        t.distill_temperature, t.distill_schedule, t.max_steps, t.distill_hidden_weight,
                                        (self.config.num_hidden_layers, self.config.hidden_size),
-                                       t.distill_attention_weight)
-            self.log(f"distilling from {t.distill_from} (weight {t.distill_weight}, {t.distill_schedule}, "
+                                       t.distill_attention_weight, self.ds_config)
+            self.log(f"distilling from {t.distill_from}{' (ZeRO-3 sharded)' if self.distiller.sharded else ''} "
+                     f"(weight {t.distill_weight}, {t.distill_schedule}, "
                      f"T={t.distill_temperature}" + (f"; hidden states, weight {t.distill_hidden_weight})"
                                                      if t.distill_hidden_weight > 0 else ")")
                      + (f"; attention transfer, weight {t.distill_attention_weight}"
