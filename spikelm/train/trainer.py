@@ -205,12 +205,11 @@ class Trainer:
                                        t.distill_temperature, t.distill_schedule, t.max_steps, t.distill_hidden_weight,
                                        (self.config.num_hidden_layers, self.config.hidden_size),
                                        t.distill_attention_weight, self.ds_config)
-            self.log(f"distilling from {t.distill_from}{' (ZeRO-3 sharded)' if self.distiller.sharded else ''} "
-                     f"(weight {t.distill_weight}, {t.distill_schedule}, "
-                     f"T={t.distill_temperature}" + (f"; hidden states, weight {t.distill_hidden_weight})"
-                                                     if t.distill_hidden_weight > 0 else ")")
-                     + (f"; attention transfer, weight {t.distill_attention_weight}"
-                        if t.distill_attention_weight > 0 else ""))
+            terms = [f"KL weight {t.distill_weight} ({t.distill_schedule}), T={t.distill_temperature}"]
+            terms += [f"{name} weight {w}" for name, w in (("hidden states", t.distill_hidden_weight),
+                                                          ("attention transfer", t.distill_attention_weight)) if w > 0]
+            self.log(f"distilling from {t.distill_from}{' (ZeRO-3 sharded)' if self.distiller.sharded else ''}: "
+                     + "; ".join(terms))
         if t.compile:
             from .compile import compile_blocks
 
@@ -281,9 +280,7 @@ class Trainer:
             self.k_anneal.apply(step)
         extra = self._loss_weighting(batches)
         total = torch.zeros((), dtype=torch.float32, device=self.device)
-        kl_total = torch.zeros((), dtype=torch.float32, device=self.device)
-        pen_total = torch.zeros((), dtype=torch.float32, device=self.device)
-        layer_totals: dict[str, torch.Tensor] = {}
+        sums: dict[str, torch.Tensor] = {}
         t = self.recipe.train
         for batch in batches:
             if self.sp is not None:  # this rank's chunk of each sequence, states passed between the ranks
@@ -295,31 +292,35 @@ class Trainer:
             if t.distill_hidden_weight > 0:
                 extra = {**extra, "output_hidden_states": True}
             out = self.engine(**batch, use_cache=False, **extra)
-            loss = out.loss
-            if self.distiller is not None:  # the teacher's next-token distributions, a KL term
-                terms = self.distiller.losses(out, batch, self.engine.module)
-                loss = loss + self.distiller.alpha(step) * terms["kl"]
-                kl_total = kl_total + terms["kl"].detach()
-                for name, weight in (("hidden", t.distill_hidden_weight), ("attention", t.distill_attention_weight)):
-                    if name in terms:  # its hidden states, layer by layer; its attention layers' outputs
-                        loss = loss + weight * terms[name]
-                        layer_totals[name] = layer_totals.get(name, 0.0) + terms[name].detach()
-            if t.spike_rate_weight > 0:
-                pen = take_spike_rate_penalty(self.engine.module, t.spike_rate_target)
-                if pen is not None:
-                    loss = loss + t.spike_rate_weight * pen
-                    pen_total = pen_total + pen.detach()
-            self.engine.backward(loss)
+            added, logged = self._added_terms(out, batch, step)
+            for name, v in logged.items():
+                sums[name] = sums.get(name, 0.0) + v
+            self.engine.backward(out.loss + added)
             self.engine.step()
             total = total + out.loss.detach().float()
             if getattr(out, "aux_loss", None) is not None:
                 total = total - out.aux_loss.detach().float()
-        self.step_extra = {"extra.distill_kl": kl_total / len(batches)} if self.distiller is not None else {}
-        for name, v in layer_totals.items():
-            self.step_extra[f"extra.distill_{name}"] = v / len(batches)
-        if t.spike_rate_weight > 0:
-            self.step_extra["extra.spike_rate_penalty"] = pen_total / len(batches)
+        self.step_extra = {f"extra.{name}": v / len(batches) for name, v in sums.items()}
         return total / len(batches)
+
+    def _added_terms(self, out, batch: dict, step: int) -> tuple[torch.Tensor | float, dict[str, torch.Tensor]]:
+        """What a micro-batch's loss gains besides the task loss: the distillation terms
+        (``spikelm.train.distill``) and the spike-rate regulariser (``spikelm.train.sparsity``).
+        Returns (their weighted sum, ``{logged name: detached value}``, e.g. ``distill_kl``)."""
+        t = self.recipe.train
+        added, logged = 0.0, {}
+        if self.distiller is not None:  # the teacher's distributions (and its layers' states/outputs)
+            weights = {"kl": self.distiller.alpha(step), "hidden": t.distill_hidden_weight,
+                       "attention": t.distill_attention_weight}
+            for name, v in self.distiller.losses(out, batch, self.engine.module).items():
+                added = added + weights[name] * v
+                logged[f"distill_{name}"] = v.detach()
+        if t.spike_rate_weight > 0:
+            pen = take_spike_rate_penalty(self.engine.module, t.spike_rate_target)
+            if pen is not None:
+                added = added + t.spike_rate_weight * pen
+                logged["spike_rate_penalty"] = pen.detach()
+        return added, logged
 
     def _check_finite(self, loss: float, done: int, log: RunLog) -> None:
         """Count a NaN/inf loss; raise once ``train.max_nonfinite_steps`` is passed (or at once in
