@@ -14,7 +14,7 @@ from ..dispatch import use_triton
 from .checks import check_lif_inputs
 from .naive import lif_naive
 from .surrogate import SURROGATES, check_surrogate, heaviside, surrogate_grad
-from .torch_loop import LIFTorchFunction
+from .torch_loop import LIFTorchFunction, lif_torch_backward, lif_torch_forward
 
 __all__ = ["SURROGATES", "check_surrogate", "heaviside", "lif_multistep", "lif_naive", "surrogate_grad"]
 
@@ -70,20 +70,56 @@ def lif_multistep(x: torch.Tensor, v0: torch.Tensor | None = None, tau: float | 
     else:
         v0 = v0.reshape(-1)
     args = (x2, v0, tau, v_th, v_reset, decay_input, detach_reset, surrogate, alpha, backend)
-    spikes, v = _LIF_OP(*args) if torch.compiler.is_compiling() else _lif_2d(*args)
+    if not torch.compiler.is_compiling():
+        spikes, v = _lif_2d(*args)
+    elif _triton_path(x2, backend):
+        spikes, v = _LIF_OP(*args)
+    else:  # the torch loop, with its saved-tensor backward
+        spikes, v = _LIF_TORCH_OP(*args[:-1])
     return spikes.reshape(shape), v.reshape(shape[1:])
+
+
+def _triton_path(x2: torch.Tensor, backend: str | None) -> bool:
+    """Whether ``_lif_2d`` runs the Triton kernel on ``x2`` (else the torch loop)."""
+    return use_triton(x2, backend) and _triton_impl() is not None
 
 
 def _lif_2d(x2, v0, tau, v_th, v_reset, decay_input, detach_reset, surrogate, alpha, backend):
     """``lif_multistep`` on ``x2 [T, N]``, ``v0 [N]``: the Triton kernel or the torch loop."""
-    impl = _triton_impl() if use_triton(x2, backend) else None
-    if impl is not None:
-        return impl(x2.contiguous(), v0.contiguous(), tau, v_th, v_reset, decay_input, detach_reset, surrogate, alpha)
+    if _triton_path(x2, backend):
+        return _triton_impl()(x2.contiguous(), v0.contiguous(), tau, v_th, v_reset, decay_input, detach_reset,
+                              surrogate, alpha)
     return LIFTorchFunction.apply(x2, v0, tau, v_th, v_reset, decay_input, detach_reset, surrogate, alpha)
 
 
-_LIF_OP = opaque_op("lif_multistep", _lif_2d, fake=lambda x2, v0, *rest: (
-    torch.empty_like(x2), torch.empty(v0.shape, dtype=torch.float64 if x2.dtype == torch.float64 else torch.float32,
-                                      device=x2.device)))
-"""``_lif_2d`` as the custom op ``spikelm::lif_multistep`` (``spikelm.kernels.custom_op``; used
-under ``torch.compile``)."""
+def _lif_torch_fwd(x2, v0, tau, v_th, v_reset, decay_input, detach_reset, surrogate, alpha):
+    """The torch loop's forward for ``spikelm::lif_torch``: ``((spikes [T, N], v_T [N]), (h_all [T, N],))``."""
+    spikes, v, h_all = lif_torch_forward(x2, v0, tau, v_th, v_reset, decay_input)
+    return (spikes, v), (h_all,)
+
+
+def _lif_torch_bwd(args, saved, grads, needs):
+    """The torch loop's hand-written backward for ``spikelm::lif_torch`` (``opaque_op``'s
+    ``backward``): gradients of ``(x2, v0, tau)``; ``tau`` is read as a float again (a PLIF tensor)."""
+    x2, v0, tau, *cfg = args
+    gx, g_v0, g_tau = lif_torch_backward(saved[0], x2, v0, tau, float(tau), tuple(cfg), grads[0], grads[1],
+                                         needs[1], needs[2])
+    return (gx, g_v0, g_tau) + (None,) * len(cfg)
+
+
+def _lif_fake(x2, v0, *rest):
+    return torch.empty_like(x2), torch.empty(v0.shape, dtype=_acc(x2), device=x2.device)
+
+
+def _acc(x2: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x2.dtype == torch.float64 else torch.float32
+
+
+_LIF_OP = opaque_op("lif_multistep", _lif_2d, fake=_lif_fake)
+"""``_lif_2d`` as the custom op ``spikelm::lif_multistep`` (``spikelm.kernels.custom_op``; the
+Triton path under ``torch.compile``; its backward recomputes the forward)."""
+
+_LIF_TORCH_OP = opaque_op("lif_torch", _lif_torch_fwd, fake=_lif_fake, backward=_lif_torch_bwd,
+                          fake_saved=lambda x2, *rest: (torch.empty(x2.shape, dtype=_acc(x2), device=x2.device),))
+"""The torch loop as the custom op ``spikelm::lif_torch`` with a saved-tensor backward (the
+pre-spike potentials ``h_all``; used under ``torch.compile`` off the Triton path)."""

@@ -17,7 +17,7 @@ from ..dispatch import state_gradients_enabled, use_triton
 from .checks import check_wkv4_inputs
 from .naive import EMPTY_PP, wkv4_init_state, wkv4_naive
 from .torch_chunk import wkv4_torch_chunk
-from .torch_loop import wkv4_torch_loop
+from .torch_loop import wkv4_torch_backward, wkv4_torch_forward, wkv4_torch_loop
 
 __all__ = ["wkv4", "wkv4_naive", "wkv4_torch_loop", "wkv4_torch_chunk", "wkv4_init_state", "EMPTY_PP"]
 
@@ -57,23 +57,58 @@ def wkv4(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sta
     """
     check_wkv4_inputs(w, u, k, v, state)
     args = (w, u, k, v, *(state if state is not None else (None, None, None)), backend)
-    y, aa, bb, pp = _WKV4_OP(*args) if torch.compiler.is_compiling() else _wkv4_flat(*args)
+    if not torch.compiler.is_compiling():
+        y, aa, bb, pp = _wkv4_flat(*args)
+    elif _path(k, backend) == "loop":  # the CPU loop, with its saved-tensor backward
+        y, aa, bb, pp = _WKV4_TORCH_OP(*args[:-1])
+    else:
+        y, aa, bb, pp = _WKV4_OP(*args)
     return y, (aa, bb, pp)
+
+
+def _path(k: torch.Tensor, backend: str | None) -> str:
+    """Which implementation ``_wkv4_flat`` runs: ``"triton"``, ``"chunk"`` (state gradients) or ``"loop"``."""
+    if use_triton(k, backend) and _triton_impl() is not None:
+        return "triton"
+    return "chunk" if state_gradients_enabled() else "loop"
 
 
 def _wkv4_flat(w, u, k, v, aa, bb, pp, backend):
     """``wkv4`` with the state as three arguments and the result flat: ``(y, aa, bb, pp)``."""
     state = None if aa is None else (aa, bb, pp)
-    if use_triton(k, backend):
-        impl = _triton_impl()
-        if impl is not None:
-            y, st = impl(w, u, k, v, state)
-            return (y, *st)
-    if state_gradients_enabled():  # sequence parallelism: gradients through both states
+    path = _path(k, backend)
+    if path == "triton":
+        y, st = _triton_impl()(w, u, k, v, state)
+        return (y, *st)
+    if path == "chunk":  # sequence parallelism: gradients through both states
         y, st = wkv4_torch_chunk(w, u, k, v, state)
         return (y, *st)
     y, st = wkv4_torch_loop(w, u, k, v, state)
     return (y, *st)
+
+
+def _wkv4_torch_fwd(w, u, k, v, aa, bb, pp):
+    """The CPU loop's forward for ``spikelm::wkv4_torch``: ``((y, aa, bb, pp), saved)``
+    (``torch_loop.wkv4_torch_forward``; None state: the empty one)."""
+    if aa is None:
+        aa, bb, pp = wkv4_init_state(k.shape[0], k.shape[2], k.device)
+    return wkv4_torch_forward(w, u, k, v, aa, bb, pp)
+
+
+def _wkv4_torch_bwd(args, saved, grads, needs):
+    """The CPU loop's hand-written backward for ``spikelm::wkv4_torch`` (``opaque_op``'s
+    ``backward``): gradients of ``(w, u, k, v, aa, bb, pp)``; the final state has none."""
+    w, u, k, v, aa, bb, pp = args
+    state_dtypes = (torch.float32,) * 3 if aa is None else (aa.dtype, bb.dtype, pp.dtype)
+    gy = grads[0] if grads[0] is not None else torch.zeros_like(v)
+    g = wkv4_torch_backward(w, k, v, (w.dtype, u.dtype, k.dtype, v.dtype, *state_dtypes), saved, gy)
+    return g if aa is not None else g[:4] + (None,) * 3
+
+
+def _wkv4_torch_saved_fake(w, u, k, v, aa, bb, pp):
+    B, L, D = k.shape
+    acc = torch.float64 if v.dtype == torch.float64 else torch.float32
+    return tuple(torch.empty(L, B, D, dtype=acc, device=k.device) for _ in range(7))
 
 
 def _wkv4_fake(w, u, k, v, aa, bb, pp, backend):
@@ -83,5 +118,11 @@ def _wkv4_fake(w, u, k, v, aa, bb, pp, backend):
 
 
 _WKV4_OP = opaque_op("wkv4", _wkv4_flat, fake=_wkv4_fake)
-"""``_wkv4_flat`` as the custom op ``spikelm::wkv4`` (``spikelm.kernels.custom_op``; used under
-``torch.compile``)."""
+"""``_wkv4_flat`` as the custom op ``spikelm::wkv4`` (``spikelm.kernels.custom_op``; the Triton
+and state-gradient paths under ``torch.compile``; its backward recomputes the forward)."""
+
+_WKV4_TORCH_OP = opaque_op("wkv4_torch", _wkv4_torch_fwd, fake=lambda w, u, k, v, *st: _wkv4_fake(w, u, k, v, *st, None),
+                           backward=_wkv4_torch_bwd, fake_saved=_wkv4_torch_saved_fake)
+"""The CPU loop (``torch_loop``) as the custom op ``spikelm::wkv4_torch`` with a saved-tensor
+backward (the states entering each token and the output's normalisers; used under
+``torch.compile`` off the Triton path)."""
