@@ -232,6 +232,20 @@ def load_model(model_dir: str | Path, config_overrides: dict | None = None, devi
     return load_causal_lm(name, **overrides).to(device).eval(), tok
 
 
+def layout_name(config) -> str:
+    """A short name of a model's layout for grouping results: for spikelm, the distinct token
+    mixers and MLPs and the spiking (``"rwkv4+channel_mix, lif"``, ``"gla/swa+swiglu, adaptive"``);
+    otherwise the ``model_type`` (e.g. ``"llama"``)."""
+    if getattr(config, "model_type", None) != "spikelm":
+        return str(getattr(config, "model_type", "model"))
+    def distinct(xs):
+        return "/".join(dict.fromkeys(xs))
+    spikes = [n for n in dict.fromkeys(config.neuron_types) if n != "none"]
+    if config.adaptive_spike_mode != "off":
+        spikes.append("adaptive")
+    return f"{distinct(config.mixer_types)}+{distinct(config.mlp_types)}, {'/'.join(spikes) or 'no spikes'}"
+
+
 def evaluate_files(model_dir: str | Path, files: list[str], block_size: int | None = None, batch_size: int = 16,
                    text_field: str = "text", stride: int | None = None, device: str | None = None,
                    spikes: bool = True, spike_max_tokens: int = 16384, split: str | None = None,
@@ -258,8 +272,8 @@ def evaluate_files(model_dir: str | Path, files: list[str], block_size: int | No
     Returns:
         ``{"loss": nats/token, "bpb": bits per UTF-8 byte, "perplexity", "tokens": scored
         tokens, "bytes": UTF-8 bytes of those tokens, "block_size", "stride", "model",
-        "model_type", "files", "adaptive_spike_k" (spikelm models with adaptive spiking, else
-        None), "spike_rates": {site: rate} (spikelm models' own counters)}``;
+        "model_type", "layout" (:func:`layout_name`), "files", "adaptive_spike_k" (spikelm models
+        with adaptive spiking, else None), "spike_rates": {site: rate} (spikelm models' own counters)}``;
         with ``spikes``: ``"spikes"`` (:func:`spikelm.eval.spikes.spike_statistics`; its
         ``sites`` are empty for a model without spiking neurons) and ``"energy"``
         (:func:`spikelm.eval.energy.energy_estimate` without its per-projection ``layers``;
@@ -284,7 +298,8 @@ def evaluate_files(model_dir: str | Path, files: list[str], block_size: int | No
     ids = tokenize_stream(files, tok, text_field, split)
     res = evaluate_stream(model, ids, token_byte_lengths(tok), block_size, stride, batch_size)
     mc = model.config
-    res.update(model=str(model_dir), model_type=getattr(mc, "model_type", None), files=[str(f) for f in files],
+    res.update(model=str(model_dir), model_type=getattr(mc, "model_type", None), layout=layout_name(mc),
+               files=[str(f) for f in files],
                adaptive_spike_k=(mc.adaptive_spike_k if getattr(mc, "adaptive_spike_mode", "off") != "off" else None),
                config_overrides=dict(config_overrides or {}))
     if spikes:

@@ -5,11 +5,11 @@
 * ``loss.png``: training (solid) and validation (dashed) loss per step from each run's
   ``metrics.jsonl`` (one colour per run);
 * ``spike_rates_<name>.png``: per-layer spike rates of each eval result with spike statistics;
-* ``sparsity_tradeoff.png``: bits per byte against overall sparsity, one series per model
-  (layout, training setting): the results of one model with different config overrides
-  (``spikelm eval MODEL FILE --json --sweep adaptive_spike_k=1,2,3``, or one
-  ``--override adaptive_spike_k=K`` result per file) are joined into a curve and labelled by
-  their override; a model evaluated once is a labelled point. Written from two or more points.
+* ``sparsity_tradeoff.png``: bits per byte against overall sparsity, one series per layout
+  (``rwkv4+channel_mix, lif``, ``gla/swa+swiglu, adaptive``, ...): every model of a layout
+  (trained with other sparsity targets, thresholds or k) and every config override of one
+  (``spikelm eval MODEL FILE --json --sweep adaptive_spike_k=1,2,3``) is a point of its curve,
+  labelled by model and override. Written from two or more points.
 """
 from __future__ import annotations
 
@@ -120,18 +120,20 @@ def _save(fig, plt, out_png) -> Path:
 
 def tradeoff_points(results: list[dict], names: list[str] | None = None) -> list[dict]:
     """``[{"series", "label", "sparsity", "spike_rate", "bpb"}]`` of the eval results with overall
-    spike statistics (others, e.g. ANNs, are skipped). ``series`` is the model directory's name
-    (the run's, for a run's ``final`` export; ``names[i]`` when given); ``label`` the result's config overrides (``k=2``-style for
-    ``adaptive_spike_k``), else empty."""
+    spike statistics (others, e.g. ANNs, are skipped). ``series`` is the result's ``layout``
+    (e.g. ``"rwkv4+channel_mix, lif"``; ``names[i]`` when given), so one curve per layout runs
+    across its models and settings; ``label`` is the model directory's name (the run's, for a
+    run's ``final`` export) and its config overrides (``k=2`` for ``adaptive_spike_k``)."""
     pts = []
     for i, r in enumerate(results):
         ov = (r.get("spikes") or {}).get("overall") or {}
         if not ov:
             continue
-        over = r.get("config_overrides") or {}
-        label = ", ".join(f"{'k' if k == 'adaptive_spike_k' else k}={v}" for k, v in over.items())
         model = Path(str(r.get("model", "model")))
-        series = names[i] if names else (model.parent.name if model.name == "final" else model.name)
+        label = model.parent.name if model.name == "final" else model.name
+        over = r.get("config_overrides") or {}
+        label = " ".join([label] + [f"{'k' if k == 'adaptive_spike_k' else k}={v}" for k, v in over.items()])
+        series = names[i] if names else r.get("layout") or label
         pts.append({"series": series, "label": label, "sparsity": ov["sparsity"], "spike_rate": ov["spike_rate"],
                     "bpb": r["bpb"]})
     return pts

@@ -85,6 +85,7 @@ def test_k_sweep_and_plots(dirs, capsys, tmp_path):
     for k in (1, 3, 8):
         r = _eval(capsys, dirs["snn"], dirs["val"], "--block-size", "16", "--override", f"adaptive_spike_k={k}")
         assert r["adaptive_spike_k"] == k and r["config_overrides"] == {"adaptive_spike_k": k}
+        assert r["layout"].endswith("adaptive")
         files.append(tmp_path / f"k{k}.json")
         files[-1].write_text(json.dumps(r))
     # a finer threshold (larger k) emits more spikes: lower sparsity

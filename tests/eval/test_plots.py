@@ -26,11 +26,14 @@ def test_plots(tmp_path):
 
 
 def test_tradeoff_points_group_by_model_and_label_by_override():
-    def res(model, bpb, sparsity, over=None):
-        return {"model": f"runs/{model}/final", "bpb": bpb, "config_overrides": over or {},
+    def res(model, layout, bpb, sparsity, over=None):
+        return {"model": f"runs/{model}/final", "layout": layout, "bpb": bpb, "config_overrides": over or {},
                 "spikes": {"overall": {"sparsity": sparsity, "spike_rate": 1 - sparsity}}}
-    pts = tradeoff_points([res("hybrid", 2.0, 0.6, {"adaptive_spike_k": 3}), res("hybrid", 2.1, 0.7, {"adaptive_spike_k": 1}),
-                           res("shakespeare", 2.1, 0.72), {"model": "ann", "bpb": 2.4, "spikes": {"overall": {}}}])
-    assert [(p["series"], p["label"]) for p in pts] == [("hybrid", "k=3"), ("hybrid", "k=1"), ("shakespeare", "")]
-    named = tradeoff_points([res("a", 2.0, 0.5), res("b", 2.0, 0.6)], names=["SpikeGPT", "hybrid"])
+    pts = tradeoff_points([res("hybrid", "gla/swa", 2.0, 0.6, {"adaptive_spike_k": 3}),
+                           res("hybrid", "gla/swa", 2.1, 0.7, {"adaptive_spike_k": 1}),
+                           res("shakespeare", "rwkv4", 2.1, 0.72), res("sparse", "rwkv4", 2.1, 0.87),
+                           {"model": "ann", "bpb": 2.4, "spikes": {"overall": {}}}])
+    assert [(p["series"], p["label"]) for p in pts] == [("gla/swa", "hybrid k=3"), ("gla/swa", "hybrid k=1"),
+                                                        ("rwkv4", "shakespeare"), ("rwkv4", "sparse")]
+    named = tradeoff_points([res("a", "x", 2.0, 0.5), res("b", "x", 2.0, 0.6)], names=["SpikeGPT", "hybrid"])
     assert [p["series"] for p in named] == ["SpikeGPT", "hybrid"]
