@@ -94,6 +94,8 @@ class ModelConfig(ModelLayout):
             (spiking with a straight-through gradient, for training) or ``expanded``.
         convert_window: sliding-window size of the converted SWA layers (None: the converter's
             default, SpikingBrain's 4096 capped at the source's context).
+        convert_gla_memory: initial memory in tokens of the converted GLA layers' gates
+            (``spikelm.convert.convert_checkpoint``'s ``gla_memory``; None: its default, 4).
         lora: LoRA adapters (``r > 0``); the final export is the merged model, with the
             adapter alone in ``final/adapter``. Needs ``train.zero_stage`` 0-2.
     """
@@ -105,6 +107,7 @@ class ModelConfig(ModelLayout):
     convert_layout: str | None = None
     convert_spiking: ConvertSpiking = "ste"
     convert_window: int | None = None
+    convert_gla_memory: float | None = None
     lora: LoraConfig = field(default_factory=LoraConfig)
 
     def __post_init__(self):
@@ -147,7 +150,9 @@ class ModelConfig(ModelLayout):
                 (self.convert_layout is None or self.arch == "spikelm",
                  f"model.convert_layout converts to spikelm, but model.arch is {self.arch!r}; set model.arch: spikelm"),
                 (self.convert_window is None or self.convert_window >= 1,
-                 f"model.convert_window must be >= 1, got {self.convert_window}")])
+                 f"model.convert_window must be >= 1, got {self.convert_window}"),
+                (self.convert_gla_memory is None or self.convert_gla_memory > 0,
+                 f"model.convert_gla_memory must be > 0 tokens, got {self.convert_gla_memory}")])
         self.check_layout(self.arch)
         self.lora.check()
 

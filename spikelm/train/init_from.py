@@ -41,6 +41,8 @@ def _convert(recipe: Recipe, src: Path, out: Path, rank: int) -> None:
             # None included, and the seed of the new GLA parameters)
             want = {"source": str(src.resolve()), "layout": m.convert_layout, "spiking": m.convert_spiking,
                     "window": m.convert_window, "seed": recipe.train.seed}
+            memory = {} if m.convert_gla_memory is None else {"gla_memory": m.convert_gla_memory}
+            want.update(memory)  # (an older request without the key stays valid for the default)
             request = out.parent / (out.name + ".request.json")
             same = (out / REPORT_NAME).is_file() and request.is_file() and json.loads(request.read_text()) == want
             if not same:
@@ -49,7 +51,7 @@ def _convert(recipe: Recipe, src: Path, out: Path, rank: int) -> None:
                 created = not out.parent.exists()
                 try:
                     convert_checkpoint(src.resolve(), out, layout=m.convert_layout, spiking=m.convert_spiking,
-                                       window=m.convert_window, seed=recipe.train.seed)
+                                       window=m.convert_window, seed=recipe.train.seed, **memory)
                     request.write_text(json.dumps(want, indent=2) + "\n")
                 except BaseException:
                     if created:  # leave no run directory behind for a source that cannot be converted
