@@ -177,9 +177,10 @@ def test_init_from_an_ann_converts_it_exactly(recipe, llama_dir, tmp_path):
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "conv" / "final").config.mixer_types == ["swa", "swa"]
     # SpikingBrain's hybrid layout with spiking trains from the same directory
     r = recipe(run_dir=str(tmp_path / "hyb"), max_steps=2, eval_every=0, checkpoint_every=0)
-    r.model.init_from, r.model.convert_layout = str(llama_dir), "hybrid"
+    r.model.init_from, r.model.convert_layout, r.model.convert_gla_memory = str(llama_dir), "hybrid", 1.5
     train(r)
-    assert json.loads((tmp_path / "hyb" / "converted" / "conversion_report.json").read_text())["spiking"] == "ste"
+    report = json.loads((tmp_path / "hyb" / "converted" / "conversion_report.json").read_text())
+    assert report["spiking"] == "ste" and report["gla_init"]["memory_tokens"] == 1.5
     assert all(math.isfinite(x["loss"]) for x in _recs(tmp_path / "hyb"))
 
 
