@@ -190,6 +190,7 @@ class Distiller:
                              "attention modules to match")
         self.weight, self.temperature, self.schedule, self.max_steps = weight, temperature, schedule, max_steps
         self.hidden_weight, self.attention_weight = hidden_weight, attention_weight
+        self._student_mixers: tuple[torch.nn.Module, list[torch.nn.Module]] | None = None
 
     def alpha(self, step: int) -> float:
         """The KL weight at optimizer step ``step`` (0-based)."""
@@ -225,5 +226,7 @@ class Distiller:
             terms["hidden"] = hidden_match(out.hidden_states, tuple(h.clone() for h in t.hidden_states), mask)
         if self.attention_weight > 0:
             io = [(x.clone(), y.clone()) for x, y in io]  # inference tensors -> ordinary ones
-            terms["attention"] = attention_transfer(attention_layers(student), io, mask)
+            if self._student_mixers is None or self._student_mixers[0] is not student:  # found once, not per batch
+                self._student_mixers = (student, attention_layers(student))
+            terms["attention"] = attention_transfer(self._student_mixers[1], io, mask)
         return terms
