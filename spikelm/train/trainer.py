@@ -278,10 +278,12 @@ class Trainer:
         batches = self.step_batches(step) if batches is None else batches
         if self.k_anneal is not None:
             self.k_anneal.apply(step)
+        t = self.recipe.train
         extra = self._loss_weighting(batches)
+        if t.distill_hidden_weight > 0:  # the student's hidden states, for the hidden-state matching
+            extra["output_hidden_states"] = True
         total = torch.zeros((), dtype=torch.float32, device=self.device)
         sums: dict[str, torch.Tensor] = {}
-        t = self.recipe.train
         for batch in batches:
             if self.sp is not None:  # this rank's chunk of each sequence, states passed between the ranks
                 # the module itself, not the engine's forward: the engine hooks its outputs to run its
@@ -289,8 +291,6 @@ class Trainer:
                 total = total + self.sp.step(self.engine.module, batch, self.engine.backward)
                 self.engine.step()
                 continue
-            if t.distill_hidden_weight > 0:
-                extra = {**extra, "output_hidden_states": True}
             out = self.engine(**batch, use_cache=False, **extra)
             added, logged = self._added_terms(out, batch, step)
             for name, v in logged.items():
