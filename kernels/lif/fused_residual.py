@@ -214,6 +214,59 @@ def _launch(fn, O, I, device, cfg, args, consts):
     triton_utils.kernel(fn, device)[(O, triton.cdiv(I, block))](*args, BLOCK=block, CHUNK=chunk, **consts, **extra)
 
 
+def lif_residual_forward(x, res, v0, tau, v_th, v_reset, decay_input, block_size, need_grad
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The forward kernel: ``x, res [O, T, I]``, ``v0 [O * I] | None`` -> ``(y [O, T, I] in res.dtype,
+    v_T [O * I] fp32, rate 0-dim fp32, h)``; ``h [O, T, I]`` fp32, the pre-spike potentials the
+    backward needs, when ``need_grad`` (else None). No autograd (``LIFResidualFunction`` and the
+    custom op ``spikelm::lif_residual`` wrap it)."""
+    O, T, I = x.shape
+    dev = x.device
+    tau_f = tau_value(tau)
+    hard = v_reset is not None
+    cfg = _config(O, I, dev, block_size)
+    y = triton_utils.empty((O, T, I), res.dtype, dev)
+    v_T = triton_utils.empty((O * I,), torch.float32, dev)
+    h = triton_utils.empty((O, T, I), torch.float32, dev) if need_grad else y
+    cnt = triton_utils.empty((O * triton.cdiv(I, cfg[0]),), torch.float32, dev)
+    _launch(_lif_res_fwd_kernel, O, I, dev, cfg,
+            (x, res, v0 if v0 is not None else x, y, h, v_T, cnt, T, I, T * I,
+             1.0 / tau_f, 1.0 - 1.0 / tau_f, float(v_th), float(v_reset) if hard else 0.0, 1.0 / (O * T * I)),
+            {"HARD": hard, "DECAY_INPUT": bool(decay_input), "STORE_H": need_grad, "HAS_V0": v0 is not None})
+    return y, v_T, cnt.sum(), h if need_grad else None
+
+
+def lif_residual_backward(h, x, v0, tau, v_th, v_reset, decay_input, detach_reset, surrogate, alpha, block_size,
+                          g_y, g_v, need_gx, need_gv0, tau_grad
+                          ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """The backward kernel on the saved ``h`` (:func:`lif_residual_forward`): ``g_y [O, T, I] | None``,
+    ``g_v [O * I] | None`` -> ``(g_x, g_v0, g_tau)``, each None unless asked for (``need_gx``;
+    ``need_gv0`` with a ``v0``; ``tau_grad`` with a tensor ``tau``, then shaped and typed like it).
+    ``d res = g_y`` needs no kernel and is the caller's."""
+    O, T, I = h.shape
+    dev = h.device
+    tau_f = tau_value(tau)
+    hard = v_reset is not None
+    tau_grad = tau_grad and isinstance(tau, torch.Tensor)
+    need_gv0 = need_gv0 and v0 is not None
+    if (g_y is None and g_v is None) or not (need_gx or tau_grad or need_gv0):
+        return None, None, None
+    cfg = _config(O, I, dev, block_size)
+    gy = g_y.contiguous() if g_y is not None else h
+    gx = triton_utils.empty((O, T, I), x.dtype, dev)
+    gv0 = triton_utils.empty((O * I,), torch.float32, dev) if need_gv0 else gx
+    gtau = triton_utils.empty((O * triton.cdiv(I, cfg[0]),), torch.float32, dev) if tau_grad else gx
+    _launch(_lif_res_bwd_kernel, O, I, dev, cfg,
+            (h, x, v0 if v0 is not None else h, gy, g_v.contiguous() if g_v is not None else h, gx, gv0, gtau,
+             T, I, T * I, (T - 1) * I, 1.0 / tau_f, 1.0 - 1.0 / tau_f, float(v_th),
+             float(v_reset) if hard else 0.0, float(alpha)),
+            {"HARD": hard, "DECAY_INPUT": bool(decay_input), "DETACH_RESET": bool(detach_reset),
+             "SURROGATE": _SURROGATE_ID[surrogate], "HAS_GY": g_y is not None, "HAS_GV": g_v is not None,
+             "TAU_GRAD": tau_grad, "HAS_V0": v0 is not None, "NEED_GV0": need_gv0})
+    g_tau = (gtau.sum() / tau_f**2).to(dtype=tau.dtype, device=tau.device).reshape(tau.shape) if tau_grad else None
+    return (gx if need_gx else None), (gv0.to(v0.dtype) if need_gv0 else None), g_tau
+
+
 class LIFResidualFunction(torch.autograd.Function):
     """``(x, res [O, T, I], v0 [O*I] | None, tau, ...) -> (res + spikes [O, T, I] in res.dtype,
     v_T [O*I] fp32, spike rate 0-dim fp32)`` on the Triton kernels."""
@@ -221,26 +274,12 @@ class LIFResidualFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, res, v0, tau, v_th, v_reset, decay_input, detach_reset, surrogate, alpha, block_size,
                 copy_res_grad):
-        O, T, I = x.shape
-        dev = x.device
-        tau_f = tau_value(tau)
-        hard = v_reset is not None
-        vr = float(v_reset) if hard else 0.0
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[2] or ctx.needs_input_grad[3]
-        cfg = _config(O, I, dev, block_size)
-        y = triton_utils.empty((O, T, I), res.dtype, dev)
-        v_T = triton_utils.empty((O * I,), torch.float32, dev)
-        h = triton_utils.empty((O, T, I), torch.float32, dev) if need_grad else y
-        cnt = triton_utils.empty((O * triton.cdiv(I, cfg[0]),), torch.float32, dev)
-        _launch(_lif_res_fwd_kernel, O, I, dev, cfg,
-                (x, res, v0 if v0 is not None else x, y, h, v_T, cnt, T, I, T * I,
-                 1.0 / tau_f, 1.0 - 1.0 / tau_f, float(v_th), vr, 1.0 / (O * T * I)),
-                {"HARD": hard, "DECAY_INPUT": bool(decay_input), "STORE_H": need_grad, "HAS_V0": v0 is not None})
-        rate = cnt.sum()
+        y, v_T, rate, h = lif_residual_forward(x, res, v0, tau, v_th, v_reset, decay_input, block_size, need_grad)
         if need_grad:
             ctx.save_for_backward(h, x, v0)
-        ctx.cfg = (tau_f, float(v_th), vr, hard, bool(decay_input), bool(detach_reset), surrogate, float(alpha), cfg)
-        ctx.tau_meta = (tau.dtype, tau.device, tau.shape) if isinstance(tau, torch.Tensor) else None
+        tau_c = tau.detach() if isinstance(tau, torch.Tensor) else tau  # no grad_fn on ctx: no cycle
+        ctx.cfg = (tau_c, v_th, v_reset, decay_input, detach_reset, surrogate, alpha, block_size)
         ctx.copy_res_grad = copy_res_grad
         ctx.mark_non_differentiable(rate)
         ctx.set_materialize_grads(False)
@@ -248,34 +287,13 @@ class LIFResidualFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_y, g_v, _g_rate):
-        h, x, v0 = ctx.saved_tensors
-        tau_f, v_th, vr, hard, decay_input, detach_reset, surrogate, alpha, cfg = ctx.cfg
-        O, T, I = h.shape
-        dev = h.device
-        tau_grad = ctx.tau_meta is not None and ctx.needs_input_grad[3]
-        need_gv0 = v0 is not None and ctx.needs_input_grad[2]
         if g_y is None and g_v is None:
             return (None,) * 12
-        g_x = None
-        g_tau = None
-        g_v0 = None
-        if ctx.needs_input_grad[0] or tau_grad or need_gv0:
-            gy = g_y.contiguous() if g_y is not None else h
-            gx = triton_utils.empty((O, T, I), x.dtype, dev)
-            gv0 = triton_utils.empty((O * I,), torch.float32, dev) if need_gv0 else gx
-            gtau = triton_utils.empty((O * triton.cdiv(I, cfg[0]),), torch.float32, dev) if tau_grad else gx
-            _launch(_lif_res_bwd_kernel, O, I, dev, cfg,
-                    (h, x, v0 if v0 is not None else h, gy, g_v.contiguous() if g_v is not None else h, gx, gv0, gtau,
-                     T, I, T * I, (T - 1) * I, 1.0 / tau_f, 1.0 - 1.0 / tau_f, v_th, vr, alpha),
-                    {"HARD": hard, "DECAY_INPUT": decay_input, "DETACH_RESET": detach_reset,
-                     "SURROGATE": _SURROGATE_ID[surrogate], "HAS_GY": g_y is not None, "HAS_GV": g_v is not None,
-                     "TAU_GRAD": tau_grad, "HAS_V0": v0 is not None, "NEED_GV0": need_gv0})
-            g_x = gx if ctx.needs_input_grad[0] else None
-            if tau_grad:
-                dtype, device, shape = ctx.tau_meta
-                g_tau = (gtau.sum() / tau_f**2).to(dtype=dtype, device=device).reshape(shape)
-            if need_gv0:
-                g_v0 = gv0.to(v0.dtype)
+        g_x = g_v0 = g_tau = None
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
+            h, x, v0 = ctx.saved_tensors
+            g_x, g_v0, g_tau = lif_residual_backward(h, x, v0, *ctx.cfg, g_y, g_v, ctx.needs_input_grad[0],
+                                                     ctx.needs_input_grad[2], ctx.needs_input_grad[3])
         g_res = None
         if ctx.needs_input_grad[1] and g_y is not None:
             g_res = g_y.clone() if ctx.copy_res_grad else g_y  # d res = dy

@@ -98,5 +98,28 @@ def _fake(res, x, v0, *rest):
             torch.empty((), dtype=torch.float32, device=x.device))
 
 
-_LIF_RES_OP = opaque_op("lif_residual", lambda *args: _triton_impl()(*args, copy_res_grad=True), fake=_fake)
-"""The Triton path as the custom op ``spikelm::lif_residual`` (used under ``torch.compile``)."""
+def _op_forward(res, x, v0, tau, v_th, v_reset, decay_input, detach_reset, surrogate, alpha):
+    """``spikelm::lif_residual``'s forward: ``((y, v_T, rate), (h,))``, ``h`` the pre-spike
+    potentials that its backward reads (``fused_residual.lif_residual_forward``)."""
+    from .fused_residual import lif_residual_forward
+
+    y, v_T, rate, h = lif_residual_forward(x, res, v0, tau, v_th, v_reset, decay_input, None, True)
+    return (y, v_T, rate), (h,)
+
+
+def _op_backward(args, saved, grads, needs):
+    """``spikelm::lif_residual``'s saved-tensor backward: the backward kernel on ``h``, no second
+    forward; ``d res = dy``."""
+    from .fused_residual import lif_residual_backward
+
+    res, x, v0, tau, v_th, v_reset, decay_input, detach_reset, surrogate, alpha = args
+    g_y, g_v = grads[0], grads[1]
+    g_x, g_v0, g_tau = lif_residual_backward(saved[0], x, v0, tau, v_th, v_reset, decay_input, detach_reset,
+                                             surrogate, alpha, None, g_y, g_v, needs[1], needs[2], needs[3])
+    return (g_y if needs[0] else None, g_x, g_v0, g_tau) + (None,) * 6
+
+
+_LIF_RES_OP = opaque_op("lif_residual", _op_forward, fake=_fake, backward=_op_backward,
+                        fake_saved=lambda res, x, *rest: (torch.empty(x.shape, dtype=torch.float32, device=x.device),))
+"""The Triton path as the custom op ``spikelm::lif_residual`` (used under ``torch.compile``),
+with a saved-tensor backward: the backward kernel runs on the forward's saved potentials."""

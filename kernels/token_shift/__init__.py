@@ -67,6 +67,19 @@ def token_shift_mix(x: torch.Tensor, prev: torch.Tensor | None, mus: Sequence[to
     return token_shift_mix_naive(x, prev, mus)
 
 
-_TS_OP = opaque_op("token_shift_mix", lambda x, prev, *mus: _triton_impl()(x, prev, mus, copy_grads=True),
-                   fake=lambda x, prev, *mus: tuple(torch.empty_like(x) for _ in mus))
-"""The Triton path as the custom op ``spikelm::token_shift_mix`` (used under ``torch.compile``)."""
+def _op_backward(args, saved, grads, needs):
+    """``spikelm::token_shift_mix``'s backward: the backward kernel on the inputs (the forward
+    saves nothing else), no second forward."""
+    from .fused import token_shift_mix_backward
+
+    x, prev, *mus = args
+    dx, dprev, dmus = token_shift_mix_backward(x, prev, mus, grads, None, needs[0], needs[1], needs[2:])
+    return (dx, dprev, *dmus)
+
+
+_TS_OP = opaque_op("token_shift_mix", lambda x, prev, *mus: (_triton_impl()(x, prev, mus), ()),
+                   fake=lambda x, prev, *mus: tuple(torch.empty_like(x) for _ in mus),
+                   backward=_op_backward, fake_saved=lambda *args: ())
+"""The Triton path as the custom op ``spikelm::token_shift_mix`` (used under ``torch.compile``),
+whose backward runs the backward kernel directly (``opaque_op``'s saved-tensor kind, with
+nothing saved besides the inputs)."""

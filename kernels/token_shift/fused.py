@@ -165,33 +165,43 @@ class TokenShiftMixFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads):
         x, prev, *mus = ctx.saved_tensors
-        B, L, D = x.shape
-        n = len(mus)
-        dev = x.device
-        need_dx, need_dprev = ctx.needs_input_grad[0], prev is not None and ctx.needs_input_grad[1]
-        need_dmu = any(ctx.needs_input_grad[4:])
-        has = [g is not None for g in grads]
-        if not any(has):
-            return (None,) * (4 + n)
-        gs = [g.contiguous() if g is not None else x for g in grads] + [x] * (3 - n)
-        mp = list(mus) + [mus[0]] * (3 - n)
-        lb, _, _ = _tiles(L, D, dev, ctx.block_size)
-        P = B * triton.cdiv(L, lb)
-        dx = triton_utils.empty((B, L, D), x.dtype, dev) if need_dx else x
-        dprev = triton_utils.empty((B, D), prev.dtype, dev) if need_dprev else x
-        part = triton_utils.empty((n, P, D), torch.float32, dev) if need_dmu else x
-        _launch(_ts_bwd_kernel, B, L, D, dev, ctx.block_size,
-                (x, prev if prev is not None else x, *mp, *gs, dx, dprev, part, L, D, P),
-                {"HAS_PREV": prev is not None, "HAS_G0": has[0], "HAS_G1": n > 1 and has[1],
-                 "HAS_G2": n > 2 and has[2], "NEED_DX": need_dx, "NEED_DPREV": need_dprev, "NEED_DMU": need_dmu})
-        dmus = [None] * n
-        if need_dmu:
-            sums = part[:, 0] if P == 1 else part.sum(1)
-            dmus = [sums[i].to(mu.dtype) if has[i] and ctx.needs_input_grad[4 + i] else None
-                    for i, mu in enumerate(mus)]
-            if ctx.copy_grads:  # separate storage (a custom op's outputs may not alias each other)
-                dmus = [d if d is None or i == 0 else d.clone() for i, d in enumerate(dmus)]
-        return (dx if need_dx else None, dprev if need_dprev else None, None, None, *dmus)
+        need = ctx.needs_input_grad
+        dx, dprev, dmus = token_shift_mix_backward(x, prev, mus, grads, ctx.block_size, need[0], need[1], need[4:],
+                                                   ctx.copy_grads)
+        return (dx, dprev, None, None, *dmus)
+
+
+def token_shift_mix_backward(x, prev, mus, grads, block_size, need_dx, need_dprev, need_dmus, copy_grads=False):
+    """The backward kernel: ``x [B, L, D]``, ``prev [B, D] | None``, ``mus`` ``n`` x ``[D]``, ``grads``
+    ``n`` x (``[B, L, D]`` or None: that mix was unused) -> ``(dx, dprev, dmus)``, each None unless
+    asked for (``need_dx``, ``need_dprev`` with a ``prev``, ``need_dmus[i]``; a list of ``n``).
+    ``copy_grads``: the ``dmus`` get separate storage (a custom op's outputs may not alias)."""
+    B, L, D = x.shape
+    n = len(mus)
+    dev = x.device
+    need_dprev = prev is not None and need_dprev
+    need_dmu = any(need_dmus)
+    has = [g is not None for g in grads]
+    if not any(has):
+        return None, None, [None] * n
+    gs = [g.contiguous() if g is not None else x for g in grads] + [x] * (3 - n)
+    mp = list(mus) + [mus[0]] * (3 - n)
+    lb, _, _ = _tiles(L, D, dev, block_size)
+    P = B * triton.cdiv(L, lb)
+    dx = triton_utils.empty((B, L, D), x.dtype, dev) if need_dx else x
+    dprev = triton_utils.empty((B, D), prev.dtype, dev) if need_dprev else x
+    part = triton_utils.empty((n, P, D), torch.float32, dev) if need_dmu else x
+    _launch(_ts_bwd_kernel, B, L, D, dev, block_size,
+            (x, prev if prev is not None else x, *mp, *gs, dx, dprev, part, L, D, P),
+            {"HAS_PREV": prev is not None, "HAS_G0": has[0], "HAS_G1": n > 1 and has[1],
+             "HAS_G2": n > 2 and has[2], "NEED_DX": need_dx, "NEED_DPREV": need_dprev, "NEED_DMU": need_dmu})
+    dmus = [None] * n
+    if need_dmu:
+        sums = part[:, 0] if P == 1 else part.sum(1)
+        dmus = [sums[i].to(mu.dtype) if has[i] and need_dmus[i] else None for i, mu in enumerate(mus)]
+        if copy_grads:  # separate storage (a custom op's outputs may not alias each other)
+            dmus = [d if d is None or i == 0 else d.clone() for i, d in enumerate(dmus)]
+    return (dx if need_dx else None), (dprev if need_dprev else None), dmus
 
 
 def token_shift_mix_fused(x: torch.Tensor, prev: torch.Tensor | None, mus: Sequence[torch.Tensor], *,

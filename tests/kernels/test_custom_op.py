@@ -21,9 +21,12 @@ import torch
 from spikelm.kernels import lif as lif_pkg
 from spikelm.kernels import wkv4 as wkv4_pkg
 from spikelm.kernels.custom_op import opaque_op
-from spikelm.kernels.lif import lif_multistep
+from spikelm.kernels.lif import fused_residual, lif_multistep
 from spikelm.kernels.lif import torch_loop as lif_loop
 from spikelm.kernels.wkv4 import torch_loop as wkv4_loop
+from spikelm.kernels.lif.residual import lif_residual
+from spikelm.kernels.token_shift import fused as ts_fused
+from spikelm.kernels.token_shift import token_shift_mix
 from spikelm.kernels.wkv4 import wkv4
 
 
@@ -39,7 +42,7 @@ def test_in_a_fresh_process():
     args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__)), "-k", "runs_no_forward"]
     r = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
-    assert "4 passed" in r.stdout and " failed" not in r.stdout, r.stdout[-3000:]
+    assert "7 passed" in r.stdout and " failed" not in r.stdout, r.stdout[-3000:]
 
 
 class _Counter:
@@ -80,6 +83,60 @@ def test_lif_saved_tensor_backward_runs_no_forward_and_matches_eager(monkeypatch
     calls = fwd.calls  # tracing runs the fake, not the impl: 1 = the compiled forward
     got = torch.autograd.grad(loss, leaves)
     assert calls == 1 and fwd.calls == 1  # the backward ran no forward
+    for g, r in zip(got, ref):
+        torch.testing.assert_close(g, r, rtol=1e-6, atol=1e-6)
+
+
+def _lif_res_loss(res, x, v0, tau):
+    y, v, _ = lif_residual(res, x, v0, tau, time_dim=1, backend="triton")
+    return (y * torch.linspace(-1, 1, y.shape[-1])).sum() + v.square().sum()
+
+
+@in_child
+@pytest.mark.parametrize("plif", [False, True])
+def test_lif_residual_triton_saved_tensor_backward_runs_no_forward_and_matches_eager(monkeypatch, plif):
+    """The Triton path (in the interpreter): ``spikelm::lif_residual`` launches its forward kernel
+    once; the backward kernel runs on the saved potentials."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    torch.manual_seed(0)
+    B, T, N = 2, 9, 5
+    x, res = ((torch.randn(B, T, N) * 1.5).requires_grad_() for _ in range(2))
+    v0 = torch.randn(B, N).requires_grad_()
+    tau = torch.tensor(2.5, requires_grad=True) if plif else 2.5
+    leaves = [res, x, v0] + ([tau] if plif else [])
+    ref = torch.autograd.grad(_lif_res_loss(res, x, v0, tau), leaves)
+    fwd = _Counter(fused_residual.lif_residual_forward)
+    monkeypatch.setattr(fused_residual, "lif_residual_forward", fwd)
+    torch._dynamo.reset()
+    loss = torch.compile(_lif_res_loss, backend="aot_eager", fullgraph=True)(res, x, v0, tau)
+    got = torch.autograd.grad(loss, leaves)
+    assert fwd.calls == 1  # once forward, none in the backward
+    for g, r in zip(got, ref):
+        torch.testing.assert_close(g, r, rtol=1e-6, atol=1e-6)
+
+
+def _ts_loss(x, prev, *mus):
+    outs = token_shift_mix(x, prev, mus, backend="triton")
+    return sum((o * torch.linspace(-1, 1, o.shape[-1]) * (i + 1)).sum() for i, o in enumerate(outs))
+
+
+@in_child
+def test_token_shift_triton_backward_runs_no_forward_and_matches_eager(monkeypatch):
+    """``spikelm::token_shift_mix`` launches the forward kernel once; its backward only the
+    backward kernel."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    torch.manual_seed(0)
+    x, prev = torch.randn(2, 7, 5).requires_grad_(), torch.randn(2, 5).requires_grad_()
+    mus = [torch.rand(5).requires_grad_() for _ in range(3)]
+    leaves = [x, prev, *mus]
+    ref = torch.autograd.grad(_ts_loss(x, prev, *mus), leaves)
+    launches = []
+    real = ts_fused._launch
+    monkeypatch.setattr(ts_fused, "_launch", lambda fn, *a: launches.append(fn.__name__) or real(fn, *a))
+    torch._dynamo.reset()
+    loss = torch.compile(_ts_loss, backend="aot_eager", fullgraph=True)(x, prev, *mus)
+    got = torch.autograd.grad(loss, leaves)
+    assert launches == ["_ts_fwd_kernel", "_ts_bwd_kernel"]
     for g, r in zip(got, ref):
         torch.testing.assert_close(g, r, rtol=1e-6, atol=1e-6)
 
