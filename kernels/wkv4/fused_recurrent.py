@@ -374,29 +374,63 @@ def wkv4_fused_recurrent(
     return y, (aa, bb, pp)
 
 
+def wkv4_gated_forward(w, u, k, v, r, aa, bb, pp, block_size, need_grad):
+    """The gated forward kernel on contiguous inputs (shapes: :class:`WKV4GatedFusedFunction`) ->
+    ``(out, oa, ob, op, saved)``: the gated output, the final state (fp32) and, when
+    ``need_grad``, ``saved = (sa, sb, sp)``, the fp32 ``[B, L, D]`` state entering each token that
+    :func:`wkv4_gated_backward` reads (else ``()``). No autograd."""
+    B, L, D = k.shape
+    dev = k.device
+    has_state = aa is not None
+    out = triton_utils.empty((B, L, D), r.dtype, dev)
+    oa, ob, op = (triton_utils.empty((B, D), torch.float32, dev) for _ in range(3))
+    if need_grad:
+        sa, sb, sp = (triton_utils.empty((B, L, D), torch.float32, dev) for _ in range(3))
+    else:
+        sa = sb = sp = oa  # never touched (SAVE=False)
+    st = (aa, bb, pp) if has_state else (oa, oa, oa)  # not read without a state (HAS_STATE=False)
+    _launch(_wkv4_gated_fwd_kernel, B, D, dev, block_size,
+            (w, u, k, v, r, *st, out, sa, sb, sp, oa, ob, op, B, L, D, L * D),
+            {"SAVE": need_grad, "HAS_STATE": has_state})
+    return out, oa, ob, op, ((sa, sb, sp) if need_grad else ())
+
+
+def wkv4_gated_backward(w, u, k, v, r, saved, gout, state_dtypes, block_size, copy_grads=False):
+    """The gated backward kernel on :func:`wkv4_gated_forward`'s ``saved``: ``gout [B, L, D]`` ->
+    ``(gw, gu, gk, gv, gr, gaa, gbb, gpp)``; ``gw, gu`` in ``w``'s and ``u``'s dtypes, the state
+    gradients in ``state_dtypes`` (three dtypes; None: no state gradient, the three are None).
+    ``copy_grads`` gives ``gu`` its own storage (``gw``/``gu`` are rows of one reduction)."""
+    sa, sb, sp = saved
+    B, L, D = k.shape
+    dev = k.device
+    state_grad = state_dtypes is not None
+    gout = gout.contiguous()
+    gk = triton_utils.empty((B, L, D), k.dtype, dev)
+    gv = triton_utils.empty((B, L, D), v.dtype, dev)
+    gr = triton_utils.empty((B, L, D), r.dtype, dev)
+    gwu = triton_utils.empty((2, B, D), torch.float32, dev)  # gw, gu partial sums: one reduction
+    gst = [triton_utils.empty((B, D), torch.float32, dev) for _ in range(3)] if state_grad else [gwu[0]] * 3
+    _launch(_wkv4_gated_bwd_kernel, B, D, dev, block_size,
+            (w, u, k, v, r, gout, sa, sb, sp, gk, gv, gr, gwu[0], gwu[1], *gst, B, L, D, L * D, (L - 1) * D),
+            {"STATE_GRAD": state_grad})
+    gw, gu = gwu.sum(1)
+    if copy_grads:  # separate storage (a custom op's outputs may not alias each other)
+        gu = gu.clone()
+    gstate = [g.to(dt) for g, dt in zip(gst, state_dtypes)] if state_grad else [None] * 3
+    return (gw.to(w.dtype), gu.to(u.dtype), gk, gv, gr, *gstate)
+
+
 class WKV4GatedFusedFunction(torch.autograd.Function):
     """``(w, u [D], k, v, r [B, L, D], aa, bb, pp [B, D] | None) -> (sigmoid(r) * wkv [B, L, D] in
     r.dtype, aa, bb, pp fp32)``: the WKV kernels with the receptance gate in their epilogue."""
 
     @staticmethod
     def forward(ctx, w, u, k, v, r, aa, bb, pp, block_size, copy_grads):
-        B, L, D = k.shape
-        dev = k.device
-        has_state = aa is not None
         need_grad = any(ctx.needs_input_grad[:8])
-        out = triton_utils.empty((B, L, D), r.dtype, dev)
-        oa, ob, op = (triton_utils.empty((B, D), torch.float32, dev) for _ in range(3))
+        out, oa, ob, op, saved = wkv4_gated_forward(w, u, k, v, r, aa, bb, pp, block_size, need_grad)
         if need_grad:
-            sa, sb, sp = (triton_utils.empty((B, L, D), torch.float32, dev) for _ in range(3))
-        else:
-            sa = sb = sp = oa  # never touched (SAVE=False)
-        st = (aa, bb, pp) if has_state else (oa, oa, oa)  # not read without a state (HAS_STATE=False)
-        _launch(_wkv4_gated_fwd_kernel, B, D, dev, block_size,
-                (w, u, k, v, r, *st, out, sa, sb, sp, oa, ob, op, B, L, D, L * D),
-                {"SAVE": need_grad, "HAS_STATE": has_state})
-        if need_grad:
-            ctx.save_for_backward(w, u, k, v, r, sa, sb, sp)
-        ctx.dtypes = (w.dtype, u.dtype) + ((aa.dtype, bb.dtype, pp.dtype) if has_state else (None,) * 3)
+            ctx.save_for_backward(w, u, k, v, r, *saved)
+        ctx.state_dtypes = (aa.dtype, bb.dtype, pp.dtype) if aa is not None else None
         ctx.block_size = block_size
         ctx.copy_grads = copy_grads
         ctx.mark_non_differentiable(oa, ob, op)
@@ -404,25 +438,10 @@ class WKV4GatedFusedFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gout, _ga, _gb, _gp):
-        w, u, k, v, r, sa, sb, sp = ctx.saved_tensors
-        B, L, D = k.shape
-        dev = k.device
-        dw, du, daa, dbb, dpp = ctx.dtypes
-        state_grad = daa is not None and any(ctx.needs_input_grad[5:8])
-        gout = gout.contiguous()
-        gk = triton_utils.empty((B, L, D), k.dtype, dev)
-        gv = triton_utils.empty((B, L, D), v.dtype, dev)
-        gr = triton_utils.empty((B, L, D), r.dtype, dev)
-        gwu = triton_utils.empty((2, B, D), torch.float32, dev)  # gw, gu partial sums: one reduction
-        gst = [triton_utils.empty((B, D), torch.float32, dev) for _ in range(3)] if state_grad else [gwu[0]] * 3
-        _launch(_wkv4_gated_bwd_kernel, B, D, dev, ctx.block_size,
-                (w, u, k, v, r, gout, sa, sb, sp, gk, gv, gr, gwu[0], gwu[1], *gst, B, L, D, L * D, (L - 1) * D),
-                {"STATE_GRAD": state_grad})
-        gw, gu = gwu.sum(1)
-        if ctx.copy_grads:  # separate storage (a custom op's outputs may not alias each other)
-            gu = gu.clone()
-        gstate = [g.to(dt) for g, dt in zip(gst, (daa, dbb, dpp))] if state_grad else [None] * 3
-        return (gw.to(dw), gu.to(du), gk, gv, gr, *gstate, None, None)
+        w, u, k, v, r, *saved = ctx.saved_tensors
+        dtypes = ctx.state_dtypes if any(ctx.needs_input_grad[5:8]) else None
+        grads = wkv4_gated_backward(w, u, k, v, r, saved, gout, dtypes, ctx.block_size, ctx.copy_grads)
+        return (*grads, None, None)
 
 
 def wkv4_gated_fused_recurrent(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, r: torch.Tensor,

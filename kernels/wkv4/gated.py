@@ -89,15 +89,39 @@ def wkv4_gated(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     return torch.sigmoid(r) * y.to(r.dtype), st
 
 
-def _gated_flat(w, u, k, v, r, aa, bb, pp):
-    out, st = _triton_impl()(w, u, k, v, r, None if aa is None else (aa, bb, pp), copy_grads=True)
-    return (out, *st)
-
-
 def _gated_fake(w, u, k, v, r, aa, bb, pp):
     B, _, D = k.shape
     return (torch.empty_like(r), *(torch.empty(B, D, dtype=torch.float32, device=k.device) for _ in range(3)))
 
 
-_GATED_OP = opaque_op("wkv4_gated", _gated_flat, fake=_gated_fake)
-"""The Triton path as the custom op ``spikelm::wkv4_gated`` (used under ``torch.compile``)."""
+def _gated_op_forward(w, u, k, v, r, aa, bb, pp):
+    """``spikelm::wkv4_gated``'s forward: ``((out, aa, bb, pp), (sa, sb, sp))``, the saved
+    per-token states its backward reads (``fused_recurrent.wkv4_gated_forward``)."""
+    from .fused_recurrent import wkv4_gated_forward
+
+    w, u, k, v, r = (t.contiguous() for t in (w, u, k, v, r))
+    aa, bb, pp = (None, None, None) if aa is None else (s.contiguous() for s in (aa, bb, pp))
+    out, oa, ob, op, saved = wkv4_gated_forward(w, u, k, v, r, aa, bb, pp, None, True)
+    return (out, oa, ob, op), saved
+
+
+def _gated_op_backward(args, saved, grads, needs):
+    """``spikelm::wkv4_gated``'s saved-tensor backward: the backward kernel, no second forward."""
+    from .fused_recurrent import wkv4_gated_backward
+
+    w, u, k, v, r, aa, bb, pp = args
+    if grads[0] is None:
+        return (None,) * 8
+    w, u, k, v, r = (t.contiguous() for t in (w, u, k, v, r))
+    dtypes = (aa.dtype, bb.dtype, pp.dtype) if aa is not None and any(needs[5:8]) else None
+    return wkv4_gated_backward(w, u, k, v, r, saved, grads[0], dtypes, None)
+
+
+def _gated_fake_saved(w, u, k, v, r, *state):
+    return tuple(torch.empty(k.shape, dtype=torch.float32, device=k.device) for _ in range(3))
+
+
+_GATED_OP = opaque_op("wkv4_gated", _gated_op_forward, fake=_gated_fake, backward=_gated_op_backward,
+                      fake_saved=_gated_fake_saved)
+"""The Triton path as the custom op ``spikelm::wkv4_gated`` (used under ``torch.compile``), with a
+saved-tensor backward: the backward kernel runs on the forward's saved per-token states."""

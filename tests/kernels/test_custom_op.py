@@ -27,7 +27,9 @@ from spikelm.kernels.wkv4 import torch_loop as wkv4_loop
 from spikelm.kernels.lif.residual import lif_residual
 from spikelm.kernels.token_shift import fused as ts_fused
 from spikelm.kernels.token_shift import token_shift_mix
+from spikelm.kernels.wkv4 import fused_recurrent as wkv4_fused
 from spikelm.kernels.wkv4 import wkv4
+from spikelm.kernels.wkv4.gated import wkv4_gated
 
 
 HERE = os.environ.get("SPIKELM_COMPILE_TESTS") == "here"
@@ -42,7 +44,7 @@ def test_in_a_fresh_process():
     args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__)), "-k", "runs_no_forward"]
     r = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
-    assert "7 passed" in r.stdout and " failed" not in r.stdout, r.stdout[-3000:]
+    assert "9 passed" in r.stdout and " failed" not in r.stdout, r.stdout[-3000:]
 
 
 class _Counter:
@@ -165,6 +167,35 @@ def test_wkv4_saved_tensor_backward_runs_no_forward_and_matches_eager(monkeypatc
     assert fwd.calls == 1  # once forward, none in the backward
     for g, r in zip(got, ref):
         torch.testing.assert_close(g, r, rtol=1e-6, atol=1e-6)
+
+
+def _gated_loss(w, u, k, v, r, state):
+    out, _ = wkv4_gated(w, u, k, v, r, state, backend="triton")
+    return (out * torch.linspace(-1, 1, out.shape[-1])).sum()
+
+
+@in_child
+@pytest.mark.parametrize("with_state", [False, True])
+def test_wkv4_gated_triton_saved_tensor_backward_runs_no_forward_and_matches_eager(monkeypatch, with_state):
+    """``spikelm::wkv4_gated`` launches the gated forward kernel once; the backward kernel runs on
+    the saved per-token states."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    torch.manual_seed(0)
+    B, L, D = 2, 7, 16
+    w = (torch.rand(D) + 0.2).requires_grad_()
+    u, k, v, r = (torch.randn(s).requires_grad_() for s in ((D,), (B, L, D), (B, L, D), (B, L, D)))
+    state = tuple((torch.randn(B, D) * 0.1).requires_grad_() for _ in range(3)) if with_state else None
+    leaves = [w, u, k, v, r] + (list(state) if with_state else [])
+    ref = torch.autograd.grad(_gated_loss(w, u, k, v, r, state), leaves)
+    launches = []
+    real = wkv4_fused._launch
+    monkeypatch.setattr(wkv4_fused, "_launch", lambda fn, *a, **kw: launches.append(fn.__name__) or real(fn, *a, **kw))
+    torch._dynamo.reset()
+    loss = torch.compile(_gated_loss, backend="aot_eager", fullgraph=True)(w, u, k, v, r, state)
+    got = torch.autograd.grad(loss, leaves)
+    assert launches == ["_wkv4_gated_fwd_kernel", "_wkv4_gated_bwd_kernel"]
+    for g, ref_g in zip(got, ref):
+        torch.testing.assert_close(g, ref_g, rtol=1e-5, atol=1e-5)
 
 
 def test_eager_call_of_a_saved_tensor_op_and_the_recompute_fallback():
