@@ -19,14 +19,14 @@ pair of custom ops, ``spikelm::<name>`` and ``spikelm::<name>_backward``, each w
     that autograd keeps for the backward), and the backward op runs the kernel's hand-written
     backward on them: no forward is recomputed. The CPU loops of WKV-4 and LIF
     (``spikelm::wkv4_torch``, ``spikelm::lif_torch``) and the Triton ops of the SpikeGPT block
-    (``spikelm::token_shift_mix``, ``spikelm::wkv4_gated``, ``spikelm::lif_residual``) are
-    registered so.
+    (``spikelm::token_shift_mix``, ``spikelm::wkv4_gated``, ``spikelm::lif_residual``) and GLA's
+    chunk kernels (``spikelm::gla_chunk``) are registered so.
   - **recompute** (the fallback, no ``backward``): it saves only the inputs, recomputes
     ``impl`` with autograd on and takes ``torch.autograd.grad`` of it: the gradients are those
     of eager code exactly, at the cost of one more forward of this op per backward (the
     documented pattern of ``torch.library.register_autograd`` with ``custom_op``, PyTorch
     "Custom Python operators" tutorial). The other Triton paths (``wkv4``, ``lif_multistep``,
-    ``gla``, ``adaptive_spike``) use it.
+    GLA's ``fused_recurrent`` as ``gla``, ``adaptive_spike``) use it.
 
 Eager code does not go through these ops (``torch.compiler.is_compiling()`` is False there),
 so eager training runs each kernel's autograd Function directly.

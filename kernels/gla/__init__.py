@@ -67,8 +67,9 @@ def gla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, scal
     args = (q, k, v, g, scale, initial_state, mode)
     # under torch.compile the Triton modes are the custom op spikelm::gla; the torch modes are
     # tensor code over L / 64 chunks (or one step), which the compiler traces
-    opaque = mode in ("chunk", "fused_recurrent") and torch.compiler.is_compiling()
-    return tuple(_GLA_OP(*args)) if opaque else _gla_mode(*args)
+    if mode in ("chunk", "fused_recurrent") and torch.compiler.is_compiling():
+        return tuple(_GLA_CHUNK_OP(*args[:-1]) if mode == "chunk" else _GLA_OP(*args))
+    return _gla_mode(*args)
 
 
 def _gla_mode(q, k, v, g, scale, initial_state, mode):
@@ -94,4 +95,48 @@ def _gla_fake(q, k, v, g, scale, initial_state, mode):
 
 _GLA_OP = opaque_op("gla", _gla_mode, fake=_gla_fake)
 """``_gla_mode`` as the custom op ``spikelm::gla`` (``spikelm.kernels.custom_op``; the Triton
-modes under ``torch.compile``)."""
+``fused_recurrent`` mode under ``torch.compile``; its backward recomputes the forward)."""
+
+
+def _chunk_forward(q, k, v, g, scale, initial_state):
+    """``spikelm::gla_chunk``'s forward: ``((o, ht), (gc, h, A, ht))``, what its backward reads
+    (``chunk.gla_chunk_forward``)."""
+    from .chunk import gla_chunk_forward
+
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    q, k, v, g = (t.contiguous() for t in (q, k, v, g))
+    o, ht, saved = gla_chunk_forward(q, k, v, g, initial_state, scale)
+    return (o, ht), (*saved, ht)
+
+
+def _chunk_backward(args, saved, grads, needs):
+    """``spikelm::gla_chunk``'s saved-tensor backward: the backward kernels, no second forward."""
+    from .chunk import gla_chunk_backward
+
+    q, k, v, g, scale, h0 = args
+    do, dht = grads
+    if do is None and dht is None:
+        return (None,) * 6
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    q, k, v = (t.contiguous() for t in (q, k, v))
+    do = torch.zeros_like(v) if do is None else do
+    dq, dk, dv, dg, dh0 = gla_chunk_backward(q, k, v, saved[:3], saved[3], do, dht, scale)
+    return (dq.to(q.dtype), dk.to(k.dtype), dv, dg.to(g.dtype), None, None if h0 is None else dh0.to(h0.dtype))
+
+
+def _chunk_fake_saved(q, k, v, g, scale, initial_state):
+    from .chunk import _config
+
+    B, L, H, K = q.shape
+    V = v.shape[-1]
+    BT, NT = (_config(q, v, None, None, None)[i] for i in (0, 3))  # the forward's chunk length and count
+    f32 = dict(dtype=torch.float32, device=q.device)
+    return (torch.empty(B, L, H, K, **f32), torch.empty(B, H, NT, K, V, **f32), torch.empty(B, H, L, BT, **f32),
+            torch.empty(B, H, K, V, **f32))
+
+
+_GLA_CHUNK_OP = opaque_op("gla_chunk", _chunk_forward, fake=lambda *a: _gla_fake(*a, "chunk"),
+                          backward=_chunk_backward, fake_saved=_chunk_fake_saved)
+"""The Triton ``chunk`` mode as the custom op ``spikelm::gla_chunk`` (under ``torch.compile``),
+with a saved-tensor backward: the backward kernels run on the forward's gate cumsum, chunk states
+and intra-chunk scores."""

@@ -355,29 +355,64 @@ def _config(q: torch.Tensor, v: torch.Tensor, chunk_size: int | None, block_k: i
     return BT, BK, BV, triton.cdiv(L, BT), triton.cdiv(K, BK), triton.cdiv(V, BV), BT // BC_SUB, extra, meta
 
 
+def gla_chunk_forward(q, k, v, g, h0, scale, chunk_size=None, block_k=None, block_v=None):
+    """The forward kernels on contiguous ``q, k, g [B, L, H, K]``, ``v [B, L, H, V]``, ``h0 [B, H, K, V]
+    | None`` -> ``(o [B, L, H, V] in v.dtype, ht [B, H, K, V] fp32, saved)``, ``saved = (gc, h, A)``
+    (the in-chunk gate cumsum, the chunk-boundary states and the intra-chunk scores, fp32) that
+    :func:`gla_chunk_backward` reads. No autograd."""
+    B, L, H, K = q.shape
+    V = v.shape[-1]
+    dev, run, empty, f32 = q.device, triton_utils.kernel, triton_utils.empty, torch.float32
+    BT, BK, BV, NT, NK, NV, NC, extra, meta = _config(q, v, chunk_size, block_k, block_v)
+    gc = empty((B, L, H, K), f32, dev)
+    run(_cumsum_kernel, dev)[(NK, NT, B * H)](g, gc, L, H, K, BT=BT, BK=BK, **extra)
+    h = empty((B, H, NT, K, V), f32, dev)
+    ht = empty((B, H, K, V), f32, dev)
+    h0c = h0.contiguous() if h0 is not None else ht
+    run(_fwd_h_kernel, dev)[(NK, NV, B * H)](k, v, gc, h, h0c, ht, L, H, K, V, NT, BT=BT, BK=BK, BV=BV,
+                                             HAS_H0=h0 is not None, **meta)
+    A = empty((B, H, L, BT), f32, dev)
+    run(_fwd_A_kernel, dev)[(NT, NC * NC, B * H)](q, k, gc, A, float(scale), L, H, K, BT=BT, BC=BC_SUB, BK=BK,
+                                                  NC=NC, **meta)
+    o = empty((B, L, H, V), v.dtype, dev)
+    run(_fwd_o_kernel, dev)[(NV, NT, B * H)](q, v, gc, h, A, o, float(scale), L, H, K, V, NT, BT=BT, BK=BK, BV=BV,
+                                             **meta)
+    return o, ht, (gc, h, A)
+
+
+def gla_chunk_backward(q, k, v, saved, ht, do, dht, scale, chunk_size=None, block_k=None, block_v=None):
+    """The backward kernels on :func:`gla_chunk_forward`'s ``saved`` and final state ``ht``: ``do [B, L,
+    H, V]``, ``dht [B, H, K, V] | None`` -> ``(dq, dk fp32 [B, L, H, K], dv [B, L, H, V] in v.dtype,
+    dg fp32, dh0 [B, H, K, V] fp32)``."""
+    gc, h, A = saved
+    B, L, H, K = q.shape
+    V = v.shape[-1]
+    dev, run, empty, f32 = q.device, triton_utils.kernel, triton_utils.empty, torch.float32
+    BT, BK, BV, NT, NK, NV, NC, _, meta = _config(q, v, chunk_size, block_k, block_v)
+    do = do.contiguous()
+    dh = empty((B, H, NT, K, V), f32, dev)
+    dh0 = empty((B, H, K, V), f32, dev)
+    dhtc = dht.contiguous() if dht is not None else dh0
+    run(_bwd_dh_kernel, dev)[(NK, NV, B * H)](q, do, gc, dh, dhtc, dh0, float(scale), L, H, K, V, NT, BT=BT, BK=BK,
+                                              BV=BV, HAS_DHT=dht is not None, **meta)
+    dA = empty((B, H, L, BT), f32, dev)
+    run(_bwd_dA_kernel, dev)[(NT, B * H)](do, v, dA, float(scale), L, H, V, BT=BT, BV=BV, **meta)
+    dv = empty((B, L, H, V), v.dtype, dev)
+    run(_bwd_dv_kernel, dev)[(NV, NT, B * H)](k, gc, A, do, dh, dv, L, H, K, V, NT, BT=BT, BK=BK, BV=BV, **meta)
+    dq = empty((B, L, H, K), f32, dev)
+    dk = empty((B, L, H, K), f32, dev)
+    run(_bwd_dqk_kernel, dev)[(NK, NT, B * H)](q, k, v, gc, h, dh, do, dA, dq, dk, float(scale), L, H, K, V, NT,
+                                               BT=BT, BC=BC_SUB, BK=BK, BV=BV, NC=NC, **meta)
+    return dq, dk, dv, gate_grad(q, k, dq, dk, ht, dht), dh0
+
+
 class GLAChunkFunction(torch.autograd.Function):
     """``(q, k, g [B, L, H, K], v [B, L, H, V], h0 | None) -> (o [B, L, H, V], ht [B, H, K, V] fp32)``."""
 
     @staticmethod
     def forward(ctx, q, k, v, g, h0, scale, chunk_size, block_k, block_v):
-        B, L, H, K = q.shape
-        V = v.shape[-1]
-        dev, run, empty, f32 = q.device, triton_utils.kernel, triton_utils.empty, torch.float32
-        BT, BK, BV, NT, NK, NV, NC, extra, meta = _config(q, v, chunk_size, block_k, block_v)
-        gc = empty((B, L, H, K), f32, dev)
-        run(_cumsum_kernel, dev)[(NK, NT, B * H)](g, gc, L, H, K, BT=BT, BK=BK, **extra)
-        h = empty((B, H, NT, K, V), f32, dev)
-        ht = empty((B, H, K, V), f32, dev)
-        h0c = h0.contiguous() if h0 is not None else ht
-        run(_fwd_h_kernel, dev)[(NK, NV, B * H)](k, v, gc, h, h0c, ht, L, H, K, V, NT, BT=BT, BK=BK, BV=BV,
-                                                 HAS_H0=h0 is not None, **meta)
-        A = empty((B, H, L, BT), f32, dev)
-        run(_fwd_A_kernel, dev)[(NT, NC * NC, B * H)](q, k, gc, A, float(scale), L, H, K, BT=BT, BC=BC_SUB, BK=BK,
-                                                      NC=NC, **meta)
-        o = empty((B, L, H, V), v.dtype, dev)
-        run(_fwd_o_kernel, dev)[(NV, NT, B * H)](q, v, gc, h, A, o, float(scale), L, H, K, V, NT, BT=BT, BK=BK, BV=BV,
-                                                 **meta)
-        ctx.save_for_backward(q, k, v, gc, h, A, ht)
+        o, ht, saved = gla_chunk_forward(q, k, v, g, h0, scale, chunk_size, block_k, block_v)
+        ctx.save_for_backward(q, k, v, *saved, ht)
         ctx.cfg = (scale, chunk_size, block_k, block_v)
         ctx.dtypes = (g.dtype, h0.dtype if h0 is not None else None)
         return o, ht
@@ -385,26 +420,7 @@ class GLAChunkFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do, dht):
         q, k, v, gc, h, A, ht = ctx.saved_tensors
-        scale, chunk_size, block_k, block_v = ctx.cfg
-        B, L, H, K = q.shape
-        V = v.shape[-1]
-        dev, run, empty, f32 = q.device, triton_utils.kernel, triton_utils.empty, torch.float32
-        BT, BK, BV, NT, NK, NV, NC, _, meta = _config(q, v, chunk_size, block_k, block_v)
-        do = do.contiguous()
-        dh = empty((B, H, NT, K, V), f32, dev)
-        dh0 = empty((B, H, K, V), f32, dev)
-        dhtc = dht.contiguous() if dht is not None else dh0
-        run(_bwd_dh_kernel, dev)[(NK, NV, B * H)](q, do, gc, dh, dhtc, dh0, float(scale), L, H, K, V, NT, BT=BT, BK=BK,
-                                                  BV=BV, HAS_DHT=dht is not None, **meta)
-        dA = empty((B, H, L, BT), f32, dev)
-        run(_bwd_dA_kernel, dev)[(NT, B * H)](do, v, dA, float(scale), L, H, V, BT=BT, BV=BV, **meta)
-        dv = empty((B, L, H, V), v.dtype, dev)
-        run(_bwd_dv_kernel, dev)[(NV, NT, B * H)](k, gc, A, do, dh, dv, L, H, K, V, NT, BT=BT, BK=BK, BV=BV, **meta)
-        dq = empty((B, L, H, K), f32, dev)
-        dk = empty((B, L, H, K), f32, dev)
-        run(_bwd_dqk_kernel, dev)[(NK, NT, B * H)](q, k, v, gc, h, dh, do, dA, dq, dk, float(scale), L, H, K, V, NT,
-                                                   BT=BT, BC=BC_SUB, BK=BK, BV=BV, NC=NC, **meta)
-        dg = gate_grad(q, k, dq, dk, ht, dht)
+        dq, dk, dv, dg, dh0 = gla_chunk_backward(q, k, v, (gc, h, A), ht, do, dht, *ctx.cfg)
         g_dtype, h0_dtype = ctx.dtypes
         return (dq.to(q.dtype), dk.to(k.dtype), dv, dg.to(g_dtype), dh0.to(h0_dtype) if h0_dtype is not None else None,
                 None, None, None, None)

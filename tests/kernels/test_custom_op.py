@@ -21,6 +21,8 @@ import torch
 from spikelm.kernels import lif as lif_pkg
 from spikelm.kernels import wkv4 as wkv4_pkg
 from spikelm.kernels.custom_op import opaque_op
+from spikelm.kernels import triton_utils
+from spikelm.kernels.gla import gla
 from spikelm.kernels.lif import fused_residual, lif_multistep
 from spikelm.kernels.lif import torch_loop as lif_loop
 from spikelm.kernels.wkv4 import torch_loop as wkv4_loop
@@ -44,7 +46,7 @@ def test_in_a_fresh_process():
     args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__)), "-k", "runs_no_forward"]
     r = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
-    assert "9 passed" in r.stdout and " failed" not in r.stdout, r.stdout[-3000:]
+    assert "11 passed" in r.stdout and " failed" not in r.stdout, r.stdout[-3000:]
 
 
 class _Counter:
@@ -196,6 +198,36 @@ def test_wkv4_gated_triton_saved_tensor_backward_runs_no_forward_and_matches_eag
     assert launches == ["_wkv4_gated_fwd_kernel", "_wkv4_gated_bwd_kernel"]
     for g, ref_g in zip(got, ref):
         torch.testing.assert_close(g, ref_g, rtol=1e-5, atol=1e-5)
+
+
+def _gla_loss(q, k, v, g, h0):
+    o, ht = gla(q, k, v, g, None, h0, mode="chunk")
+    return (o * torch.linspace(-1, 1, o.shape[-1])).sum() + ht.square().sum()
+
+
+@in_child
+@pytest.mark.parametrize("with_state", [False, True])
+def test_gla_chunk_triton_saved_tensor_backward_runs_no_forward_and_matches_eager(monkeypatch, with_state):
+    """``spikelm::gla_chunk`` runs its four forward kernels once; the backward kernels run on the
+    saved gate cumsum, chunk states and scores."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    torch.manual_seed(0)
+    B, L, H, K, V = 1, 20, 2, 16, 16
+    q, k = (torch.randn(B, L, H, K).requires_grad_() for _ in range(2))
+    v = torch.randn(B, L, H, V).requires_grad_()
+    g = (-torch.rand(B, L, H, K) * 0.5).requires_grad_()
+    h0 = (torch.randn(B, H, K, V) * 0.1).requires_grad_() if with_state else None
+    leaves = [q, k, v, g] + ([h0] if with_state else [])
+    ref = torch.autograd.grad(_gla_loss(q, k, v, g, h0), leaves)
+    launches = []
+    real = triton_utils.kernel
+    monkeypatch.setattr(triton_utils, "kernel", lambda fn, *a: launches.append(fn.__name__) or real(fn, *a))
+    torch._dynamo.reset()
+    loss = torch.compile(_gla_loss, backend="aot_eager", fullgraph=True)(q, k, v, g, h0)
+    got = torch.autograd.grad(loss, leaves)
+    assert launches.count("_fwd_o_kernel") == 1 and launches.count("_bwd_dqk_kernel") == 1, launches
+    for grad, r in zip(got, ref):
+        torch.testing.assert_close(grad, r, rtol=1e-4, atol=1e-4)
 
 
 def test_eager_call_of_a_saved_tensor_op_and_the_recompute_fallback():
