@@ -292,6 +292,17 @@ def _launch(fn, B: int, D: int, device: torch.device, block_size: int | None, ar
                               chunk=_CUDA_CHUNK if device.type == "cuda" else _CPU_CHUNK)
 
 
+def _forward_buffers(B: int, L: int, D: int, dtype: torch.dtype, dev: torch.device, need_grad: bool):
+    """The forward kernels' outputs: ``y [B, L, D]`` in ``dtype``, the final state ``oa, ob, op [B, D]``
+    fp32 and, when ``need_grad``, the per-token states ``sa, sb, sp [B, L, D]`` fp32 for the
+    backward (else ``oa`` three times: never touched with ``SAVE=False``)."""
+    y = triton_utils.empty((B, L, D), dtype, dev)
+    oa, ob, op = (triton_utils.empty((B, D), torch.float32, dev) for _ in range(3))
+    if need_grad:
+        return (y, oa, ob, op, *(triton_utils.empty((B, L, D), torch.float32, dev) for _ in range(3)))
+    return y, oa, ob, op, oa, oa, oa
+
+
 class WKV4FusedFunction(torch.autograd.Function):
     """``(w, u [D], k, v [B, L, D], aa, bb, pp [B, D]) -> (y [B, L, D] in v.dtype, aa, bb, pp fp32)``."""
 
@@ -300,12 +311,7 @@ class WKV4FusedFunction(torch.autograd.Function):
         B, L, D = k.shape
         dev = k.device
         need_grad = any(ctx.needs_input_grad[:7])
-        y = triton_utils.empty((B, L, D), v.dtype, dev)
-        oa, ob, op = (triton_utils.empty((B, D), torch.float32, dev) for _ in range(3))
-        if need_grad:
-            sa, sb, sp = (triton_utils.empty((B, L, D), torch.float32, dev) for _ in range(3))
-        else:
-            sa = sb = sp = oa  # never touched (SAVE=False)
+        y, oa, ob, op, sa, sb, sp = _forward_buffers(B, L, D, v.dtype, dev, need_grad)
         _launch(_wkv4_fwd_kernel, B, D, dev, block_size,
                 (w, u, k, v, aa, bb, pp, y, sa, sb, sp, oa, ob, op, B, L, D, L * D), dict(SAVE=need_grad))
         if need_grad:
@@ -382,12 +388,7 @@ def wkv4_gated_forward(w, u, k, v, r, aa, bb, pp, block_size, need_grad):
     B, L, D = k.shape
     dev = k.device
     has_state = aa is not None
-    out = triton_utils.empty((B, L, D), r.dtype, dev)
-    oa, ob, op = (triton_utils.empty((B, D), torch.float32, dev) for _ in range(3))
-    if need_grad:
-        sa, sb, sp = (triton_utils.empty((B, L, D), torch.float32, dev) for _ in range(3))
-    else:
-        sa = sb = sp = oa  # never touched (SAVE=False)
+    out, oa, ob, op, sa, sb, sp = _forward_buffers(B, L, D, r.dtype, dev, need_grad)
     st = (aa, bb, pp) if has_state else (oa, oa, oa)  # not read without a state (HAS_STATE=False)
     _launch(_wkv4_gated_fwd_kernel, B, D, dev, block_size,
             (w, u, k, v, r, *st, out, sa, sb, sp, oa, ob, op, B, L, D, L * D),
