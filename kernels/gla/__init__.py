@@ -65,10 +65,12 @@ def gla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, scal
         else:
             mode = "naive" if L == 1 else "torch"
     args = (q, k, v, g, scale, initial_state, mode)
-    # under torch.compile the Triton modes are the custom op spikelm::gla; the torch modes are
-    # tensor code over L / 64 chunks (or one step), which the compiler traces
-    if mode in ("chunk", "fused_recurrent") and torch.compiler.is_compiling():
-        return tuple(_GLA_CHUNK_OP(*args[:-1]) if mode == "chunk" else _GLA_OP(*args))
+    # under torch.compile the Triton modes are custom ops (spikelm::gla_chunk, spikelm::gla); the
+    # torch modes are tensor code over L / 64 chunks (or one step), which the compiler traces
+    if mode == "chunk" and torch.compiler.is_compiling():
+        return tuple(_GLA_CHUNK_OP(q, k, v, g, q.shape[-1] ** -0.5 if scale is None else float(scale), initial_state))
+    if mode == "fused_recurrent" and torch.compiler.is_compiling():
+        return tuple(_GLA_OP(*args))
     return _gla_mode(*args)
 
 
@@ -99,11 +101,10 @@ _GLA_OP = opaque_op("gla", _gla_mode, fake=_gla_fake)
 
 
 def _chunk_forward(q, k, v, g, scale, initial_state):
-    """``spikelm::gla_chunk``'s forward: ``((o, ht), (gc, h, A, ht))``, what its backward reads
-    (``chunk.gla_chunk_forward``)."""
+    """``spikelm::gla_chunk``'s forward (``scale`` a float): ``((o, ht), (gc, h, A, ht))``, what its
+    backward reads (``chunk.gla_chunk_forward``)."""
     from .chunk import gla_chunk_forward
 
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     q, k, v, g = (t.contiguous() for t in (q, k, v, g))
     o, ht, saved = gla_chunk_forward(q, k, v, g, initial_state, scale)
     return (o, ht), (*saved, ht)
@@ -117,7 +118,6 @@ def _chunk_backward(args, saved, grads, needs):
     do, dht = grads
     if do is None and dht is None:
         return (None,) * 6
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     q, k, v = (t.contiguous() for t in (q, k, v))
     do = torch.zeros_like(v) if do is None else do
     dq, dk, dv, dg, dh0 = gla_chunk_backward(q, k, v, saved[:3], saved[3], do, dht, scale)

@@ -272,15 +272,13 @@ class LIFResidualFunction(torch.autograd.Function):
     v_T [O*I] fp32, spike rate 0-dim fp32)`` on the Triton kernels."""
 
     @staticmethod
-    def forward(ctx, x, res, v0, tau, v_th, v_reset, decay_input, detach_reset, surrogate, alpha, block_size,
-                copy_res_grad):
+    def forward(ctx, x, res, v0, tau, v_th, v_reset, decay_input, detach_reset, surrogate, alpha, block_size):
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[2] or ctx.needs_input_grad[3]
         y, v_T, rate, h = lif_residual_forward(x, res, v0, tau, v_th, v_reset, decay_input, block_size, need_grad)
         if need_grad:
             ctx.save_for_backward(h, x, v0)
         tau_c = tau.detach() if isinstance(tau, torch.Tensor) else tau  # no grad_fn on ctx: no cycle
         ctx.cfg = (tau_c, v_th, v_reset, decay_input, detach_reset, surrogate, alpha, block_size)
-        ctx.copy_res_grad = copy_res_grad
         ctx.mark_non_differentiable(rate)
         ctx.set_materialize_grads(False)
         return y, v_T, rate
@@ -288,23 +286,20 @@ class LIFResidualFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_y, g_v, _g_rate):
         if g_y is None and g_v is None:
-            return (None,) * 12
+            return (None,) * 11
         g_x = g_v0 = g_tau = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
             h, x, v0 = ctx.saved_tensors
             g_x, g_v0, g_tau = lif_residual_backward(h, x, v0, *ctx.cfg, g_y, g_v, ctx.needs_input_grad[0],
                                                      ctx.needs_input_grad[2], ctx.needs_input_grad[3])
-        g_res = None
-        if ctx.needs_input_grad[1] and g_y is not None:
-            g_res = g_y.clone() if ctx.copy_res_grad else g_y  # d res = dy
-        return g_x, g_res, g_v0, g_tau, None, None, None, None, None, None, None, None
+        g_res = g_y if ctx.needs_input_grad[1] else None  # d res = dy
+        return g_x, g_res, g_v0, g_tau, None, None, None, None, None, None, None
 
 
 def lif_residual_fused(res: torch.Tensor, x: torch.Tensor, v0: torch.Tensor | None, tau: float | torch.Tensor = 2.0,
                        v_th: float = 1.0, v_reset: float | None = 0.0, decay_input: bool = True,
                        detach_reset: bool = False, surrogate: str = "atan", alpha: float = 2.0, *,
-                       block_size: int | None = None, copy_res_grad: bool = False
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                       block_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``res + LIF(x)`` on Triton over ``[O, T, I]`` tensors (module docstring; SpikingJelly
     ``LIFNode``; SpikeGPT's block output, Zhu et al. 2023).
 
@@ -316,8 +311,6 @@ def lif_residual_fused(res: torch.Tensor, x: torch.Tensor, v0: torch.Tensor | No
             :func:`spikelm.kernels.lif.lif_multistep` (``tau`` a float, or a one-element tensor
             for PLIF, then differentiable).
         block_size: lanes per program (power of two >= 16); None picks one. A testing knob.
-        copy_res_grad: return a copy of ``dy`` as ``d res`` instead of ``dy`` itself (the custom
-            op under ``torch.compile`` needs it: a custom op's outputs may not alias its inputs).
     Returns:
         ``(y [O, T, I] in res.dtype, v_T [O * I] float32, rate)``: ``y = res + spikes``
         (differentiable in ``res``, ``x``, ``v0`` and a tensor ``tau``), the final potential
@@ -339,4 +332,4 @@ def lif_residual_fused(res: torch.Tensor, x: torch.Tensor, v0: torch.Tensor | No
     if isinstance(tau, torch.Tensor):
         tau = tau.reshape(())
     return LIFResidualFunction.apply(x, res, v0, tau, v_th, v_reset, decay_input, detach_reset, surrogate, alpha,
-                                     block_size, copy_res_grad)
+                                     block_size)

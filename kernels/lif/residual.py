@@ -98,11 +98,18 @@ def _fake(res, x, v0, *rest):
             torch.empty((), dtype=torch.float32, device=x.device))
 
 
+def _contiguous(res, x, v0):
+    """The op's ``[O, T, I]`` inputs and ``v0`` contiguous, as the kernels read them
+    (``lif_residual_fused`` requires it of eager callers)."""
+    return res.contiguous(), x.contiguous(), None if v0 is None else v0.contiguous()
+
+
 def _op_forward(res, x, v0, tau, v_th, v_reset, decay_input, detach_reset, surrogate, alpha):
     """``spikelm::lif_residual``'s forward: ``((y, v_T, rate), (h,))``, ``h`` the pre-spike
     potentials that its backward reads (``fused_residual.lif_residual_forward``)."""
     from .fused_residual import lif_residual_forward
 
+    res, x, v0 = _contiguous(res, x, v0)
     y, v_T, rate, h = lif_residual_forward(x, res, v0, tau, v_th, v_reset, decay_input, None, True)
     return (y, v_T, rate), (h,)
 
@@ -113,6 +120,7 @@ def _op_backward(args, saved, grads, needs):
     from .fused_residual import lif_residual_backward
 
     res, x, v0, tau, v_th, v_reset, decay_input, detach_reset, surrogate, alpha = args
+    res, x, v0 = _contiguous(res, x, v0)
     g_y, g_v = grads[0], grads[1]
     g_x, g_v0, g_tau = lif_residual_backward(saved[0], x, v0, tau, v_th, v_reset, decay_input, detach_reset,
                                              surrogate, alpha, None, g_y, g_v, needs[1], needs[2], needs[3])

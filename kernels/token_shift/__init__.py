@@ -72,7 +72,8 @@ def _op_backward(args, saved, grads, needs):
     saves nothing else), no second forward."""
     from .fused import token_shift_mix_backward
 
-    x, prev, *mus = args
+    x, prev, *mus = args  # contiguous, as token_shift_mix_fused made them for the forward kernel
+    x, prev, mus = x.contiguous(), None if prev is None else prev.contiguous(), [mu.contiguous() for mu in mus]
     dx, dprev, dmus = token_shift_mix_backward(x, prev, mus, grads, None, needs[0], needs[1], needs[2:])
     return (dx, dprev, *dmus)
 

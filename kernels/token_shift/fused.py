@@ -145,10 +145,10 @@ def _launch(fn, B, L, D, device, block_size, args, consts):
 
 
 class TokenShiftMixFunction(torch.autograd.Function):
-    """``(x [B, L, D], prev [B, D] | None, block_size, copy_grads, *mus [D]) -> n tensors [B, L, D] in x.dtype``."""
+    """``(x [B, L, D], prev [B, D] | None, block_size, *mus [D]) -> n tensors [B, L, D] in x.dtype``."""
 
     @staticmethod
-    def forward(ctx, x, prev, block_size, copy_grads, *mus):
+    def forward(ctx, x, prev, block_size, *mus):
         B, L, D = x.shape
         n = len(mus)
         outs = [triton_utils.empty((B, L, D), x.dtype, x.device) for _ in range(n)]
@@ -159,23 +159,21 @@ class TokenShiftMixFunction(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(x, prev, *mus)
         ctx.block_size = block_size
-        ctx.copy_grads = copy_grads
         return tuple(outs)
 
     @staticmethod
     def backward(ctx, *grads):
         x, prev, *mus = ctx.saved_tensors
         need = ctx.needs_input_grad
-        dx, dprev, dmus = token_shift_mix_backward(x, prev, mus, grads, ctx.block_size, need[0], need[1], need[4:],
-                                                   ctx.copy_grads)
-        return (dx, dprev, None, None, *dmus)
+        dx, dprev, dmus = token_shift_mix_backward(x, prev, mus, grads, ctx.block_size, need[0], need[1], need[3:])
+        return (dx, dprev, None, *dmus)
 
 
-def token_shift_mix_backward(x, prev, mus, grads, block_size, need_dx, need_dprev, need_dmus, copy_grads=False):
+def token_shift_mix_backward(x, prev, mus, grads, block_size, need_dx, need_dprev, need_dmus):
     """The backward kernel: ``x [B, L, D]``, ``prev [B, D] | None``, ``mus`` ``n`` x ``[D]``, ``grads``
     ``n`` x (``[B, L, D]`` or None: that mix was unused) -> ``(dx, dprev, dmus)``, each None unless
     asked for (``need_dx``, ``need_dprev`` with a ``prev``, ``need_dmus[i]``; a list of ``n``).
-    ``copy_grads``: the ``dmus`` get separate storage (a custom op's outputs may not alias)."""
+    The ``dmus`` are rows of one reduction (views of one tensor)."""
     B, L, D = x.shape
     n = len(mus)
     dev = x.device
@@ -199,13 +197,11 @@ def token_shift_mix_backward(x, prev, mus, grads, block_size, need_dx, need_dpre
     if need_dmu:
         sums = part[:, 0] if P == 1 else part.sum(1)
         dmus = [sums[i].to(mu.dtype) if has[i] and need_dmus[i] else None for i, mu in enumerate(mus)]
-        if copy_grads:  # separate storage (a custom op's outputs may not alias each other)
-            dmus = [d if d is None or i == 0 else d.clone() for i, d in enumerate(dmus)]
     return (dx if need_dx else None), (dprev if need_dprev else None), dmus
 
 
 def token_shift_mix_fused(x: torch.Tensor, prev: torch.Tensor | None, mus: Sequence[torch.Tensor], *,
-                          block_size: int | None = None, copy_grads: bool = False) -> tuple[torch.Tensor, ...]:
+                          block_size: int | None = None) -> tuple[torch.Tensor, ...]:
     """Token shift + ``n`` RWKV mixes on Triton (formula and gradients: module docstring; RWKV-4).
 
     Args:
@@ -215,8 +211,6 @@ def token_shift_mix_fused(x: torch.Tensor, prev: torch.Tensor | None, mus: Seque
         prev: ``[B, D]`` (any float dtype, read as float32) or None for zeros.
         mus: 1 to 3 ``[D]`` mix vectors (any float dtype, read as float32).
         block_size: channels per program (power of two >= 16); None picks one. A testing knob.
-        copy_grads: give every ``dmu`` its own storage (they are rows of one reduction
-            otherwise); the custom op under ``torch.compile`` needs it.
     Returns:
         one ``[B, L, D]`` tensor in ``x.dtype`` per ``mu``, differentiable in ``x``, ``prev`` and
         every ``mu`` (one backward kernel for all of them, plus one ``sum`` for the ``dmu``).
@@ -229,4 +223,4 @@ def token_shift_mix_fused(x: torch.Tensor, prev: torch.Tensor | None, mus: Seque
         return token_shift_mix_naive(x, prev, mus)
     x = x.contiguous()
     prev = prev.contiguous() if prev is not None else None
-    return TokenShiftMixFunction.apply(x, prev, block_size, copy_grads, *(mu.contiguous() for mu in mus))
+    return TokenShiftMixFunction.apply(x, prev, block_size, *(mu.contiguous() for mu in mus))

@@ -396,11 +396,11 @@ def wkv4_gated_forward(w, u, k, v, r, aa, bb, pp, block_size, need_grad):
     return out, oa, ob, op, ((sa, sb, sp) if need_grad else ())
 
 
-def wkv4_gated_backward(w, u, k, v, r, saved, gout, state_dtypes, block_size, copy_grads=False):
+def wkv4_gated_backward(w, u, k, v, r, saved, gout, state_dtypes, block_size):
     """The gated backward kernel on :func:`wkv4_gated_forward`'s ``saved``: ``gout [B, L, D]`` ->
     ``(gw, gu, gk, gv, gr, gaa, gbb, gpp)``; ``gw, gu`` in ``w``'s and ``u``'s dtypes, the state
     gradients in ``state_dtypes`` (three dtypes; None: no state gradient, the three are None).
-    ``copy_grads`` gives ``gu`` its own storage (``gw``/``gu`` are rows of one reduction)."""
+    ``gw``/``gu`` are rows of one reduction (views of one tensor where the dtype is float32)."""
     sa, sb, sp = saved
     B, L, D = k.shape
     dev = k.device
@@ -415,8 +415,6 @@ def wkv4_gated_backward(w, u, k, v, r, saved, gout, state_dtypes, block_size, co
             (w, u, k, v, r, gout, sa, sb, sp, gk, gv, gr, gwu[0], gwu[1], *gst, B, L, D, L * D, (L - 1) * D),
             {"STATE_GRAD": state_grad})
     gw, gu = gwu.sum(1)
-    if copy_grads:  # separate storage (a custom op's outputs may not alias each other)
-        gu = gu.clone()
     gstate = [g.to(dt) for g, dt in zip(gst, state_dtypes)] if state_grad else [None] * 3
     return (gw.to(w.dtype), gu.to(u.dtype), gk, gv, gr, *gstate)
 
@@ -426,14 +424,13 @@ class WKV4GatedFusedFunction(torch.autograd.Function):
     r.dtype, aa, bb, pp fp32)``: the WKV kernels with the receptance gate in their epilogue."""
 
     @staticmethod
-    def forward(ctx, w, u, k, v, r, aa, bb, pp, block_size, copy_grads):
+    def forward(ctx, w, u, k, v, r, aa, bb, pp, block_size):
         need_grad = any(ctx.needs_input_grad[:8])
         out, oa, ob, op, saved = wkv4_gated_forward(w, u, k, v, r, aa, bb, pp, block_size, need_grad)
         if need_grad:
             ctx.save_for_backward(w, u, k, v, r, *saved)
         ctx.state_dtypes = (aa.dtype, bb.dtype, pp.dtype) if aa is not None else None
         ctx.block_size = block_size
-        ctx.copy_grads = copy_grads
         ctx.mark_non_differentiable(oa, ob, op)
         return out, oa, ob, op
 
@@ -441,13 +438,12 @@ class WKV4GatedFusedFunction(torch.autograd.Function):
     def backward(ctx, gout, _ga, _gb, _gp):
         w, u, k, v, r, *saved = ctx.saved_tensors
         dtypes = ctx.state_dtypes if any(ctx.needs_input_grad[5:8]) else None
-        grads = wkv4_gated_backward(w, u, k, v, r, saved, gout, dtypes, ctx.block_size, ctx.copy_grads)
-        return (*grads, None, None)
+        return (*wkv4_gated_backward(w, u, k, v, r, saved, gout, dtypes, ctx.block_size), None)
 
 
 def wkv4_gated_fused_recurrent(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, r: torch.Tensor,
-                               state: State | None = None, *, block_size: int | None = None,
-                               copy_grads: bool = False) -> tuple[torch.Tensor, State]:
+                               state: State | None = None, *, block_size: int | None = None
+                               ) -> tuple[torch.Tensor, State]:
     """Gated RWKV-4 WKV on Triton: ``sigmoid(r) * wkv(w, u, k, v)`` with the gate in the kernel's
     epilogue (SpikeGPT's time-mix, Zhu et al. 2023; RWKV-4, Peng et al. 2023; formula: module
     docstring and ``kernels/wkv4/gated.py``).
@@ -460,8 +456,6 @@ def wkv4_gated_fused_recurrent(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor
         state: ``(aa, bb, pp)`` each ``[B, D]`` (read as float32), or None for the empty state
             (not materialised: the kernel starts from it).
         block_size: channels per program (power of two >= 16); None autotunes on CUDA.
-        copy_grads: give ``gw`` and ``gu`` separate storage (they are two rows of one reduction
-            otherwise); the custom op under ``torch.compile`` needs it.
     Returns:
         ``(out [B, L, D] in r.dtype, (aa, bb, pp) [B, D] float32)``; ``out`` is differentiable in
         ``w, u, k, v, r`` and the initial state (the backward recomputes ``wkv`` for ``dr``);
@@ -483,5 +477,5 @@ def wkv4_gated_fused_recurrent(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor
         return torch.sigmoid(r) * y.to(r.dtype), (aa, bb, pp)
     w, u, k, v, r = (t.contiguous() for t in (w, u, k, v, r))
     aa, bb, pp = (s.contiguous() for s in state) if state is not None else (None, None, None)
-    out, aa, bb, pp = WKV4GatedFusedFunction.apply(w, u, k, v, r, aa, bb, pp, block_size, copy_grads)
+    out, aa, bb, pp = WKV4GatedFusedFunction.apply(w, u, k, v, r, aa, bb, pp, block_size)
     return out, (aa, bb, pp)
